@@ -1,0 +1,81 @@
+"""Shared fixtures. Every engine a test starts validates every event it sends, and every event
+the test sends it, against the official ``openai`` SDK's GA models (strict); a test fails on
+the first non-conforming frame. Tests that send malformed client events on purpose carry the
+``invalid_client_events`` marker, which exempts only the client side."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from callplane.local.engine.context import Direction, EngineSettings
+from callplane.local.engine.server import EngineServer
+from callplane.realtime.conformance import (
+    ConformanceError,
+    validate_client_event,
+    validate_server_event,
+)
+
+
+@dataclass
+class ConformanceLog:
+    exempt_client: bool
+    server_checked: int = 0
+    client_checked: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    def __call__(self, direction: Direction, event: Mapping[str, Any]) -> None:
+        try:
+            if direction == "out":
+                validate_server_event(event)
+                self.server_checked += 1
+            elif not self.exempt_client:
+                validate_client_event(event)
+                self.client_checked += 1
+        except ConformanceError as exc:
+            self.violations.append(f"{direction}: {exc}")
+
+
+_TOTALS = {"server": 0, "client": 0}
+
+
+@pytest.fixture
+def conformance(request: pytest.FixtureRequest) -> ConformanceLog:
+    exempt = request.node.get_closest_marker("invalid_client_events") is not None
+    return ConformanceLog(exempt_client=exempt)
+
+
+@pytest.fixture
+def engine_settings() -> EngineSettings:
+    """Tests stream output audio fast; override in a module to change mode or script."""
+    return EngineSettings(pace=20.0)
+
+
+@pytest.fixture
+async def engine(
+    engine_settings: EngineSettings, conformance: ConformanceLog
+) -> AsyncIterator[EngineServer]:
+    server = EngineServer(engine_settings, observer=conformance)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+    _TOTALS["server"] += conformance.server_checked
+    _TOTALS["client"] += conformance.client_checked
+    assert not conformance.violations, "non-conforming events:\n" + "\n".join(
+        conformance.violations[:20]
+    )
+    if server.sessions_opened:
+        assert conformance.server_checked > 0, "sessions ran but no event was checked"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _TOTALS["server"]:
+        terminalreporter.write_line(
+            f"conformance: {_TOTALS['server']} server events and {_TOTALS['client']} client "
+            "events validated strictly against the openai SDK's GA models"
+        )
