@@ -1,0 +1,384 @@
+"""The conversation core: one call, any transport, the Realtime API.
+
+Per call it keeps the Realtime session configured from the agent profile, forwards caller
+audio, plays the agent's audio with mark accounting, handles barge-in (clear, truncate at what
+was heard, cancel), runs tools without blocking audio, maps DTMF, renews the session before its
+time limit and reconnects after an unexpected close without dropping the caller, and fills the
+call record.
+
+Hot path: caller audio goes to ``RealtimeClient.append_audio`` untouched; agent audio goes to
+``Transport.play`` untouched. No validation or logging per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from callplane.profiles import AgentProfile, session_config
+from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSettings
+from callplane.records import CallRecord
+from callplane.tools import CallContext, ToolSet
+from callplane.transports.base import AudioIn, CallEnded, DtmfIn, MarkIn, Transport
+from callplane.transports.playback import PlaybackTracker
+
+log = logging.getLogger("callplane.conversation")
+
+RECONNECT_ATTEMPTS = 5
+RECONNECT_BACKOFF_S = (0.1, 0.3, 0.8, 1.5, 3.0)
+# After end_call or a transfer, wait at most this long for the goodbye to finish playing.
+PLAYOUT_WAIT_S = 15.0
+
+
+class _Context(CallContext):
+    def __init__(self, conversation: Conversation, context: Mapping[str, Any]) -> None:
+        self._conversation = conversation
+        self.call_sid = conversation.record.call_sid
+        self.context = context
+
+    async def hang_up(self) -> None:
+        self._conversation.request_end("agent_hung_up")
+
+    async def transfer(self, to: str) -> None:
+        self._conversation.request_transfer(to)
+
+
+class Conversation:
+    """Run one call to completion with :meth:`run`."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        profile: AgentProfile,
+        tools: ToolSet,
+        realtime: RealtimeSettings,
+        record: CallRecord,
+        *,
+        context: Mapping[str, Any] | None = None,
+        filler: bytes = b"",
+    ) -> None:
+        self.transport = transport
+        self.profile = profile
+        self.tools = tools
+        self.settings = realtime
+        self.record = record
+        self.context = dict(context or {})
+        self.filler = filler  # played to the caller while the Realtime socket is re-opened
+        self.playback = PlaybackTracker(transport.bytes_per_ms)
+        self.rt = RealtimeClient(realtime)
+        self._ctx = _Context(self, self.context)
+        self._response_active = False
+        self._pending_calls: list[tuple[str, asyncio.Task[str]]] = []
+        self._end_requested: str | None = None
+        self._transfer_to: str | None = None
+        self._idle = asyncio.Event()  # set whenever the far end has nothing left to play
+        self._idle.set()
+        self._turn_changed = asyncio.Event()  # pulsed when a response ends or playback drains
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._finished = asyncio.Event()
+        self._session_started = 0.0
+        self.dropped_audio_frames = 0
+
+    # --- public ------------------------------------------------------------------------------
+
+    async def run(self) -> CallRecord:
+        reason = "caller_hung_up"
+        try:
+            await self._open_realtime(greet=True)
+            realtime = asyncio.create_task(self._pump_realtime())
+            transport = asyncio.create_task(self._pump_transport())
+            renew = asyncio.create_task(self._renewal_timer())
+            done, _ = await asyncio.wait({transport, realtime}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (realtime, transport, renew):
+                task.cancel()
+            await asyncio.gather(realtime, transport, renew, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            reason = self._end_requested or "caller_hung_up"
+        except RealtimeClosed as exc:
+            reason = f"realtime_unavailable (close code {exc.code})"
+            log.error("call %s: %s", self.record.call_sid, exc)
+            with contextlib.suppress(Exception):
+                await self.transport.hang_up()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.rt.close()
+            self.record.close(reason)
+        return self.record
+
+    def request_end(self, reason: str) -> None:
+        """Hang up once what the caller is hearing has played (the goodbye)."""
+        if self._end_requested is None:
+            self._end_requested = reason
+            self._spawn(self._after_playout(self.transport.hang_up))
+
+    def request_transfer(self, to: str) -> None:
+        target = self.profile.transfer_targets.get(to, to)
+        self._transfer_to = target
+        self.record.transferred_to = target
+        self._end_requested = self._end_requested or "transferred"
+        self._spawn(self._after_playout(lambda: self.transport.transfer(target)))
+
+    # --- Realtime session ----------------------------------------------------------------------
+
+    async def _open_realtime(
+        self, *, greet: bool, seed: list[dict[str, Any]] | None = None
+    ) -> None:
+        await self.rt.connect()
+        extra = ""
+        if self.context:
+            extra = "Context for this call: " + json.dumps(self.context, default=str)
+        session = session_config(
+            self.profile,
+            self.tools,
+            audio_format=self.transport.audio_format,
+            extra_instructions=extra,
+        )
+        await self.rt.send({"type": "session.update", "session": session})
+        for item in seed or []:
+            await self.rt.send({"type": "conversation.item.create", "item": item})
+        self._session_started = time.monotonic()
+        if greet and self.profile.greeting:
+            await self.rt.send(
+                {"type": "response.create", "response": {"instructions": self.profile.greeting}}
+            )
+
+    def _history_items(self) -> list[dict[str, Any]]:
+        """The conversation so far as text items, to seed a new session."""
+        items: list[dict[str, Any]] = []
+        for line in self.record.transcript[-40:]:
+            if line["role"] == "caller":
+                content = [{"type": "input_text", "text": line["text"]}]
+                items.append({"type": "message", "role": "user", "content": content})
+            else:
+                content = [{"type": "output_text", "text": line["text"]}]
+                items.append({"type": "message", "role": "assistant", "content": content})
+        return items
+
+    async def _reconnect(self, why: str) -> None:
+        """The socket died: keep the caller on the line with a filler while we re-open it."""
+        self.record.reconnects += 1
+        log.warning("call %s: Realtime socket lost (%s); reconnecting", self.record.call_sid, why)
+        self._response_active = False
+        if self.filler:
+            await self._play_filler()
+        last: Exception | None = None
+        for delay in RECONNECT_BACKOFF_S[:RECONNECT_ATTEMPTS]:
+            with contextlib.suppress(Exception):
+                await self.rt.close()
+            self.rt = RealtimeClient(self.settings)
+            try:
+                await self._open_realtime(greet=False, seed=self._history_items())
+                return
+            except (OSError, RealtimeClosed) as exc:
+                last = exc
+                await asyncio.sleep(delay)
+        raise RealtimeClosed(None, f"could not reconnect: {last}")
+
+    async def _play_filler(self) -> None:
+        import base64
+
+        await self.transport.play(
+            base64.b64encode(self.filler).decode("ascii"),
+            self.playback.sent("filler", len(self.filler)),
+        )
+        self._idle.clear()
+
+    async def _renewal_timer(self) -> None:
+        """Renew the session before OpenAI's limit, between turns, carrying the text over."""
+        while True:
+            due = (
+                self._session_started + self.settings.session_limit_s - self.settings.renew_margin_s
+            )
+            await asyncio.sleep(max(0.5, due - time.monotonic()))
+            if time.monotonic() < due:
+                continue
+            await self._between_turns()
+            old = self.rt
+            self.rt = RealtimeClient(self.settings)
+            await self._open_realtime(greet=False, seed=self._history_items())
+            self.record.renewals += 1
+            await old.close()
+
+    async def _between_turns(self) -> None:
+        """Return once no response is streaming and the caller has heard all of it."""
+        while self._response_active or self.playback.playing:
+            self._turn_changed.clear()
+            await self._turn_changed.wait()
+
+    # --- pumps ----------------------------------------------------------------------------------
+
+    async def _pump_transport(self) -> None:
+        async for event in self.transport.events():
+            if isinstance(event, AudioIn):
+                try:
+                    await self.rt.append_audio(event.payload)
+                except RealtimeClosed:
+                    self.dropped_audio_frames += 1  # the realtime pump is reconnecting
+            elif isinstance(event, MarkIn):
+                self.playback.echoed(event.name)
+                if not self.playback.playing:
+                    self._idle.set()
+                    self._turn_changed.set()
+            elif isinstance(event, DtmfIn):
+                await self._on_dtmf(event.digit)
+            elif isinstance(event, CallEnded):
+                if self._end_requested is None:
+                    self._end_requested = event.reason
+                return
+
+    async def _pump_realtime(self) -> None:
+        while True:
+            client = self.rt
+            try:
+                async for event in client.events():
+                    await self._on_event(event)
+            except RealtimeClosed as exc:
+                if client is not self.rt:
+                    continue  # a renewal replaced this socket on purpose
+                if self._end_requested is not None:
+                    return
+                await self._reconnect(f"close code {exc.code}")
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        etype = event.get("type")
+        if etype == "response.output_audio.delta":
+            payload = event["delta"]
+            nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
+            mark = self.playback.sent(event["item_id"], nbytes)
+            self._idle.clear()
+            await self.transport.play(payload, mark)
+        elif etype == "input_audio_buffer.speech_started":
+            await self._barge_in()
+        elif etype == "response.created":
+            self._response_active = True
+        elif etype == "response.done":
+            self._response_active = False
+            self._turn_changed.set()
+            response = event.get("response") or {}
+            self.record.usage.add(response.get("usage") or {})
+            if self._pending_calls:
+                calls, self._pending_calls = self._pending_calls, []
+                self._spawn(self._answer_tools(calls))
+        elif etype == "response.output_audio_transcript.done":
+            self.record.say("agent", event.get("transcript") or "")
+        elif etype == "conversation.item.input_audio_transcription.completed":
+            self.record.say("caller", event.get("transcript") or "")
+        elif etype == "response.function_call_arguments.done":
+            self._start_tool(event["name"], event["call_id"], event.get("arguments") or "{}")
+        elif etype == "error":
+            error = event.get("error") or {}
+            if error.get("code") != "response_cancel_not_active":  # a harmless race on barge-in
+                log.warning(
+                    "call %s: Realtime error %s: %s",
+                    self.record.call_sid,
+                    error.get("code"),
+                    error.get("message"),
+                )
+
+    # --- behaviour -------------------------------------------------------------------------------
+
+    async def _barge_in(self) -> None:
+        """The caller speaks over the agent: stop the audio, remember only what was heard."""
+        item_id = self.playback.playing_item()
+        if item_id is not None and item_id != "filler":
+            await self.transport.clear()
+            self.playback.clear()
+            self._idle.set()
+            audio_end_ms = self.playback.truncate_at_ms(item_id)
+            await self.rt.send(
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "audio_end_ms": audio_end_ms,
+                }
+            )
+            self.record.interruptions.append(
+                {
+                    "at": round(time.time() - self.record.started_at, 3),
+                    "item_id": item_id,
+                    "audio_end_ms": audio_end_ms,
+                }
+            )
+        if self._response_active:
+            await self.rt.send({"type": "response.cancel"})
+
+    def _start_tool(self, name: str, call_id: str, arguments: str) -> None:
+        tool = self.tools.get(name)
+
+        async def run() -> str:
+            if tool is None:
+                return json.dumps({"error": f"unknown tool {name!r}"})
+            return await tool.run(arguments, self._ctx)
+
+        task = self._spawn(run())
+        self._pending_calls.append((call_id, task))
+        self.record.tool_calls.append(
+            {"name": name, "call_id": call_id, "arguments": arguments, "output": None}
+        )
+
+    async def _answer_tools(self, calls: list[tuple[str, asyncio.Task[str]]]) -> None:
+        for call_id, task in calls:
+            output = await task
+            for entry in self.record.tool_calls:
+                if entry["call_id"] == call_id:
+                    entry["output"] = output
+            await self.rt.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+                }
+            )
+        if self._end_requested is None:
+            await self.rt.send({"type": "response.create"})
+
+    async def _on_dtmf(self, digit: str) -> None:
+        self.record.dtmf.append(digit)
+        action = self.profile.dtmf.get(digit, "tell_model")
+        if action == "end_call":
+            self.request_end("caller_pressed_" + digit)
+        elif action.startswith("transfer:"):
+            self.request_transfer(action.split(":", 1)[1])
+        else:
+            await self.rt.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_text",
+                                "text": f"(The caller pressed {digit} on the keypad.)",
+                            }
+                        ],
+                    },
+                }
+            )
+            if not self._response_active:
+                await self.rt.send({"type": "response.create"})
+
+    async def _after_playout(self, action: Any) -> None:
+        # Let the response that said goodbye finish streaming, then let the caller hear it.
+        for _ in range(50):
+            if not self._response_active:
+                break
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), PLAYOUT_WAIT_S)
+        await action()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

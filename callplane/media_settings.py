@@ -1,0 +1,70 @@
+"""Settings of the media plane: where the Realtime API is, Twilio's credentials, profiles.
+
+One pydantic model, read from a JSON file or the ``CALLPLANE_MEDIA_CONFIG`` environment
+variable; production and the offline stack differ only in URLs and credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from callplane.profiles import AgentProfile
+from callplane.realtime.client import RealtimeSettings
+from callplane.transports.twilio import TwilioRestSettings
+
+ENV_VAR = "CALLPLANE_MEDIA_CONFIG"
+
+
+class MediaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The public wss:// URL of this app's /twilio/media, exactly as the edge puts it in the
+    # TwiML: Twilio signs the WebSocket upgrade over it, whatever host the server sees.
+    public_media_url: str
+    stream_secret: str = Field(min_length=16)
+    api_key: str = Field(min_length=8, description="Bearer key for GET /calls")
+    twilio_account_sid: str
+    twilio_auth_token: str
+    twilio_api_base_url: str | None = None
+    realtime_url: str = "wss://api.openai.com/v1/realtime"
+    realtime_api_key: str
+    realtime_model: str = "gpt-realtime"
+    profiles: Mapping[str, AgentProfile]
+    records_path: Path = Path(".callplane/records.sqlite3")
+
+    def realtime(self) -> RealtimeSettings:
+        return RealtimeSettings(
+            url=self.realtime_url, api_key=self.realtime_api_key, model=self.realtime_model
+        )
+
+    def twilio(self) -> TwilioRestSettings:
+        return TwilioRestSettings(
+            self.twilio_account_sid, self.twilio_auth_token, self.twilio_api_base_url
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> MediaSettings:
+        try:
+            return cls.model_validate(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{source}: not valid JSON ({exc.msg} at position {exc.pos})"
+            ) from None
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r:.60})"
+                for e in exc.errors()
+            )
+            raise ValueError(f"{source}: {problems}") from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> MediaSettings:
+        text = environ.get(ENV_VAR)
+        if not text:
+            raise ValueError(f"{ENV_VAR} is not set: put the media settings JSON in it")
+        return cls.from_json(text, source=ENV_VAR)

@@ -1,0 +1,95 @@
+"""Agent profiles: who the agent is on a given number.
+
+A profile is configuration (instructions, voice, greeting, language, tools by name, DTMF
+actions), validated with pydantic so that a bad profile fails at load with the field named.
+The Realtime session is derived from it in one place, :func:`session_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from callplane.tools import BUILTIN_TOOLS, Tool, ToolSet
+
+DtmfAction = Literal["end_call", "tell_model"] | str
+
+
+class AgentProfile(BaseModel):
+    """One agent persona and its behaviour on a call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    instructions: str = "You are a helpful phone agent. Keep answers short."
+    voice: str = "marin"
+    greeting: str | None = "Greet the caller briefly and ask how you can help."
+    language: str = "en"
+    tools: tuple[str, ...] = ("end_call", "transfer_call")
+    # Digit -> action: "end_call", "tell_model" (the model is told which key was pressed), or
+    # "transfer:<number>". Digits without an entry are told to the model.
+    dtmf: Mapping[str, DtmfAction] = Field(default_factory=dict)
+    transfer_targets: Mapping[str, str] = Field(default_factory=dict)
+    max_call_seconds: int = Field(default=3600, ge=10)
+
+    @field_validator("dtmf")
+    @classmethod
+    def _digits(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        for key in value:
+            if key not in "0123456789*#" or len(key) != 1:
+                raise ValueError(f"DTMF key {key!r} is not one of 0-9, * or #")
+        return value
+
+
+def resolve_tools(profile: AgentProfile, registry: Mapping[str, Tool]) -> ToolSet:
+    """The profile's tools from the registry (plus built-ins); an unknown name is an error."""
+    known = {**BUILTIN_TOOLS, **registry}
+    missing = [t for t in profile.tools if t not in known]
+    if missing:
+        raise ValueError(
+            f"profile {profile.name!r}: tools {missing} are not registered; known tools: "
+            f"{sorted(known)}. Register them or remove them from the profile."
+        )
+    return ToolSet(known[t] for t in profile.tools)
+
+
+def session_config(
+    profile: AgentProfile,
+    tools: ToolSet,
+    *,
+    audio_format: Literal["audio/pcmu", "audio/pcm"] = "audio/pcmu",
+    extra_instructions: str = "",
+) -> dict[str, Any]:
+    """The GA ``session.update`` session for a call with this profile.
+
+    Phone calls use ``audio/pcmu`` both ways so Twilio's payloads pass through untouched.
+    """
+    fmt: dict[str, Any] = {"type": audio_format}
+    if audio_format == "audio/pcm":
+        fmt["rate"] = 24000
+    instructions = profile.instructions
+    if profile.language != "en":
+        instructions += f"\nSpeak {profile.language} unless the caller uses another language."
+    if extra_instructions:
+        instructions += "\n" + extra_instructions
+    return {
+        "type": "realtime",
+        "instructions": instructions,
+        "output_modalities": ["audio"],
+        "audio": {
+            "input": {
+                "format": fmt,
+                "transcription": {"model": "gpt-4o-mini-transcribe", "language": profile.language},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "create_response": True,
+                    "interrupt_response": True,
+                },
+            },
+            "output": {"format": dict(fmt), "voice": profile.voice},
+        },
+        "tools": tools.specs(),
+        "tool_choice": "auto",
+    }

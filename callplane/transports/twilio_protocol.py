@@ -1,0 +1,129 @@
+"""Twilio Media Streams frames: parse what Twilio sends, build what it accepts.
+
+Pure functions, no I/O. Outbound frames are built by string concatenation because they are on
+the per-chunk path and their only variable parts are a SID, a mark name and base64, none of
+which need JSON escaping.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# One media frame is normally 160 bytes (20 ms); Twilio never sends more than a few hundred.
+# Anything far larger is garbage and is dropped before decoding.
+MAX_PAYLOAD_CHARS = 16 * 1024
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    media_format: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    payload: str
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A frame that was dropped, with why (counted by the transport, never fatal)."""
+
+    reason: str
+
+
+Frame = Start | Media | Dtmf | Mark | Stop | Connected | Invalid
+
+
+def parse(text: str) -> Frame:
+    """Parse one text frame from Twilio."""
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError):
+        return Invalid("invalid_json")
+    if not isinstance(msg, dict):
+        return Invalid("not_an_object")
+    event = msg.get("event")
+    try:
+        if event == "media":
+            media = msg["media"]
+            payload = media["payload"]
+            if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD_CHARS:
+                return Invalid("oversized_payload" if isinstance(payload, str) else "bad_payload")
+            if len(payload) % 4 or not _BASE64.match(payload):
+                return Invalid("bad_base64")
+            return Media(payload, int(media.get("timestamp") or 0))
+        if event == "mark":
+            return Mark(str(msg["mark"]["name"]))
+        if event == "dtmf":
+            digit = str(msg["dtmf"]["digit"])
+            return (
+                Dtmf(digit)
+                if digit in set("0123456789*#") and len(digit) == 1
+                else Invalid("bad_digit")
+            )
+        if event == "start":
+            start = msg["start"]
+            return Start(
+                stream_sid=str(start.get("streamSid") or msg.get("streamSid")),
+                call_sid=str(start["callSid"]),
+                account_sid=str(start.get("accountSid") or ""),
+                custom_parameters={
+                    str(k): str(v) for k, v in (start.get("customParameters") or {}).items()
+                },
+                media_format=dict(start.get("mediaFormat") or {}),
+            )
+        if event == "stop":
+            return Stop()
+        if event == "connected":
+            return Connected()
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+        return Invalid(f"malformed_{event}")
+    return Invalid("unknown_event")
+
+
+def media_frame(stream_sid: str, payload_b64: str) -> str:
+    return (
+        '{"event":"media","streamSid":"'
+        + stream_sid
+        + '","media":{"payload":"'
+        + payload_b64
+        + '"}}'
+    )
+
+
+def mark_frame(stream_sid: str, name: str) -> str:
+    return '{"event":"mark","streamSid":"' + stream_sid + '","mark":{"name":"' + name + '"}}'
+
+
+def clear_frame(stream_sid: str) -> str:
+    return '{"event":"clear","streamSid":"' + stream_sid + '"}'

@@ -1,0 +1,248 @@
+"""The edge's request handling: pure functions on the standard library, no I/O.
+
+The same :func:`handle` runs in the Cloudflare Python Worker (``worker.py``) and under uvicorn
+(``asgi.py``); both adapters only translate their request and response types. Keeping the logic
+here, free of any runtime, is what lets the offline stack and the tests exercise exactly the code
+that answers Twilio in production.
+
+Routes:
+
+* ``POST /twilio/voice``: Twilio's incoming-call webhook. Signature checked; the called number
+  (``To``) picks the agent profile and media region; the answer is TwiML
+  ``<Connect><Stream url="{media}/twilio/media">`` carrying a stream token bound to the CallSid,
+  or ``<Reject reason="rejected"/>`` for a number the edge does not serve.
+* ``POST /twilio/status``: call status callbacks. Signature checked; fields go to ``on_status``.
+* ``GET /healthz``: liveness.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from callplane.security import mint_stream_token, validate_twilio_signature
+from edge_worker.config import EdgeConfig
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "EdgeRequest",
+    "EdgeResponse",
+    "Headers",
+    "StatusHandler",
+    "handle",
+    "reject_twiml",
+    "stream_twiml",
+]
+
+MAX_BODY_BYTES = 64 * 1024
+"""Twilio's webhooks are a few kilobytes; anything much larger is not from Twilio."""
+
+StatusHandler = Callable[[dict[str, str]], None]
+
+_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+_FORM = "application/x-www-form-urlencoded"
+
+
+class Headers(Mapping[str, str]):
+    """Read-only, case-insensitive HTTP headers. Repeated names are joined with ``", "`` as HTTP
+    allows, so adapters can pass raw header lists."""
+
+    def __init__(self, source: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        items = source.items() if isinstance(source, Mapping) else source
+        merged: dict[str, str] = {}
+        for name, value in items:
+            key = name.lower()
+            merged[key] = f"{merged[key]}, {value}" if key in merged else value
+        self._items = merged
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({sorted(self._items)})"  # names only: values may carry credentials
+
+
+@dataclass
+class EdgeRequest:
+    """An HTTP request as the core sees it. ``path`` is the request path as sent (no query);
+    ``query`` is the raw query string without ``?``. ``headers`` may be any mapping or list of
+    pairs; it is wrapped in :class:`Headers` for case-insensitive lookup."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, Headers):
+            self.headers = Headers(self.headers)
+
+
+@dataclass
+class EdgeResponse:
+    """An HTTP response for an adapter to send as is."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def handle(
+    config: EdgeConfig,
+    request: EdgeRequest,
+    *,
+    now: float,
+    on_status: StatusHandler | None = None,
+) -> EdgeResponse:
+    """Answer one request. ``now`` (Unix seconds) stamps stream tokens; ``on_status`` receives
+    each verified status callback's form fields (first value per name) and must not block.
+
+    Never raises for bad input: a bad signature is 403, an unknown path 404, a wrong method 405,
+    a non-form body 415, an oversized body 413, and a failing ``on_status`` 500. Error bodies
+    are plain text naming the problem and never contain secrets or tokens.
+    """
+    route = _ROUTES.get(request.path)
+    if route is None:
+        return _text(404, f"no route for {request.path!r}; routes: {sorted(_ROUTES)}")
+    methods, handler = route
+    method = request.method.upper()
+    if method not in methods:
+        allow = ", ".join(methods)
+        return _text(405, f"{method} is not allowed on {request.path}; use {allow}", allow=allow)
+    return handler(config, request, now, on_status)
+
+
+def stream_twiml(stream_url: str, parameters: Iterable[tuple[str, str]]) -> str:
+    """``<Response><Connect><Stream url=…>`` with ``<Parameter>`` children, byte for byte what
+    the ``twilio`` SDK's ``VoiceResponse`` writes for the same input (attributes sorted)."""
+    response = ET.Element("Response")
+    stream = ET.SubElement(ET.SubElement(response, "Connect"), "Stream", url=stream_url)
+    for name, value in parameters:
+        ET.SubElement(stream, "Parameter", name=name, value=value)
+    return _XML_DECLARATION + ET.tostring(response, encoding="unicode")
+
+
+def reject_twiml() -> str:
+    """``<Response><Reject reason="rejected"/></Response>``: Twilio refuses the call without
+    answering it, so a number the edge does not serve costs nothing and reaches no agent."""
+    response = ET.Element("Response")
+    ET.SubElement(response, "Reject", reason="rejected")
+    return _XML_DECLARATION + ET.tostring(response, encoding="unicode")
+
+
+# --------------------------------------------------------------------------- handlers
+
+Handler = Callable[[EdgeConfig, EdgeRequest, float, StatusHandler | None], EdgeResponse]
+
+
+def _voice(
+    config: EdgeConfig, request: EdgeRequest, now: float, on_status: StatusHandler | None
+) -> EdgeResponse:
+    form = _verified_form(config, request)
+    if isinstance(form, EdgeResponse):
+        return form
+    to = _first(form, "To").strip()
+    route = config.numbers.get(to)
+    if route is None:
+        return _xml(reject_twiml())
+    call_sid = _first(form, "CallSid")
+    if not call_sid:
+        return _text(400, "the voice webhook has no CallSid; it must come from Twilio")
+    token = mint_stream_token(config.stream_secret, call_sid, route.profile, route.region, now=now)
+    parameters = [("token", token), ("profile", route.profile), ("to", to)]
+    for name, source in (("from", "From"), ("country", "FromCountry")):
+        value = _first(form, source)
+        if value:
+            parameters.append((name, value))
+    return _xml(stream_twiml(config.media_stream_url(route.region), parameters))
+
+
+def _status(
+    config: EdgeConfig, request: EdgeRequest, now: float, on_status: StatusHandler | None
+) -> EdgeResponse:
+    form = _verified_form(config, request)
+    if isinstance(form, EdgeResponse):
+        return form
+    if on_status is not None:
+        try:
+            on_status({name: values[0] for name, values in form.items() if values})
+        except Exception:  # the callback's failure must not leak details to the caller
+            return _text(500, "the status callback handler failed; see the edge's own logs")
+    return EdgeResponse(204, {}, b"")
+
+
+def _healthz(
+    config: EdgeConfig, request: EdgeRequest, now: float, on_status: StatusHandler | None
+) -> EdgeResponse:
+    body = b"" if request.method.upper() == "HEAD" else json.dumps({"ok": True}).encode()
+    return EdgeResponse(200, {"content-type": "application/json"}, body)
+
+
+_ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
+    "/twilio/voice": (("POST",), _voice),
+    "/twilio/status": (("POST",), _status),
+    "/healthz": (("GET", "HEAD"), _healthz),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _verified_form(config: EdgeConfig, request: EdgeRequest) -> dict[str, list[str]] | EdgeResponse:
+    """The form fields of a Twilio-signed form POST, or the error response to send instead."""
+    if len(request.body) > MAX_BODY_BYTES:
+        return _text(413, f"the body is over {MAX_BODY_BYTES} bytes; Twilio never sends that")
+    headers = request.headers if isinstance(request.headers, Headers) else Headers(request.headers)
+    content_type = headers.get("content-type", _FORM).split(";")[0].strip().lower()
+    if content_type != _FORM:
+        return _text(
+            415,
+            f"content type {content_type!r} is not accepted; Twilio webhooks are {_FORM} "
+            "(use POST as the webhook method)",
+        )
+    try:
+        form = parse_qs(request.body.decode("utf-8"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        return _text(400, "the form body is not valid UTF-8")
+    signature = headers.get("x-twilio-signature")
+    if not signature:
+        return _text(403, "missing X-Twilio-Signature header: only Twilio may call this URL")
+    url = config.public_url + request.path + (f"?{request.query}" if request.query else "")
+    if not validate_twilio_signature(config.twilio_auth_token, url, form, signature):
+        return _text(
+            403,
+            f"invalid X-Twilio-Signature for {url}: the webhook URL configured at Twilio must "
+            "be public_url plus the path, and twilio_auth_token must be the account's Auth Token",
+        )
+    return form
+
+
+def _first(form: Mapping[str, list[str]], name: str) -> str:
+    values = form.get(name)
+    return values[0] if values else ""
+
+
+def _xml(document: str) -> EdgeResponse:
+    # The TwiML carries a live stream token: no cache may keep it.
+    headers = {"content-type": "text/xml", "cache-control": "no-store"}
+    return EdgeResponse(200, headers, document.encode("utf-8"))
+
+
+def _text(status: int, message: str, *, allow: str | None = None) -> EdgeResponse:
+    headers = {"content-type": "text/plain; charset=utf-8"}
+    if allow is not None:
+        headers["allow"] = allow
+    return EdgeResponse(status, headers, (message + "\n").encode("utf-8"))

@@ -1,0 +1,183 @@
+"""The media plane's FastAPI app: Twilio media streams in, Realtime sessions out.
+
+Thin by design: it authenticates the stream and hands the call to
+:class:`callplane.conversation.Conversation`. Modal serves this app in the cloud
+(``functions/app.py``); uvicorn serves the very same app offline.
+
+Every stream is authenticated twice before any Realtime session opens: the upgrade's
+``X-Twilio-Signature`` (over the public URL, so proxies do not matter) and the stream token the
+edge put in the TwiML (HMAC, bound to the CallSid, 60 s, single use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from callplane.conversation import Conversation
+from callplane.media_settings import MediaSettings
+from callplane.profiles import resolve_tools
+from callplane.records import CallRecord, RecordStore
+from callplane.security import (
+    ReplayGuard,
+    StreamTokenError,
+    validate_twilio_signature,
+    verify_stream_token,
+)
+from callplane.tools import Tool
+from callplane.transports import twilio_protocol as tp
+from callplane.transports.twilio import CallControl, TwilioMediaStream
+
+log = logging.getLogger("callplane.media")
+
+# Close codes for refused streams (4000-4999 are for applications).
+CLOSE_BAD_SIGNATURE = 4401
+CLOSE_BAD_TOKEN = 4403
+CLOSE_NO_START = 4400
+CLOSE_UNKNOWN_PROFILE = 4404
+START_TIMEOUT_S = 10.0
+
+
+class _FastAPISocket:
+    """Adapts FastAPI's WebSocket to the transport's TextSocket."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            message = await self.ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send_text(self, text: str) -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                await self.ws.send_text(text)
+
+
+def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) -> FastAPI:
+    """The media app for these settings; ``tools`` are the registered tool functions."""
+    app = FastAPI(title="callplane media", docs_url=None, redoc_url=None)
+    store = RecordStore(settings.records_path)
+    replay = ReplayGuard()
+    registry = dict(tools or {})
+    stats: Counter[str] = Counter()
+    app.state.stats = stats
+    app.state.store = store
+    # Resolve every profile's tools at start-up: a bad profile fails now, not mid-call.
+    toolsets = {name: resolve_tools(p, registry) for name, p in settings.profiles.items()}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "active_calls": stats["active"]}
+
+    @app.get("/calls")
+    async def calls(
+        authorization: Annotated[str | None, Header()] = None, limit: int = 50
+    ) -> dict[str, Any]:
+        expected = f"Bearer {settings.api_key}"
+        if authorization is None or not hmac.compare_digest(authorization, expected):
+            raise HTTPException(
+                401, "missing or wrong API key: send Authorization: Bearer <api_key>"
+            )
+        return {"calls": store.list(limit=min(max(limit, 1), 500))}
+
+    @app.websocket("/twilio/media")
+    async def twilio_media(ws: WebSocket) -> None:
+        signature = ws.headers.get("x-twilio-signature", "")
+        if not validate_twilio_signature(
+            settings.twilio_auth_token, settings.public_media_url, {}, signature
+        ):
+            stats["refused_signature"] += 1
+            log.warning(
+                "media stream refused: bad or missing X-Twilio-Signature from %s", ws.client
+            )
+            await ws.close(code=CLOSE_BAD_SIGNATURE)
+            return
+        await ws.accept()
+        socket = _FastAPISocket(ws)
+        start = await _read_start(socket)
+        if start is None:
+            stats["refused_no_start"] += 1
+            log.warning("media stream refused: no start message within %.0f s", START_TIMEOUT_S)
+            await ws.close(code=CLOSE_NO_START)
+            return
+        try:
+            claims = verify_stream_token(
+                settings.stream_secret,
+                start.custom_parameters.get("token", ""),
+                start.call_sid,
+                now=time.time(),
+            )
+            replay.check_and_remember(claims, now=time.time())
+        except StreamTokenError as exc:
+            stats[f"refused_token_{exc.reason}"] += 1
+            log.warning(
+                "media stream for call %s refused: stream token %s", start.call_sid, exc.reason
+            )
+            await ws.close(code=CLOSE_BAD_TOKEN)
+            return
+        profile = settings.profiles.get(claims.profile)
+        if profile is None:
+            stats["refused_profile"] += 1
+            log.error("call %s: profile %r is not configured here", start.call_sid, claims.profile)
+            await ws.close(code=CLOSE_UNKNOWN_PROFILE)
+            return
+        params = start.custom_parameters
+        record = CallRecord(
+            call_sid=start.call_sid,
+            from_=params.get("from", ""),
+            to=params.get("to", ""),
+            country=params.get("country", ""),
+            profile=profile.name,
+        )
+        transport = TwilioMediaStream(
+            socket,
+            start,
+            CallControl(settings.twilio(), start.call_sid),
+            on_invalid=lambda r: stats.update([f"dropped_{r}"]),
+        )
+        conversation = Conversation(
+            transport, profile, toolsets[claims.profile], settings.realtime(), record
+        )
+        stats["active"] += 1
+        try:
+            await conversation.run()
+        finally:
+            stats["active"] -= 1
+            store.save(record)
+            if ws.application_state == WebSocketState.CONNECTED:
+                await ws.close()
+
+    return app
+
+
+async def _read_start(socket: _FastAPISocket) -> tp.Start | None:
+    """Skip ``connected``; return the ``start`` frame, or None if it does not come in time."""
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            for _ in range(3):
+                frame = await socket.receive()
+                if frame is None or isinstance(frame, bytes):
+                    return None
+                parsed = tp.parse(frame)
+                if isinstance(parsed, tp.Start):
+                    return parsed
+    except TimeoutError:
+        return None
+    return None

@@ -1,0 +1,124 @@
+"""The media WebSocket refuses unauthenticated streams before any Realtime session opens."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from callplane.local.engine.server import EngineServer
+from callplane.media_settings import MediaSettings
+from callplane.profiles import AgentProfile
+from callplane.security import mint_stream_token
+from functions.media import CLOSE_BAD_TOKEN, create_app
+from tests.servers import serve_asgi
+
+AUTH_TOKEN = "twilio-auth-token-for-tests"
+SECRET = "stream-secret-for-tests-0123456789"
+PUBLIC_URL = "wss://media.example.com/twilio/media"
+
+
+@pytest.fixture
+async def media(engine: EngineServer, tmp_path: Path) -> AsyncIterator[str]:
+    settings = MediaSettings(
+        public_media_url=PUBLIC_URL,
+        stream_secret=SECRET,
+        api_key="calls-api-key",
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token=AUTH_TOKEN,
+        realtime_url=engine.url,
+        realtime_api_key="test",
+        profiles={"support": AgentProfile(name="support")},
+        records_path=tmp_path / "records.sqlite3",
+    )
+    async with serve_asgi(create_app(settings)) as base:
+        yield base.replace("http://", "ws://") + "/twilio/media"
+
+
+def signed() -> dict[str, str]:
+    return {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL, {})}
+
+
+def start_frame(call_sid: str, token: str) -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": "MZ1",
+            "start": {
+                "streamSid": "MZ1",
+                "accountSid": "AC" + "0" * 32,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": {"token": token},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+async def refused_with(url: str, headers: dict[str, str], frames: list[str]) -> int | None:
+    async with connect(url, additional_headers=headers) as ws:
+        for frame in frames:
+            await ws.send(frame)
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+    raise AssertionError("unreachable: recv() only ends by raising")
+
+
+async def test_unsigned_and_wrongly_signed_upgrades_are_refused(
+    media: str, engine: EngineServer
+) -> None:
+    for headers in ({}, {"X-Twilio-Signature": "bm90IGl0"}):
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(media, additional_headers=headers):
+                pass
+        assert info.value.response.status_code == 403
+    assert engine.sessions_opened == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "token_for", "minted_at"),
+    [
+        ("garbage token", None, 0.0),
+        ("token for another call", "CA_other", 0.0),
+        ("expired token", "CA_expired", -120.0),
+    ],
+)
+async def test_bad_stream_tokens_are_refused_before_any_realtime_session(
+    media: str, engine: EngineServer, case: str, token_for: str | None, minted_at: float
+) -> None:
+    call_sid = "CA_expired" if case == "expired token" else "CA_this_call"
+    token = (
+        "garbage"
+        if token_for is None
+        else mint_stream_token(SECRET, token_for, "support", "local", now=time.time() + minted_at)
+    )
+    code = await refused_with(
+        media, signed(), [json.dumps({"event": "connected"}), start_frame(call_sid, token)]
+    )
+    assert code == CLOSE_BAD_TOKEN, case
+    assert engine.sessions_opened == 0, case
+
+
+async def test_a_replayed_token_is_refused(media: str, engine: EngineServer) -> None:
+    token = mint_stream_token(SECRET, "CA_replay", "support", "local", now=time.time())
+    async with connect(media, additional_headers=signed()) as ws:
+        await ws.send(start_frame("CA_replay", token))
+        first = json.loads(await ws.recv())  # the agent's greeting starts: the call is live
+        assert first["event"] in ("media", "mark")
+        code = await refused_with(media, signed(), [start_frame("CA_replay", token)])
+        assert code == CLOSE_BAD_TOKEN
+        await ws.send(
+            json.dumps({"event": "stop", "stop": {"callSid": "CA_replay"}, "streamSid": "MZ1"})
+        )
+    assert engine.sessions_opened == 1

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from callplane.pricing import PriceTable
+from callplane.records import CallRecord, RecordStore
+
+
+def test_cost_uses_the_country_rate_per_started_minute_and_token_prices(tmp_path: Path) -> None:
+    prices = PriceTable(
+        twilio_inbound_per_min={"PK": 0.02},
+        audio_input_per_m=10,
+        audio_output_per_m=20,
+        text_input_per_m=1,
+        text_output_per_m=2,
+    )
+    record = CallRecord(call_sid="CA1", country="PK", started_at=0.0)
+    record.usage.add(
+        {
+            "input_token_details": {"audio_tokens": 1000, "text_tokens": 500},
+            "output_token_details": {"audio_tokens": 2000, "text_tokens": 100},
+        }
+    )
+    record.close("caller_hung_up", prices)
+    record.duration_s = 61.0  # two started minutes
+    assert prices.telephony("PK", 61.0) == 0.04
+    assert record.cost_usd["model"] == (1000 * 10 + 2000 * 20 + 500 * 1 + 100 * 2) / 1e6
+
+
+def test_records_round_trip_through_sqlite(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "r.sqlite3")
+    record = CallRecord(call_sid="CA9", from_="+15550001111", to="+15550002222", profile="sales")
+    record.say("agent", "Hello")
+    record.say("caller", "hi")
+    record.close("agent_hung_up")
+    store.save(record)
+    again = RecordStore(tmp_path / "r.sqlite3").get("CA9")
+    assert again is not None
+    assert again["from"] == "+15550001111" and again["profile"] == "sales"
+    assert [t["text"] for t in again["transcript"]] == ["Hello", "hi"]
+    assert store.list()[0]["call_sid"] == "CA9"

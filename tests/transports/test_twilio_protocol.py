@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+
+from callplane.transports import twilio_protocol as tp
+
+
+def test_media_start_mark_dtmf_stop_parse() -> None:
+    start = tp.parse(
+        json.dumps(
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "streamSid": "MZ1",
+                "start": {
+                    "streamSid": "MZ1",
+                    "accountSid": "AC1",
+                    "callSid": "CA1",
+                    "tracks": ["inbound"],
+                    "customParameters": {"token": "t"},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            }
+        )
+    )
+    assert start == tp.Start(
+        "MZ1",
+        "CA1",
+        "AC1",
+        {"token": "t"},
+        {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    )
+    media = tp.parse(
+        '{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"//79/A=="},"streamSid":"MZ1"}'
+    )
+    assert media == tp.Media("//79/A==", 5)
+    assert tp.parse('{"event":"mark","streamSid":"MZ1","mark":{"name":"m7"}}') == tp.Mark("m7")
+    assert tp.parse(
+        '{"event":"dtmf","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"5"}}'
+    ) == tp.Dtmf("5")
+    assert tp.parse('{"event":"stop","stop":{"callSid":"CA1"},"streamSid":"MZ1"}') == tp.Stop()
+
+
+def test_bad_frames_are_invalid_with_a_reason() -> None:
+    assert tp.parse("{nope") == tp.Invalid("invalid_json")
+    assert tp.parse("[1]") == tp.Invalid("not_an_object")
+    assert tp.parse('{"event":"party"}') == tp.Invalid("unknown_event")
+    assert tp.parse('{"event":"media","media":{"payload":"%%%%"}}') == tp.Invalid("bad_base64")
+    assert tp.parse('{"event":"media","media":{"payload":"' + "A" * 20000 + '"}}') == tp.Invalid(
+        "oversized_payload"
+    )
+    assert tp.parse('{"event":"media"}') == tp.Invalid("malformed_media")
+    assert tp.parse('{"event":"dtmf","dtmf":{"digit":"x"}}') == tp.Invalid("bad_digit")
+
+
+def test_outbound_frames_are_valid_json_in_twilio_shape() -> None:
+    assert json.loads(tp.media_frame("MZ1", "AAA=")) == {
+        "event": "media",
+        "streamSid": "MZ1",
+        "media": {"payload": "AAA="},
+    }
+    assert json.loads(tp.mark_frame("MZ1", "m1")) == {
+        "event": "mark",
+        "streamSid": "MZ1",
+        "mark": {"name": "m1"},
+    }
+    assert json.loads(tp.clear_frame("MZ1")) == {"event": "clear", "streamSid": "MZ1"}
