@@ -277,3 +277,22 @@ class AudioFormat:
 PCM24K = AudioFormat("audio/pcm", _PCM_RATE)
 PCMU = AudioFormat("audio/pcmu", _G711_RATE)
 PCMA = AudioFormat("audio/pcma", _G711_RATE)
+
+
+def hold_chime(rate: int = _G711_RATE, level: float = 0.12) -> Int16Array:
+    """A soft two-note chime (about 0.7 s) that tells a caller the line is alive.
+
+    Played while the Realtime socket is re-opened, so the caller hears that someone is there
+    rather than dead air. Synthesised here instead of shipped as a recording so every
+    deployment has it without an asset; the level stays well below speech so that the
+    server VAD does not take it for the caller.
+    """
+    notes = ((660.0, 0.22), (880.0, 0.30))
+    parts: list[npt.NDArray[np.float64]] = []
+    for freq, seconds in notes:
+        t = np.arange(int(rate * seconds)) / rate
+        envelope = np.sin(np.pi * t / seconds) ** 2  # smooth onset and decay, no clicks
+        parts.append(np.sin(2 * np.pi * freq * t) * envelope)
+        parts.append(np.zeros(int(rate * 0.08)))
+    wave = np.concatenate(parts) * level * 32767
+    return wave.astype(np.int16)

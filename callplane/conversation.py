@@ -188,7 +188,7 @@ class Conversation:
 
         await self.transport.play(
             base64.b64encode(self.filler).decode("ascii"),
-            self.playback.sent("filler", len(self.filler)),
+            self.playback.sent("filler", len(self.filler), time.monotonic()),
         )
         self._idle.clear()
 
@@ -224,7 +224,7 @@ class Conversation:
                 except RealtimeClosed:
                     self.dropped_audio_frames += 1  # the realtime pump is reconnecting
             elif isinstance(event, MarkIn):
-                self.playback.echoed(event.name)
+                self.playback.echoed(event.name, time.monotonic())
                 if not self.playback.playing:
                     self._idle.set()
                     self._turn_changed.set()
@@ -253,7 +253,7 @@ class Conversation:
         if etype == "response.output_audio.delta":
             payload = event["delta"]
             nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
-            mark = self.playback.sent(event["item_id"], nbytes)
+            mark = self.playback.sent(event["item_id"], nbytes, time.monotonic())
             self._idle.clear()
             await self.transport.play(payload, mark)
         elif etype == "input_audio_buffer.speech_started":
@@ -290,10 +290,11 @@ class Conversation:
         """The caller speaks over the agent: stop the audio, remember only what was heard."""
         item_id = self.playback.playing_item()
         if item_id is not None and item_id != "filler":
+            audio_end_ms = self.playback.truncate_at_ms(item_id, time.monotonic())
             await self.transport.clear()
             self.playback.clear()
             self._idle.set()
-            audio_end_ms = self.playback.truncate_at_ms(item_id)
+            self._turn_changed.set()
             await self.rt.send(
                 {
                     "type": "conversation.item.truncate",

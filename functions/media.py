@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from callplane.audio import PCMU, hold_chime
 from callplane.conversation import Conversation
 from callplane.media_settings import MediaSettings
 from callplane.profiles import resolve_tools
@@ -77,8 +78,11 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
     replay = ReplayGuard()
     registry = dict(tools or {})
     stats: Counter[str] = Counter()
+    live: dict[str, CallRecord] = {}  # CallSid -> the record of a call in progress
     app.state.stats = stats
     app.state.store = store
+    app.state.live = live
+    filler = PCMU.encode(hold_chime())
     # Resolve every profile's tools at start-up: a bad profile fails now, not mid-call.
     toolsets = {name: resolve_tools(p, registry) for name, p in settings.profiles.items()}
 
@@ -86,16 +90,34 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "active_calls": stats["active"]}
 
-    @app.get("/calls")
-    async def calls(
-        authorization: Annotated[str | None, Header()] = None, limit: int = 50
-    ) -> dict[str, Any]:
+    def require_api_key(authorization: str | None) -> None:
         expected = f"Bearer {settings.api_key}"
         if authorization is None or not hmac.compare_digest(authorization, expected):
             raise HTTPException(
                 401, "missing or wrong API key: send Authorization: Bearer <api_key>"
             )
+
+    @app.get("/calls")
+    async def calls(
+        authorization: Annotated[str | None, Header()] = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """Finished calls, newest first (the records in the store)."""
+        require_api_key(authorization)
         return {"calls": store.list(limit=min(max(limit, 1), 500))}
+
+    @app.get("/calls/{call_sid}")
+    async def call(
+        call_sid: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """One call's record: live while the call is on (``"live": true``), stored after."""
+        require_api_key(authorization)
+        record = live.get(call_sid)
+        if record is not None:
+            return {"live": True, "record": record.to_json()}
+        stored = store.get(call_sid)
+        if stored is None:
+            raise HTTPException(404, f"no call {call_sid!r} on this media app")
+        return {"live": False, "record": stored}
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:
@@ -153,16 +175,25 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
             on_invalid=lambda r: stats.update([f"dropped_{r}"]),
         )
         conversation = Conversation(
-            transport, profile, toolsets[claims.profile], settings.realtime(), record
+            transport,
+            profile,
+            toolsets[claims.profile],
+            settings.realtime(),
+            record,
+            filler=filler,
         )
         stats["active"] += 1
+        live[start.call_sid] = record
         try:
             await conversation.run()
         finally:
             stats["active"] -= 1
             store.save(record)
+            live.pop(start.call_sid, None)
             if ws.application_state == WebSocketState.CONNECTED:
-                await ws.close()
+                # Twilio usually closed the stream first (the call ended); that is not an error.
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                    await ws.close()
 
     return app
 

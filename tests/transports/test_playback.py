@@ -39,3 +39,23 @@ def test_unknown_and_duplicate_echoes_are_ignored() -> None:
     assert not p.echoed(mark)
     assert not p.echoed("someone-elses-mark")
     assert p.played_ms("item_c") == 20
+
+
+def test_the_head_chunk_is_interpolated_between_echoes() -> None:
+    p = PlaybackTracker(bytes_per_ms=8)
+    first = p.sent("item_d", 800, now=10.0)  # 100 ms chunks, all sent at once
+    p.sent("item_d", 800, now=10.0)
+    p.sent("item_d", 800, now=10.0)
+    assert p.truncate_at_ms("item_d", now=10.040) == 40  # 40 ms into the first chunk
+    p.echoed(first, now=10.100)
+    assert p.truncate_at_ms("item_d", now=10.130) == 130  # 30 ms into the second
+    assert p.truncate_at_ms("item_d") == 100  # without a clock: echoes only
+    # never past the head chunk, however late the next echo is
+    assert p.truncate_at_ms("item_d", now=11.0) == 200
+
+
+def test_a_chunk_sent_after_the_queue_drained_starts_when_sent() -> None:
+    p = PlaybackTracker(bytes_per_ms=8)
+    p.echoed(p.sent("item_e", 800, now=1.0), now=1.1)
+    p.sent("item_e", 800, now=5.0)
+    assert p.truncate_at_ms("item_e", now=5.05) == 150

@@ -57,6 +57,7 @@ class EngineServer:
         self.port = 0
         self.sessions: set[RealtimeSession] = set()
         self.sessions_opened = 0
+        self._connections: set[ServerConnection] = set()
 
     @property
     def base_url(self) -> str:
@@ -85,6 +86,14 @@ class EngineServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+    async def drop_connections(self, code: int = 1011, reason: str = "engine fault") -> int:
+        """Close every open Realtime socket from the server side, as an outage would; return
+        how many were closed. Fault injection for reconnect tests and drills; the engine keeps
+        accepting new connections."""
+        victims = list(self._connections)
+        await asyncio.gather(*(ws.close(code, reason) for ws in victims), return_exceptions=True)
+        return len(victims)
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -138,6 +147,7 @@ class EngineServer:
             return
         self.sessions.add(session)
         self.sessions_opened += 1
+        self._connections.add(ws)
         try:
             await session.start()
             async for message in ws:
@@ -149,6 +159,7 @@ class EngineServer:
             pass
         finally:
             self.sessions.discard(session)
+            self._connections.discard(ws)
             with contextlib.suppress(Exception):
                 await session.close()
 

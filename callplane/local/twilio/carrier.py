@@ -490,6 +490,13 @@ class LiveCall:
 
     # ---- public API -------------------------------------------------------------------
 
+    @property
+    def placed_at(self) -> float:
+        """The event loop's clock (``time.monotonic()`` by default) when the call was placed:
+        timeline times are milliseconds after it, so they can be compared with other parts'
+        clocks in the same process."""
+        return self._t0
+
     def now_ms(self) -> float:
         """Milliseconds since the call was placed."""
         return round((self._loop.time() - self._t0) * 1000.0, 1)

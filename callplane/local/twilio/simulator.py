@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import os
 import re
-import socket
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import uvicorn
-
+from callplane.local.serving import EmbeddedServer, bind_loopback
 from callplane.local.twilio.caller import Step, hang_up, wait_for_reply
 from callplane.local.twilio.carrier import CallResult, Carrier, LiveCall
 from callplane.local.twilio.inventory import Inventory
@@ -43,23 +40,6 @@ __all__ = ["Simulator", "main"]
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.version == 4 and address.is_loopback
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the host process (pytest, ``callplane dev``)
-    owns Ctrl-C, not the simulator running inside it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 class Simulator:
@@ -102,8 +82,7 @@ class Simulator:
         self.default_callee: list[Step] = [wait_for_reply(timeout_s=10.0), hang_up()]
         self.host = "127.0.0.1"
         self.port = 0
-        self._server: _EmbeddedServer | None = None
-        self._serve_task: asyncio.Task[None] | None = None
+        self._server: EmbeddedServer | None = None
 
     # ---- accounts and callees -----------------------------------------------------------
 
@@ -145,56 +124,26 @@ class Simulator:
         """Serve the REST API on ``host:port`` (port 0 = a free one); return the base URL."""
         if self._server is not None:
             return self.base_url
-        if not _is_loopback(host):
-            raise ValueError(
-                f"host {host!r} is not an IPv4 loopback address: the simulator only serves "
-                "on 127.0.0.1 (or another 127.x address)"
-            )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.host, self.port = sock.getsockname()[:2]
-        config = uvicorn.Config(
-            create_rest_app(self),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws="none",
-        )
-        server = _EmbeddedServer(config)
+        server = EmbeddedServer(create_rest_app(self), bind_loopback(port, host), ws="none")
+        await server.start()
         self._server = server
-        self._serve_task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if self._serve_task.done():
-                self._server = None
-                sock.close()
-                self._serve_task.result()
-                raise RuntimeError("the simulator's REST server stopped during start-up")
-            await asyncio.sleep(0.01)
+        self.host, self.port = server.host, server.port
         return self.base_url
 
     async def stop(self) -> None:
         """End live calls, stop serving and save the state."""
         await self.carrier.close()
-        if self._server is not None and self._serve_task is not None:
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._serve_task), timeout=5)
-            except TimeoutError:
-                self._server.force_exit = True
-                await self._serve_task
+        if self._server is not None:
+            await self._server.stop()
         self._server = None
-        self._serve_task = None
         await self.store.save_async()
 
     async def serve_forever(self) -> None:
         """Block until the server stops (for a standalone ``callplane`` command)."""
-        if self._serve_task is None:
+        if self._server is None:
             await self.start()
-        assert self._serve_task is not None
-        await asyncio.shield(self._serve_task)
+        assert self._server is not None
+        await self._server.wait()
 
     async def __aenter__(self) -> Simulator:
         await self.start()

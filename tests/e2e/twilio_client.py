@@ -1,0 +1,140 @@
+"""A hand-driven Twilio for tests that must send what the simulator never would (garbage frames):
+it asks the edge for TwiML with a signed webhook, then opens the media stream the TwiML names,
+signed, with the edge's stream token, and speaks and listens on it frame by frame."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from types import TracebackType
+
+import httpx
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection, connect
+
+from callplane.local.stack import DEFAULT_CALLER, LocalStack
+from callplane.local.twilio.caller import synthesize_ulaw
+from callplane.local.twilio.twiml import Stream, parse_twiml
+
+FRAME = 160  # 20 ms of µ-law
+
+
+class TwilioLikeStream:
+    def __init__(self, stack: LocalStack, profile: str = "support") -> None:
+        self.stack = stack
+        self.to = stack.number_for(profile)
+        self.call_sid = "CA" + secrets.token_hex(16)
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.ws: ClientConnection | None = None
+        self.media: asyncio.Queue[bytes] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TwilioLikeStream:
+        validator = RequestValidator(self.stack.creds.auth_token)
+        voice_url = self.stack.edge_url + "/twilio/voice"
+        form = {
+            "CallSid": self.call_sid,
+            "AccountSid": self.stack.creds.account_sid,
+            "From": DEFAULT_CALLER,
+            "To": self.to,
+            "FromCountry": "US",
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+        }
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                voice_url,
+                data=form,
+                headers={"X-Twilio-Signature": validator.compute_signature(voice_url, form)},
+            )
+        answer.raise_for_status()
+        (stream,) = parse_twiml(answer.text)
+        assert isinstance(stream, Stream)
+        self.ws = await connect(
+            stream.url,
+            additional_headers={"X-Twilio-Signature": validator.compute_signature(stream.url, {})},
+        )
+        await self.ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1"}))
+        await self.ws.send(
+            json.dumps(
+                {
+                    "event": "start",
+                    "sequenceNumber": "1",
+                    "streamSid": self.stream_sid,
+                    "start": {
+                        "streamSid": self.stream_sid,
+                        "accountSid": self.stack.creds.account_sid,
+                        "callSid": self.call_sid,
+                        "tracks": ["inbound"],
+                        "customParameters": stream.parameters,
+                        "mediaFormat": {
+                            "encoding": "audio/x-mulaw",
+                            "sampleRate": 8000,
+                            "channels": 1,
+                        },
+                    },
+                }
+            )
+        )
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for frame in self.ws:
+            message = json.loads(frame)
+            if message["event"] == "media":
+                await self.media.put(base64.b64decode(message["media"]["payload"]))
+            elif message["event"] == "mark":  # played at once, as far as this client cares
+                await self.ws.send(
+                    json.dumps(
+                        {"event": "mark", "streamSid": self.stream_sid, "mark": message["mark"]}
+                    )
+                )
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        assert self.ws is not None
+        await self.ws.send(frame)
+
+    async def say(self, text: str, trailing_silence_ms: int = 1000) -> None:
+        """Speak in real-time 20 ms frames, then stay silent long enough to end the turn."""
+        audio = await asyncio.to_thread(synthesize_ulaw, text, "en-us")
+        audio += b"\xff" * (8 * trailing_silence_ms)
+        for i in range(0, len(audio), FRAME):
+            payload = base64.b64encode(audio[i : i + FRAME]).decode()
+            await self.send_raw(
+                json.dumps(
+                    {"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}}
+                )
+            )
+            await asyncio.sleep(0.02)
+
+    async def until_agent_quiet(self, quiet_s: float = 1.5, timeout_s: float = 20.0) -> float:
+        """Collect agent audio until none arrives for ``quiet_s``; return its length in ms."""
+        received = 0
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(self.media.get(), quiet_s)
+                except TimeoutError:
+                    if received:
+                        return received / 8
+                    continue
+                received += len(chunk)
+
+    async def stop(self) -> None:
+        await self.send_raw(
+            json.dumps(
+                {"event": "stop", "streamSid": self.stream_sid, "stop": {"callSid": self.call_sid}}
+            )
+        )
