@@ -34,6 +34,10 @@ def main(
             param_hint="--log-level",
         )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        # Libraries log every HTTP request at INFO; only callplane's own lines are news.
+        for noisy in ("httpx", "twilio.http_client", "websockets", "uvicorn"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 @app.command()
@@ -93,10 +97,131 @@ def engine(
         raise typer.Exit(1) from None
 
 
-@app.command()
-def demo() -> None:
-    """Run an offline conversation end to end: engine, the openai SDK as client, real audio."""
-    from callplane.local.demo import run_demo
+DATA_DIR_OPTION = typer.Option(
+    help="Where the local stack keeps its state: numbers, credentials, call records."
+)
 
-    ok = asyncio.run(run_demo(console))
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, DATA_DIR_OPTION] = Path(".callplane"),
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON line with every URL once ready.")
+    ] = False,
+    engine_port: Annotated[int, typer.Option(help="Realtime engine port.")] = 8765,
+    twilio_port: Annotated[int, typer.Option(help="Twilio simulator port.")] = 8089,
+    edge_port: Annotated[int, typer.Option(help="Edge worker port.")] = 8787,
+    media_port: Annotated[int, typer.Option(help="Media app port.")] = 8000,
+    any_ports: Annotated[
+        bool, typer.Option("--any-ports", help="Ignore the port options; pick free ports.")
+    ] = False,
+) -> None:
+    """Run every local part on loopback until Ctrl-C: the engine, the Twilio simulator, the
+    edge worker and the media app, with simulated numbers bought for the local stack."""
+    import json
+
+    from callplane.local.console import print_parts
+    from callplane.local.stack import LocalStack, StackOptions
+
+    ports = (0, 0, 0, 0) if any_ports else (engine_port, twilio_port, edge_port, media_port)
+    options = StackOptions(
+        data_dir=data_dir,
+        engine_port=ports[0],
+        twilio_port=ports[1],
+        edge_port=ports[2],
+        media_port=ports[3],
+    )
+
+    async def run() -> None:
+        async with LocalStack(options) as stack:
+            if json_output:
+                print(json.dumps(stack.describe()), flush=True)
+            else:
+                print_parts(console, stack.describe())
+                support = stack.number_for("support")
+                console.print(
+                    "\nTry it:\n"
+                    f'  uv run callplane call {support} --say "what is the weather like today" '
+                    "--say goodbye\n"
+                    "Ctrl-C stops every part."
+                )
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        console.print("local stack stopped")
+    except OSError as exc:
+        console.print(f"[red]{exc}[/]: stop what uses the port, pick other ports, or --any-ports")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def call(
+    number: Annotated[
+        str, typer.Argument(help="A local stack number (E.164) or the profile answering it.")
+    ],
+    say: Annotated[
+        list[str] | None,
+        typer.Option("--say", help="What the caller says, in order (repeat the option)."),
+    ] = None,
+    hang_up: Annotated[
+        bool, typer.Option(help="Hang up after the last answer, unless the agent did.")
+    ] = True,
+    from_: Annotated[str, typer.Option("--from", help="The caller's number.")] = "+15017122661",
+    data_dir: Annotated[Path, DATA_DIR_OPTION] = Path(".callplane"),
+) -> None:
+    """Place a simulated call on the local stack, print the conversation live and the record at
+    the end. Uses the stack `callplane dev` runs; without one, starts one for this call."""
+    from callplane.local.calling import CallFailed, RunningStack, caller_steps, follow_call
+    from callplane.local.console import print_outcome, transcript_printer
+    from callplane.local.stack import LocalStack, StackOptions
+
+    steps = caller_steps(say or [], hang_up=hang_up)
+
+    async def place(running: RunningStack) -> bool:
+        to = running.resolve(number)
+        console.print(f"calling {to} ({running.numbers[to]}) from {from_}")
+        outcome = await follow_call(running, to, steps, transcript_printer(console), from_=from_)
+        print_outcome(console, outcome)
+        return outcome.ok
+
+    async def run() -> bool:
+        running = RunningStack.from_data_dir(data_dir)
+        if running is not None:
+            return await place(running)
+        console.print(
+            f"[dim]no `callplane dev` running in {data_dir}; starting a stack for this call[/]"
+        )
+        async with LocalStack(StackOptions(data_dir=data_dir)):
+            running = RunningStack.from_data_dir(data_dir)
+            assert running is not None
+            return await place(running)
+
+    try:
+        ok = asyncio.run(run())
+    except CallFailed as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def demo(
+    engine_only: Annotated[
+        bool,
+        typer.Option(
+            "--engine-only", help="Only a conversation with the engine through the openai SDK."
+        ),
+    ] = False,
+) -> None:
+    """Run a simulated phone call through the whole local stack (or only the engine), offline."""
+    if engine_only:
+        from callplane.local.sdk_demo import run_demo as run_sdk_demo
+
+        ok = asyncio.run(run_sdk_demo(console))
+    else:
+        from callplane.local.demo import run_demo
+
+        ok = asyncio.run(run_demo(console))
     raise typer.Exit(0 if ok else 1)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
@@ -83,3 +86,92 @@ def test_a_bad_script_is_refused_naming_the_file_and_field(tmp_path: Path) -> No
     result = run_cli("engine", "--script", str(script))
     assert result.returncode != 0
     assert "followup" in result.stderr and "rules" in result.stderr
+
+
+@pytest.fixture
+def dev_stack(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any], Path]]:
+    """`callplane dev --json` as a user starts it, in its own process."""
+    data_dir = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [*CALLPLANE, "dev", "--json", "--any-ports", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, (
+        f"callplane dev printed nothing; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    )
+    try:
+        yield proc, json.loads(line), data_dir
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=20)
+
+
+def test_dev_prints_every_part_and_call_follows_a_call_live(
+    dev_stack: tuple[subprocess.Popen[str], dict[str, Any], Path],
+) -> None:
+    proc, parts, data_dir = dev_stack
+    assert set(parts) >= {"engine", "twilio", "edge", "media", "numbers"}
+    assert {n["profile"] for n in parts["numbers"]} == {"support", "sales"}
+    assert (data_dir / "dev.json").stat().st_mode & 0o077 == 0, "dev.json holds credentials"
+    result = subprocess.run(
+        [
+            *CALLPLANE,
+            "call",
+            "support",
+            "--say",
+            "what is the weather like today",
+            "--say",
+            "goodbye",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    said = [line for line in lines if line.startswith(("agent ", "caller", "tool "))]
+    assert said[:2] == [
+        "agent  Hello, thanks for calling. How can I help you today?",
+        "caller what is the weather like today",
+    ]
+    assert "tool   get_weather" in "\n".join(said)
+    assert "agent_hung_up" in result.stderr and "get_weather, end_call" in result.stderr
+    # Ctrl-C stops every part and removes dev.json
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert not (data_dir / "dev.json").exists()
+
+
+def test_call_to_a_number_the_stack_does_not_have_names_the_ones_it_has(
+    dev_stack: tuple[subprocess.Popen[str], dict[str, Any], Path],
+) -> None:
+    _, parts, data_dir = dev_stack
+    result = run_cli("call", "+19995550123", "--data-dir", str(data_dir))
+    assert result.returncode == 2
+    for n in parts["numbers"]:
+        assert n["number"] in result.stderr
+    assert "is not a number of the local stack" in result.stderr
+
+
+def test_the_demo_runs_a_whole_call_and_stops_cleanly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CALLPLANE, "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "demo complete" in result.stderr
+    assert "Right now it is sunny and seventy two degrees in San Francisco." in result.stderr
+    wavs = list((tmp_path / ".callplane" / "demo" / "recordings").glob("*.wav"))
+    assert len(wavs) == 1 and wavs[0].stat().st_size > 100_000
