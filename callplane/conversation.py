@@ -93,10 +93,11 @@ class Conversation:
             realtime = asyncio.create_task(self._pump_realtime())
             transport = asyncio.create_task(self._pump_transport())
             renew = asyncio.create_task(self._renewal_timer())
+            limit = asyncio.create_task(self._call_time_limit())
             done, _ = await asyncio.wait({transport, realtime}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (realtime, transport, renew):
+            for task in (realtime, transport, renew, limit):
                 task.cancel()
-            await asyncio.gather(realtime, transport, renew, return_exceptions=True)
+            await asyncio.gather(realtime, transport, renew, limit, return_exceptions=True)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -191,6 +192,19 @@ class Conversation:
             self.playback.sent("filler", len(self.filler), time.monotonic()),
         )
         self._idle.clear()
+
+    async def _call_time_limit(self) -> None:
+        """At the profile's limit the agent says goodbye, and the call ends once it played."""
+        await asyncio.sleep(self.profile.max_call_seconds)
+        if self._end_requested is not None:
+            return
+        log.info("call %s: reached max_call_seconds", self.record.call_sid)
+        await self._between_turns()
+        goodbye = "The call has reached its time limit. Say a brief, friendly goodbye now."
+        self._response_active = True  # requested now: the hang-up waits for it to play
+        with contextlib.suppress(RealtimeClosed):
+            await self.rt.send({"type": "response.create", "response": {"instructions": goodbye}})
+        self.request_end("call_time_limit")
 
     async def _renewal_timer(self) -> None:
         """Renew the session before OpenAI's limit, between turns, carrying the text over."""

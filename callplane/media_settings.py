@@ -6,6 +6,7 @@ variable; production and the offline stack differ only in URLs and credentials.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
+from callplane.tools import Tool
 from callplane.transports.twilio import TwilioRestSettings
 
 ENV_VAR = "CALLPLANE_MEDIA_CONFIG"
@@ -36,6 +38,33 @@ class MediaSettings(BaseModel):
     realtime_model: str = "gpt-realtime"
     profiles: Mapping[str, AgentProfile]
     records_path: Path = Path(".callplane/records.sqlite3")
+    # "package.module:NAME" naming a mapping of tool name -> Tool (or an iterable of Tools):
+    # the team's tools. The built-ins (end_call, transfer_call) are always there.
+    tools_module: str | None = None
+
+    def load_tools(self) -> dict[str, Tool]:
+        """Import the tools named by ``tools_module``; an error names the setting and fix."""
+        if not self.tools_module:
+            return {}
+        module_name, _, attribute = self.tools_module.partition(":")
+        if not module_name or not attribute:
+            raise ValueError(
+                f"tools_module={self.tools_module!r}: write it as 'package.module:NAME'"
+            )
+        try:
+            found = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(
+                f"tools_module={self.tools_module!r} cannot be loaded: {exc}"
+            ) from None
+        tools = list(found.values()) if isinstance(found, Mapping) else list(found)
+        bad = [t for t in tools if not isinstance(t, Tool)]
+        if bad:
+            raise ValueError(
+                f"tools_module={self.tools_module!r}: {bad[:3]!r} are not tools; declare them "
+                "with @callplane.tools.tool"
+            )
+        return {t.name: t for t in tools}
 
     def realtime(self) -> RealtimeSettings:
         return RealtimeSettings(

@@ -16,6 +16,9 @@ from callplane.tools import BUILTIN_TOOLS, Tool, ToolSet
 
 DtmfAction = Literal["end_call", "tell_model"] | str
 
+MAX_CALL_SECONDS = 4 * 3600
+"""The longest call any profile may allow."""
+
 
 class AgentProfile(BaseModel):
     """One agent persona and its behaviour on a call."""
@@ -32,7 +35,9 @@ class AgentProfile(BaseModel):
     # "transfer:<number>". Digits without an entry are told to the model.
     dtmf: Mapping[str, DtmfAction] = Field(default_factory=dict)
     transfer_targets: Mapping[str, str] = Field(default_factory=dict)
-    max_call_seconds: int = Field(default=3600, ge=10)
+    # The agent says goodbye and hangs up at this limit; the media function's timeout is set
+    # above MAX_CALL_SECONDS so that the platform never cuts a call first.
+    max_call_seconds: int = Field(default=3600, ge=10, le=MAX_CALL_SECONDS)
 
     @field_validator("dtmf")
     @classmethod

@@ -198,6 +198,13 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
     return app
 
 
+def create_app_from_env() -> FastAPI:
+    """Factory for Modal and ``uvicorn --factory``: settings from ``CALLPLANE_MEDIA_CONFIG``,
+    tools from the module its ``tools_module`` names."""
+    settings = MediaSettings.from_env()
+    return create_app(settings, settings.load_tools())
+
+
 async def _read_start(socket: _FastAPISocket) -> tp.Start | None:
     """Skip ``connected``; return the ``start`` frame, or None if it does not come in time."""
     try:

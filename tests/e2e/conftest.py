@@ -53,6 +53,7 @@ async def stack(
     options = StackOptions(data_dir=tmp_path / "stack", pace=4.0, engine_observer=observe)
     async with LocalStack(options) as running:
         yield running
+    conformance.count()
     assert not conformance.violations, "non-conforming events:\n" + "\n".join(
         conformance.violations[:20]
     )

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from twilio.request_validator import RequestValidator
 
 from callplane.audio import PCMU, hold_chime
-from callplane.local.agents import SAMPLE_WEATHER
-from callplane.local.stack import DEFAULT_CALLER, LocalStack
+from callplane.local.agents import SAMPLE_PROFILES, SAMPLE_WEATHER
+from callplane.local.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
 from callplane.local.twilio.caller import Step, hang_up, interrupt_after, pause, say, wait_for_reply
+from tests.conftest import ConformanceLog
 from tests.e2e.conftest import EngineEvents
 
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
@@ -243,3 +245,28 @@ async def test_live_record_is_served_while_the_call_is_on(stack: LocalStack) -> 
     assert seen_live
     assert answer.json()["record"]["end_reason"] == "caller_hung_up"
     assert [c["call_sid"] for c in listed] == [call.call_sid]
+
+
+async def test_a_call_at_its_time_limit_gets_a_goodbye_and_ends(
+    tmp_path: Path, conformance: ConformanceLog
+) -> None:
+    profiles = {"support": SAMPLE_PROFILES["support"].model_copy(update={"max_call_seconds": 10})}
+    options = StackOptions(
+        data_dir=tmp_path / "stack",
+        numbers=[NumberPlan("support")],
+        profiles=profiles,
+        engine_observer=conformance,
+    )
+    async with LocalStack(options) as stack:
+        result = await stack.call(
+            stack.number_for("support"), [wait_for_reply(), pause(40_000)], max_s=60
+        )
+        record = await stored_record(stack, result.call_sid)
+    assert record["end_reason"] == "call_time_limit"
+    assert 10 <= record["duration_s"] < 20
+    assert result.hung_up_by == "rest"
+    last = record["transcript"][-1]
+    assert last["role"] == "agent" and last["at"] >= 10
+    marks = result.timeline.marks
+    assert marks and all(m.echoed_ms is not None and not m.cleared for m in marks)
+    assert not conformance.violations

@@ -1,0 +1,137 @@
+"""The Modal app of the media plane: image, secrets and autoscaling, declared once.
+
+``media`` serves :func:`functions.media.create_app` — the very FastAPI app uvicorn serves in
+the local stack — as a Modal ASGI function. Each Twilio media stream is one Modal input, so
+``@modal.concurrent`` decides how many calls share a container, and the function timeout
+bounds the longest call; it sits above :data:`callplane.profiles.MAX_CALL_SECONDS` so that
+Modal never cuts a call the agent is still allowed to finish.
+
+Per stack (``CALLPLANE_STACK``: dev, staging or prod; dev when unset) :data:`SCALING` picks
+the region, the warm pool and the caps. Deploy with ``modal deploy -m functions.app --env
+<stack>`` or through ``pulumi up``, with the media settings JSON in the Modal secret
+``callplane-media`` (key ``CALLPLANE_MEDIA_CONFIG``).
+
+Importing this module needs no Modal account (nothing is contacted until a deploy), which is
+what the tests rely on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import modal
+
+from callplane.profiles import MAX_CALL_SECONDS
+
+__all__ = ["APP_NAME", "MEDIA_PACKAGES", "SCALING", "STACK", "Scaling", "app", "media"]
+
+APP_NAME = "callplane-media"
+SECRET_NAME = "callplane-media"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Where and how wide the media function runs on one stack.
+
+    ``max_inputs`` calls at most share a container (``target_inputs`` is where the autoscaler
+    aims, leaving headroom for a burst); the relay benchmark (``bench/relay.py``) is how these
+    figures are sized.
+    """
+
+    region: str
+    min_containers: int
+    max_containers: int
+    buffer_containers: int
+    scaledown_window: int
+    max_inputs: int
+    target_inputs: int
+    cpu: float = 1.0
+    memory_mib: int = 1024
+    # Modal's function timeout bounds one input, i.e. one call: the longest call plus slack.
+    timeout: int = MAX_CALL_SECONDS + 300
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_inputs <= self.max_inputs:
+            raise ValueError(
+                f"target_inputs={self.target_inputs} must be in 1..max_inputs={self.max_inputs}"
+            )
+        if not 0 <= self.min_containers <= self.max_containers:
+            raise ValueError(
+                f"min_containers={self.min_containers} must be in 0..max_containers="
+                f"{self.max_containers}"
+            )
+        if not 2 <= self.scaledown_window <= 3600:
+            raise ValueError(f"scaledown_window={self.scaledown_window} must be 2..3600 s")
+        if self.timeout <= MAX_CALL_SECONDS:
+            raise ValueError(
+                f"timeout={self.timeout} must exceed MAX_CALL_SECONDS={MAX_CALL_SECONDS}"
+            )
+
+    def function_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``@app.function``."""
+        return {
+            "region": self.region,
+            "min_containers": self.min_containers,
+            "max_containers": self.max_containers,
+            "buffer_containers": self.buffer_containers,
+            "scaledown_window": self.scaledown_window,
+            "timeout": self.timeout,
+            "cpu": self.cpu,
+            "memory": self.memory_mib,
+            # A preempted container would drop every call on it.
+            "nonpreemptible": True,
+        }
+
+
+SCALING: dict[str, Scaling] = {
+    # dev scales to zero: the first call after a quiet spell waits for a cold start.
+    "dev": Scaling("us-east", 0, 5, 0, 60, max_inputs=40, target_inputs=25),
+    "staging": Scaling("us-east", 1, 10, 1, 300, max_inputs=40, target_inputs=25),
+    "prod": Scaling("us-east", 2, 100, 2, 600, max_inputs=40, target_inputs=25),
+}
+
+STACK = os.environ.get("CALLPLANE_STACK", "dev")
+if STACK not in SCALING:
+    raise RuntimeError(
+        f"CALLPLANE_STACK={STACK!r} has no SCALING entry; use one of {sorted(SCALING)} or add "
+        "an entry to functions/app.py"
+    )
+
+# What the container installs: the runtime dependencies of the media plane (pyproject.toml's
+# [project] dependencies that the media path imports; a test keeps the two in step).
+MEDIA_PACKAGES = (
+    "numpy>=2.0",
+    "soxr>=1.0",
+    "websockets>=15.0",
+    "pydantic>=2.10",
+    "twilio>=9.0",
+    "fastapi>=0.115",
+    "uvicorn>=0.30",
+)
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_pip_install(*MEDIA_PACKAGES)
+    .add_local_python_source("callplane", "functions", "edge_worker")
+)
+
+app = modal.App(
+    APP_NAME,
+    image=image,
+    secrets=[modal.Secret.from_name(SECRET_NAME, required_keys=["CALLPLANE_MEDIA_CONFIG"])],
+    tags={"stack": STACK},
+)
+
+_scaling = SCALING[STACK]
+
+
+@app.function(**_scaling.function_options())
+@modal.concurrent(max_inputs=_scaling.max_inputs, target_inputs=_scaling.target_inputs)
+@modal.asgi_app(label=f"{APP_NAME}-{STACK}")
+def media() -> Any:
+    """The media app, configured from the ``CALLPLANE_MEDIA_CONFIG`` secret."""
+    from functions.media import create_app_from_env
+
+    return create_app_from_env()
