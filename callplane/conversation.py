@@ -33,6 +33,8 @@ RECONNECT_ATTEMPTS = 5
 RECONNECT_BACKOFF_S = (0.1, 0.3, 0.8, 1.5, 3.0)
 # After end_call or a transfer, wait at most this long for the goodbye to finish playing.
 PLAYOUT_WAIT_S = 15.0
+# A caller turn that got no response within this long no longer holds back a renewal.
+CALLER_TURN_MAX_S = 30.0
 
 
 class _Context(CallContext):
@@ -79,6 +81,13 @@ class Conversation:
         self._idle = asyncio.Event()  # set whenever the far end has nothing left to play
         self._idle.set()
         self._turn_changed = asyncio.Event()  # pulsed when a response ends or playback drains
+        # When the caller started speaking, until the response to it began (None: no turn
+        # open). A renewal mid-utterance would cut the caller's words in two.
+        self._caller_turn_since: float | None = None
+        # When we asked for a response that has not started yet, and how many tool calls are
+        # running or unanswered: a renewal then would lose the request or the call's output.
+        self._response_requested_at: float | None = None
+        self._tools_in_flight = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
         self._session_started = 0.0
@@ -148,9 +157,7 @@ class Conversation:
             await self.rt.send({"type": "conversation.item.create", "item": item})
         self._session_started = time.monotonic()
         if greet and self.profile.greeting:
-            await self.rt.send(
-                {"type": "response.create", "response": {"instructions": self.profile.greeting}}
-            )
+            await self._request_response({"instructions": self.profile.greeting})
 
     def _history_items(self) -> list[dict[str, Any]]:
         """The conversation so far as text items, to seed a new session."""
@@ -201,9 +208,8 @@ class Conversation:
         log.info("call %s: reached max_call_seconds", self.record.call_sid)
         await self._between_turns()
         goodbye = "The call has reached its time limit. Say a brief, friendly goodbye now."
-        self._response_active = True  # requested now: the hang-up waits for it to play
         with contextlib.suppress(RealtimeClosed):
-            await self.rt.send({"type": "response.create", "response": {"instructions": goodbye}})
+            await self._request_response({"instructions": goodbye})
         self.request_end("call_time_limit")
 
     async def _renewal_timer(self) -> None:
@@ -222,11 +228,34 @@ class Conversation:
             self.record.renewals += 1
             await old.close()
 
+    def _mid_turn(self) -> bool:
+        now = time.monotonic()
+        caller = self._caller_turn_since
+        requested = self._response_requested_at
+        return (
+            self._response_active
+            or self.playback.playing
+            or self._tools_in_flight > 0
+            or (caller is not None and now - caller < CALLER_TURN_MAX_S)
+            or (requested is not None and now - requested < CALLER_TURN_MAX_S)
+        )
+
+    async def _request_response(self, response: dict[str, Any] | None = None) -> None:
+        """``response.create``; until its ``response.created`` the turn counts as open."""
+        self._response_requested_at = time.monotonic()
+        event: dict[str, Any] = {"type": "response.create"}
+        if response:
+            event["response"] = response
+        await self.rt.send(event)
+
     async def _between_turns(self) -> None:
-        """Return once no response is streaming and the caller has heard all of it."""
-        while self._response_active or self.playback.playing:
+        """Return once nothing is in flight: no response requested or streaming, nothing left
+        to play, no tool running, and the caller not in the middle of a turn."""
+        while self._mid_turn():
             self._turn_changed.clear()
-            await self._turn_changed.wait()
+            with contextlib.suppress(TimeoutError):
+                # woken by every change; the timeout bounds a caller turn that never ends
+                await asyncio.wait_for(self._turn_changed.wait(), CALLER_TURN_MAX_S)
 
     # --- pumps ----------------------------------------------------------------------------------
 
@@ -271,9 +300,12 @@ class Conversation:
             self._idle.clear()
             await self.transport.play(payload, mark)
         elif etype == "input_audio_buffer.speech_started":
+            self._caller_turn_since = time.monotonic()
             await self._barge_in()
         elif etype == "response.created":
             self._response_active = True
+            self._caller_turn_since = None
+            self._response_requested_at = None
         elif etype == "response.done":
             self._response_active = False
             self._turn_changed.set()
@@ -336,6 +368,7 @@ class Conversation:
             return await tool.run(arguments, self._ctx)
 
         task = self._spawn(run())
+        self._tools_in_flight += 1
         self._pending_calls.append((call_id, task))
         self.record.tool_calls.append(
             {"name": name, "call_id": call_id, "arguments": arguments, "output": None}
@@ -353,8 +386,10 @@ class Conversation:
                     "item": {"type": "function_call_output", "call_id": call_id, "output": output},
                 }
             )
+        self._tools_in_flight -= len(calls)
         if self._end_requested is None:
-            await self.rt.send({"type": "response.create"})
+            await self._request_response()
+        self._turn_changed.set()
 
     async def _on_dtmf(self, digit: str) -> None:
         self.record.dtmf.append(digit)
@@ -380,12 +415,12 @@ class Conversation:
                 }
             )
             if not self._response_active:
-                await self.rt.send({"type": "response.create"})
+                await self._request_response()
 
     async def _after_playout(self, action: Any) -> None:
         # Let the response that said goodbye finish streaming, then let the caller hear it.
         for _ in range(50):
-            if not self._response_active:
+            if not self._response_active and self._response_requested_at is None:
                 break
             await asyncio.sleep(0.1)
         with contextlib.suppress(TimeoutError):

@@ -36,6 +36,9 @@ class MediaSettings(BaseModel):
     realtime_url: str = "wss://api.openai.com/v1/realtime"
     realtime_api_key: str
     realtime_model: str = "gpt-realtime"
+    # A GA Realtime session lasts at most 60 minutes; the bridge renews it this long before.
+    realtime_session_limit_s: float = Field(default=60 * 60, gt=0)
+    realtime_renew_margin_s: float = Field(default=120, ge=0)
     profiles: Mapping[str, AgentProfile]
     records_path: Path = Path(".callplane/records.sqlite3")
     # "package.module:NAME" naming a mapping of tool name -> Tool (or an iterable of Tools):
@@ -68,7 +71,11 @@ class MediaSettings(BaseModel):
 
     def realtime(self) -> RealtimeSettings:
         return RealtimeSettings(
-            url=self.realtime_url, api_key=self.realtime_api_key, model=self.realtime_model
+            url=self.realtime_url,
+            api_key=self.realtime_api_key,
+            model=self.realtime_model,
+            session_limit_s=self.realtime_session_limit_s,
+            renew_margin_s=self.realtime_renew_margin_s,
         )
 
     def twilio(self) -> TwilioRestSettings:

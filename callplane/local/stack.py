@@ -92,6 +92,9 @@ class StackOptions:
     tools: Mapping[str, Tool] = field(default_factory=lambda: dict(SAMPLE_TOOLS))
     engine_observer: EventObserver | None = None
     write_dev_file: bool = True
+    # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
+    # tests shorten it to see renewals happen.
+    session_limit_s: float = 60 * 60
 
     def __post_init__(self) -> None:
         for plan in self.numbers:
@@ -190,6 +193,8 @@ class LocalStack:
                 twilio_api_base_url=self.simulator.base_url,
                 realtime_url=self.engine.url,
                 realtime_api_key="local",
+                realtime_session_limit_s=o.session_limit_s,
+                realtime_renew_margin_s=min(120.0, o.session_limit_s / 4),
                 profiles=dict(o.profiles),
                 records_path=self.data_dir / "records.sqlite3",
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,17 @@ from twilio.request_validator import RequestValidator
 
 from callplane.audio import PCMU, hold_chime
 from callplane.local.agents import SAMPLE_PROFILES, SAMPLE_WEATHER
+from callplane.local.engine.context import Direction
 from callplane.local.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
-from callplane.local.twilio.caller import Step, hang_up, interrupt_after, pause, say, wait_for_reply
+from callplane.local.twilio.caller import (
+    Step,
+    hang_up,
+    interrupt_after,
+    pause,
+    press,
+    say,
+    wait_for_reply,
+)
 from tests.conftest import ConformanceLog
 from tests.e2e.conftest import EngineEvents
 
@@ -270,3 +280,57 @@ async def test_a_call_at_its_time_limit_gets_a_goodbye_and_ends(
     marks = result.timeline.marks
     assert marks and all(m.echoed_ms is not None and not m.cleared for m in marks)
     assert not conformance.violations
+
+
+async def test_a_keypad_press_transfers_the_caller(stack: LocalStack) -> None:
+    """support maps 0 to a transfer to billing: the call is redirected with <Dial>."""
+    result = await stack.call(
+        stack.number_for("support"), [wait_for_reply(), press("0"), pause(5000)]
+    )
+    assert result.transferred_to == "+15005550006", result.errors
+    record = await stored_record(stack, result.call_sid)
+    assert record["dtmf"] == ["0"]
+    assert record["transferred_to"] == "+15005550006"
+    assert record["end_reason"] == "transferred"
+
+
+async def test_the_session_is_renewed_between_turns_and_keeps_the_conversation(
+    tmp_path: Path, conformance: ConformanceLog, engine_events: EngineEvents
+) -> None:
+    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
+        conformance(direction, event)
+        engine_events(direction, event)
+
+    options = StackOptions(
+        data_dir=tmp_path / "stack",
+        numbers=[NumberPlan("support")],
+        engine_observer=observe,
+        session_limit_s=8,  # renewed 2 s before: about 6 s into the call
+    )
+    async with LocalStack(options) as stack:
+        result = await stack.call(
+            stack.number_for("support"),
+            [
+                wait_for_reply(),
+                pause(6000),
+                say("what is the weather like today"),
+                wait_for_reply(),
+                say("goodbye"),
+                wait_for_reply(timeout_s=15),
+            ],
+        )
+        record = await stored_record(stack, result.call_sid)
+        sessions = stack.engine.sessions_opened
+    assert result.status == "completed", result.errors
+    assert record["renewals"] >= 1 and sessions == 1 + record["renewals"]
+    assert record["reconnects"] == 0
+    assert WEATHER_ANSWER in texts(record, "agent"), (record["renewals"], record["transcript"])
+    # the new session was seeded with the conversation so far, as text
+    seeded = [
+        e["item"]
+        for _, e in engine_events.of_type("conversation.item.create", "in")
+        if e["item"].get("type") == "message"
+    ]
+    assert any(
+        item["role"] == "assistant" and item["content"][0]["text"] == GREETING for item in seeded
+    )

@@ -1,0 +1,17 @@
+"""The callplane Pulumi program (``Pulumi.yaml``: ``main: infra/``). See infra/README.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# The language host runs this file with infra/ as its working directory's program; make the
+# repository root importable so that ``infra`` and ``callplane`` resolve as packages (the
+# dynamic providers are pickled by reference to ``infra.providers``).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from infra.program import run  # noqa: E402
+
+run()

@@ -1,0 +1,415 @@
+"""The Pulumi program: read and validate the stack config, then declare every resource.
+
+``infra/__main__.py`` calls :func:`run`. Nothing is declared until the whole config has passed
+:func:`infra.config.load` (shape, secrets, country rules), so a bad config fails ``pulumi
+preview`` with every problem listed and no resource touched.
+
+Order of the wiring: media URLs (known at preview) -> edge URL -> SIP trunk (cloud, only for
+numbers routed over SIP) -> numbers, whose webhooks point at the edge -> LiveKit inbound trunk
+and dispatch rule for the numbers -> edge config (numbers to profiles and regions) -> the edge
+worker (Cloudflare on cloud stacks; the local edge reads the ``edgeConfig`` output) -> outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from infra.config import (
+    NAMESPACE,
+    ConfigError,
+    NumberPlan,
+    StackConfig,
+    load,
+    plan_numbers,
+)
+from infra.providers.livekit_sip import LiveKitSip
+from infra.providers.modal_app import ModalApp, expected_web_url
+from infra.providers.twilio_number import TwilioPhoneNumber
+from infra.providers.twilio_trunk import TwilioSipTrunk
+
+__all__ = [
+    "EdgeWorker",
+    "MediaPlane",
+    "Stack",
+    "Telephony",
+    "read_config",
+    "run",
+    "source_hash",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+#: What the Modal image and the Cloudflare worker bundle carry (the tag changes with them).
+SOURCE_PACKAGES = ("callplane", "functions", "edge_worker")
+EDGE_BUNDLE = (
+    "edge_worker/__init__.py",
+    "edge_worker/config.py",
+    "edge_worker/core.py",
+    "edge_worker/worker.py",
+    "callplane/__init__.py",
+    "callplane/security.py",
+)
+
+
+def _parse(value: Any) -> Any:
+    if (isinstance(value, str) and value[:1] in ("{", "[")) or value in ("true", "false"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def read_config() -> StackConfig:
+    """The ``callplane:`` config of the running stack, validated (ConfigError otherwise)."""
+    from pulumi.runtime import config as runtime_config
+
+    raw: dict[str, Any] = {}
+    merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    for full_key, value in merged.items():
+        namespace, _, key = full_key.partition(":")
+        if namespace == NAMESPACE and key:
+            raw[key] = _parse(value)
+    secret = set(runtime_config._SECRET_KEYS.get()) | set(
+        runtime_config.get_config_secret_keys_env()
+    )
+    return load(raw, secret_keys=secret)
+
+
+def source_hash(packages: Sequence[str] = SOURCE_PACKAGES, root: Path = REPO) -> str:
+    """A digest of every ``.py`` file of ``packages``: the deploy tag; it changes with the code."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _secret(value: str | None) -> pulumi.Output[str] | None:
+    return None if value is None else pulumi.Output.secret(value)
+
+
+def _ws(url: str) -> str:
+    return "wss://" + url.removeprefix("https://") if url.startswith("https://") else url
+
+
+@dataclass(frozen=True)
+class OwnedNumber:
+    plan: NumberPlan
+    resource: TwilioPhoneNumber
+    region: str
+
+
+class MediaPlane(pulumi.ComponentResource):
+    """The media functions: a ModalApp on cloud stacks; on the local stack the local media app
+    (``callplane dev``) at ``callplane:media.urls``, so nothing is declared."""
+
+    urls: dict[str, str]
+    app: ModalApp | None
+
+    def __init__(
+        self, name: str, config: StackConfig, stack: str, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("callplane:index:MediaPlane", name, None, opts)
+        self.app = None
+        self.urls = dict(config.media.urls)
+        if config.kind == "cloud":
+            modal = config.modal
+            assert modal is not None
+            label = f"{modal.app_name}-{modal.scaling}"
+            web = expected_web_url(modal.workspace, label, modal.web_suffix)
+            region = config.default_region if config.media.urls else "default"
+            self.urls.setdefault(region, _ws(web))
+            self.app = ModalApp(
+                f"{name}-modal",
+                {
+                    "app_name": modal.app_name,
+                    "environment": modal.environment or stack,
+                    "scaling": modal.scaling,
+                    "workspace": modal.workspace,
+                    "web_suffix": modal.web_suffix,
+                    "source_hash": source_hash(),
+                    "media_config": pulumi.Output.secret(
+                        media_settings_json(config, self.urls[region])
+                    ),
+                },
+                pulumi.ResourceOptions(parent=self),
+            )
+        self.register_outputs({"urls": self.urls})
+
+
+def media_settings_json(config: StackConfig, media_base: str) -> str:
+    """The media function's settings (``CALLPLANE_MEDIA_CONFIG``), validated here so that a bad
+    profile or URL fails at preview, not in the container."""
+    from callplane.media_settings import MediaSettings
+
+    settings = MediaSettings.model_validate(
+        {
+            "public_media_url": media_base + "/twilio/media",
+            "stream_secret": config.stream_secret,
+            "api_key": config.media_api_key,
+            "twilio_account_sid": config.twilio.account_sid,
+            "twilio_auth_token": config.twilio_auth_token,
+            "realtime_url": config.media.realtime_url,
+            "realtime_api_key": config.openai_api_key,
+            "realtime_model": config.media.realtime_model,
+            "profiles": {n: {"name": n, **p} for n, p in config.profiles.items()},
+            "records_path": "/tmp/callplane-records.sqlite3",
+        }
+    )
+    return settings.model_dump_json()
+
+
+class Telephony(pulumi.ComponentResource):
+    """The stack's numbers (bought or imported), their webhooks, and the Twilio SIP trunk for
+    numbers routed to LiveKit over SIP."""
+
+    numbers: list[OwnedNumber]
+    trunk: TwilioSipTrunk | None
+
+    def __init__(
+        self,
+        name: str,
+        config: StackConfig,
+        stack: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("callplane:index:Telephony", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        creds = {
+            "account_sid": config.twilio.account_sid,
+            "auth_token": pulumi.Output.secret(config.twilio_auth_token),
+            "api_base_url": config.twilio.api_base_url,
+        }
+        self.trunk = None
+        plans = plan_numbers(config)
+        if any(p.entry.route == "sip" for p in plans):
+            assert config.livekit is not None and config.livekit.sip_uri is not None
+            self.trunk = TwilioSipTrunk(
+                f"{name}-sip-trunk",
+                {
+                    **creds,
+                    "friendly_name": f"callplane {stack}",
+                    "origination_sip_url": config.livekit.sip_uri,
+                },
+                child,
+            )
+        edge = config.edge.url
+        self.numbers = []
+        for p in plans:
+            e = p.entry
+            props: dict[str, Any] = {
+                **creds,
+                "entry": p.describe(),
+                "friendly_name": e.friendly_name or f"callplane {stack} {p.name}"[:64],
+                "voice_url": f"{edge}/twilio/voice",
+                "voice_method": "POST",
+                "status_callback": f"{edge}/twilio/status",
+                "status_callback_method": "POST",
+                "protected": e.protect,
+            }
+            if e.is_import:
+                props.update(mode="import", import_ref=e.import_)
+            else:
+                props.update(
+                    mode="buy",
+                    country=e.country,
+                    number_type=e.type,
+                    area_code=e.area_code,
+                    contains=e.contains,
+                    locality=e.locality,
+                    bundle_sid=e.bundle,
+                    address_sid=e.address,
+                )
+            if e.route == "sip" and self.trunk is not None:
+                props["trunk_sid"] = self.trunk.trunk_sid
+            resource = TwilioPhoneNumber(
+                f"number-{p.name}",
+                props,
+                pulumi.ResourceOptions(
+                    parent=self,
+                    # A protected number is never released: Pulumi forgets it on destroy or
+                    # replace, and the provider refuses to release it as a second guard.
+                    retain_on_delete=e.protect,
+                    additional_secret_outputs=["auth_token"],
+                ),
+            )
+            self.numbers.append(OwnedNumber(p, resource, e.region or config.default_region))
+        self.register_outputs({"numbers": [n.resource.phone_number for n in self.numbers]})
+
+
+class EdgeWorker(pulumi.ComponentResource):
+    """The edge: a Cloudflare Python Worker on cloud stacks (``pulumi-cloudflare``, imported only
+    there); on the local stack the local edge at ``callplane:edge.url``, which reads its config
+    from the stack output ``edgeConfig``."""
+
+    config_json: pulumi.Output[str]
+    script: Any
+
+    def __init__(
+        self,
+        name: str,
+        config: StackConfig,
+        numbers: Sequence[OwnedNumber],
+        media_urls: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("callplane:index:EdgeWorker", name, None, opts)
+        self.script = None
+        routes = pulumi.Output.all(
+            *[
+                pulumi.Output.all(n.resource.phone_number, n.plan.entry.profile, n.region)
+                for n in numbers
+            ]
+        )
+        self.config_json = pulumi.Output.secret(
+            routes.apply(lambda rows: edge_config_json(config, rows, media_urls))
+        )
+        if config.kind == "cloud":
+            self.script = _cloudflare_worker(name, config, self.config_json, self)
+        self.register_outputs({"url": config.edge.url})
+
+
+def edge_config_json(
+    config: StackConfig, rows: Sequence[Sequence[str | None]], media_urls: Mapping[str, str]
+) -> str:
+    """The edge config document (``CALLPLANE_EDGE_CONFIG``), validated by the edge's own
+    parser. Rows are ``(phone_number, profile, region)``; unknown numbers (preview) are left out."""
+    from edge_worker.config import EdgeConfig
+
+    doc = {
+        "public_url": config.edge.url,
+        "twilio_auth_token": config.twilio_auth_token,
+        "stream_secret": config.stream_secret,
+        "media_urls": dict(media_urls),
+        "numbers": {
+            str(number): {"profile": profile, "region": region}
+            for number, profile, region in rows
+            if number
+        },
+        "default_region": config.default_region
+        if config.default_region in media_urls
+        else next(iter(media_urls)),
+    }
+    EdgeConfig.from_mapping(doc, source="edge config built by infra")
+    return json.dumps(doc, sort_keys=True)
+
+
+def _cloudflare_worker(
+    name: str, config: StackConfig, config_json: pulumi.Output[str], parent: pulumi.Resource
+) -> Any:
+    import base64
+
+    import pulumi_cloudflare as cloudflare
+
+    cf = config.edge.cloudflare
+    assert cf is not None
+    files = {
+        rel: cloudflare.WorkersScriptFilesArgs(
+            content_type="text/x-python",
+            content_base64=base64.b64encode((REPO / rel).read_bytes()).decode(),
+        )
+        for rel in EDGE_BUNDLE
+    }
+    return cloudflare.WorkersScript(
+        f"{name}-script",
+        account_id=cf.account_id,
+        script_name=cf.script_name,
+        main_module="edge_worker/worker.py",
+        files=files,
+        compatibility_date=cf.compatibility_date,
+        compatibility_flags=["python_workers"],
+        bindings=[
+            cloudflare.WorkersScriptBindingArgs(
+                name="CALLPLANE_EDGE_CONFIG", type="secret_text", text=config_json
+            )
+        ],
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+class Stack:
+    """Everything one stack declares, kept for the tests to inspect."""
+
+    def __init__(self, config: StackConfig, stack: str) -> None:
+        self.config = config
+        self.media = MediaPlane("media", config, stack)
+        self.telephony = Telephony("telephony", config, stack)
+        self.livekit: LiveKitSip | None = None
+        lk = config.livekit
+        if lk is not None:
+            self.livekit = LiveKitSip(
+                "livekit-sip",
+                {
+                    "url": lk.url,
+                    "api_key": lk.api_key,
+                    "api_secret": pulumi.Output.secret(config.livekit_api_secret or ""),
+                    "trunk_name": f"callplane-{stack}",
+                    "rule_name": f"callplane-{stack}",
+                    "numbers": pulumi.Output.all(
+                        *[n.resource.phone_number for n in self.telephony.numbers]
+                    ),
+                    "agent_name": lk.agent_name,
+                    "room_prefix": lk.room_prefix,
+                    "metadata": json.dumps({"stack": stack}),
+                },
+                pulumi.ResourceOptions(additional_secret_outputs=["api_secret"]),
+            )
+        self.edge = EdgeWorker("edge", config, self.telephony.numbers, self.media.urls)
+        self.export()
+
+    def export(self) -> None:
+        config = self.config
+        rows = []
+        for n in self.telephony.numbers:
+            e = n.plan.entry
+            rows.append(
+                pulumi.Output.all(n.resource.phone_number, n.resource.sid).apply(
+                    lambda ps, e=e, n=n: {
+                        "name": n.plan.name,
+                        "number": ps[0],
+                        "sid": ps[1],
+                        "profile": e.profile,
+                        "region": n.region,
+                        "country": e.country,
+                        "type": e.type,
+                        "imported": e.is_import,
+                        "protected": e.protect,
+                    }
+                )
+            )
+        pulumi.export("kind", config.kind)
+        pulumi.export("numbers", pulumi.Output.all(*rows))
+        pulumi.export("edgeUrl", config.edge.url)
+        pulumi.export("voiceWebhook", f"{config.edge.url}/twilio/voice")
+        pulumi.export("statusWebhook", f"{config.edge.url}/twilio/status")
+        pulumi.export("mediaUrls", self.media.urls)
+        pulumi.export("edgeConfig", self.edge.config_json)
+        if self.media.app is not None:
+            pulumi.export("modalWebUrl", self.media.app.web_url)
+        if self.livekit is not None:
+            pulumi.export(
+                "livekit",
+                {
+                    "url": config.livekit.url if config.livekit else None,
+                    "trunkId": self.livekit.trunk_id,
+                    "dispatchRuleId": self.livekit.dispatch_rule_id,
+                },
+            )
+
+
+def run() -> Stack | None:
+    """The program's entry: validate, then declare; a bad config ends it cleanly, listing
+    every problem (no traceback), before any resource is registered."""
+    try:
+        config = read_config()
+    except ConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    return Stack(config, pulumi.get_stack())
