@@ -4,8 +4,9 @@
 #   scripts/tools/setup_tools.sh [--force] [pulumi] [livekit] [redis]     (default: all three)
 #
 # * pulumi:  the Pulumi CLI, built from the Go module proxy (pkg/v3 wrapped by scripts/tools/pulumi),
-#            our small Python language host (scripts/tools/pulumi/cmd/pulumi-language-python) and the
-#            two Python shims from the sdk/v3 module (program executor, dynamic-provider plugin).
+#            our small Python language host (scripts/tools/pulumi/cmd/pulumi-language-python), the
+#            two Python shims from the sdk/v3 module (program executor, dynamic-provider plugin) and
+#            our wrapper in front of the latter (scripts/tools/pulumi/pulumi-resource-pulumi-python).
 # * livekit: livekit-server, built from the Go module proxy.
 # * redis:   redis-server from Debian (apt-get), if it is not on PATH.
 #
@@ -30,7 +31,7 @@ for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
     pulumi | livekit | redis) want+=("$arg") ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) say "unknown argument: $arg"; exit 2 ;;
   esac
 done
@@ -41,7 +42,7 @@ hash_files() { cat "$@" | sha256sum | cut -c1-16; }
 key_pulumi_cli() { echo "pulumi-cli $PULUMI_VERSION $(hash_files "$HERE/pulumi/go.mod" "$HERE/pulumi/go.sum")"; }
 key_pulumi_host() {
   echo "pulumi-host $PULUMI_VERSION $(hash_files "$HERE/pulumi/go.mod" "$HERE/pulumi/go.sum" \
-    "$HERE/pulumi/cmd/pulumi-language-python/main.go")"
+    "$HERE/pulumi/cmd/pulumi-language-python/main.go" "$HERE/pulumi/pulumi-resource-pulumi-python")"
 }
 key_livekit() { echo "livekit-server $LIVEKIT_VERSION"; }
 
@@ -61,7 +62,7 @@ needs_work() {
       pulumi)
         fresh pulumi-cli "$(key_pulumi_cli)" pulumi || return 0
         fresh pulumi-host "$(key_pulumi_host)" pulumi-language-python pulumi-language-python-exec \
-          pulumi-resource-pulumi-python || return 0 ;;
+          pulumi-resource-pulumi-python ../libexec/pulumi-resource-pulumi-python || return 0 ;;
       livekit) fresh livekit "$(key_livekit)" livekit-server || return 0 ;;
       redis) command -v redis-server >/dev/null 2>&1 || return 0 ;;
     esac
@@ -103,7 +104,7 @@ build_pulumi() {
     say "pulumi built in $((SECONDS - t0)) s: $("$BIN/pulumi" version)"
   fi
   if ! fresh pulumi-host "$(key_pulumi_host)" pulumi-language-python pulumi-language-python-exec \
-    pulumi-resource-pulumi-python; then
+    pulumi-resource-pulumi-python ../libexec/pulumi-resource-pulumi-python; then
     say "building pulumi-language-python (callplane's language host) and installing the Python shims"
     (cd "$mod" && go build -trimpath -tags osusergo,grpcnotrace -ldflags "-s -w $GO_LDFLAGS_VERSION" \
       -o "$tmp/pulumi-language-python" ./cmd/pulumi-language-python)
@@ -113,7 +114,10 @@ build_pulumi() {
       sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
     [[ -f "$sdk/python/cmd/pulumi-language-python-exec" ]] || { say "error: sdk/v3 module not found ($sdk)"; exit 1; }
     install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
-    install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
+    # Upstream's dynamic-provider shim goes to libexec/, behind our wrapper (see its header).
+    mkdir -p "$TOOLS/libexec"
+    install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$TOOLS/libexec/pulumi-resource-pulumi-python"
+    install -m 0755 "$mod/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
     mv -f "$tmp/pulumi-language-python" "$BIN/pulumi-language-python"
     key_pulumi_host >"$STAMPS/pulumi-host"
   fi
