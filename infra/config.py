@@ -506,8 +506,8 @@ class StackConfig(_Model):
         return "default"
 
     def country_rules(self) -> dict[str, CountryRule]:
-        overrides = {
-            iso: {t: o.model_dump() for t, o in types.items()}
+        overrides: dict[str, Mapping[str, Mapping[str, Any]]] = {
+            iso: {str(t): o.model_dump() for t, o in types.items()}
             for iso, types in self.countries.items()
         }
         return apply_overrides(COUNTRY_RULES, overrides)
@@ -705,7 +705,11 @@ def check_numbers(config: StackConfig) -> list[str]:
                 "(Console > Phone Numbers > Regulatory Compliance > Bundles; review takes days)"
             )
         needs_address = rule.address_required.value != "none"
-        covered = e.bundle is not None and rule.bundle_covers_address.value
+        # A bundle carries the address: when one is given (or already asked for), no separate
+        # address is required unless the rule says the bundle does not cover it.
+        covered = rule.bundle_covers_address.value and (
+            e.bundle is not None or rule.bundle_required.value
+        )
         if needs_address and e.address is None and not covered:
             problems.append(
                 f"{key}.address is missing: {label} numbers need an address "

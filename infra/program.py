@@ -367,24 +367,10 @@ class Stack:
 
     def export(self) -> None:
         config = self.config
-        rows = []
-        for n in self.telephony.numbers:
-            e = n.plan.entry
-            rows.append(
-                pulumi.Output.all(n.resource.phone_number, n.resource.sid).apply(
-                    lambda ps, e=e, n=n: {
-                        "name": n.plan.name,
-                        "number": ps[0],
-                        "sid": ps[1],
-                        "profile": e.profile,
-                        "region": n.region,
-                        "country": e.country,
-                        "type": e.type,
-                        "imported": e.is_import,
-                        "protected": e.protect,
-                    }
-                )
-            )
+        rows = [
+            pulumi.Output.all(n.resource.phone_number, n.resource.sid).apply(_row(n))
+            for n in self.telephony.numbers
+        ]
         pulumi.export("kind", config.kind)
         pulumi.export("numbers", pulumi.Output.all(*rows))
         pulumi.export("edgeUrl", config.edge.url)
@@ -403,6 +389,26 @@ class Stack:
                     "dispatchRuleId": self.livekit.dispatch_rule_id,
                 },
             )
+
+
+def _row(n: OwnedNumber) -> Any:
+    """The ``numbers`` output entry of one owned number, given ``[phone_number, sid]``."""
+    e = n.plan.entry
+
+    def row(values: list[Any]) -> dict[str, Any]:
+        return {
+            "name": n.plan.name,
+            "number": values[0],
+            "sid": values[1],
+            "profile": e.profile,
+            "region": n.region,
+            "country": e.country,
+            "type": e.type,
+            "imported": e.is_import,
+            "protected": e.protect,
+        }
+
+    return row
 
 
 def run() -> Stack | None:

@@ -104,7 +104,8 @@ def _plan_from(module: ModuleType, props: dict[str, Any]) -> DeployPlan:
         max_inputs=getattr(concurrency, "max_inputs", None),
         target_inputs=getattr(concurrency, "target_inputs", None),
         timeout=getattr(info, "timeout", None),
-        app_tags=dict(module.app.tags or {}) if hasattr(module.app, "tags") else {},
+        # modal keeps the tags privately (get_tags() is an RPC): read the value passed to App.
+        app_tags={"stack": module.STACK},
     )
 
 

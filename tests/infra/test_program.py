@@ -1,0 +1,217 @@
+"""The program's wiring under ``pulumi.runtime.set_mocks``: every component, no CLI.
+
+The mocks stand in for the engine only (they answer resource registrations); the program, the
+config validation, the dynamic resources' inputs (including the pickled providers) and the
+pulumi-cloudflare resource are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, cast
+
+import pulumi
+import pytest
+
+from infra.program import Stack, read_config
+from tests.infra.conftest import BUNDLE
+
+
+def pulumi_test(fn: Callable[[], Any]) -> Callable[[], None]:
+    """``pulumi.runtime.test`` (untyped upstream): run ``fn`` under the mocks, then wait for
+    every output it returns."""
+    return cast(Callable[[], None], pulumi.runtime.test(fn))  # type: ignore[no-untyped-call]
+
+
+class Engine(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.resources.append(args)
+        outs = dict(args.inputs)
+        if args.typ.endswith("twilio:PhoneNumber"):
+            n = sum(r.typ == args.typ for r in self.resources)
+            outs.update(sid=f"PN{n:032x}", phone_number=f"+1415555{n:04d}")
+        elif args.typ.endswith("twilio:SipTrunk"):
+            outs["trunk_sid"] = "TK" + "1" * 32
+        elif args.typ.endswith("livekit:Sip"):
+            outs.update(trunk_id="ST_trunk", dispatch_rule_id="SDR_rule")
+        elif args.typ.endswith("modal:App"):
+            outs["web_url"] = "https://team--callplane-media-prod.modal.run"
+        return f"{args.name}-id", outs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
+        return {}, []
+
+    def of(self, suffix: str) -> list[pulumi.runtime.MockResourceArgs]:
+        return [r for r in self.resources if r.typ.endswith(suffix)]
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+def unsecret(value: Any) -> Any:
+    """A secret input reaches the mocks wrapped with Pulumi's secret signature."""
+    if isinstance(value, dict) and SECRET_SIG in value:
+        return value["value"]
+    return value
+
+
+def use(stack: str, config: dict[str, Any], secret: tuple[str, ...] = ()) -> Engine:
+    engine = Engine()
+    pulumi.runtime.set_mocks(engine, project="callplane", stack=stack, preview=False)
+    pulumi.runtime.set_all_config(
+        {f"callplane:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
+        [f"callplane:{k}" for k in secret],
+    )
+    return engine
+
+
+LOCAL: dict[str, Any] = {
+    "kind": "local",
+    "twilio": {"accountSid": "AC" + "0" * 32, "apiBaseUrl": "http://127.0.0.1:8089"},
+    "twilioAuthToken": "tok",
+    "streamSecret": "s" * 20,
+    "edge": {"url": "http://127.0.0.1:8787"},
+    "media": {"urls": {"local": "ws://127.0.0.1:8788"}},
+    "livekit": {"url": "http://127.0.0.1:7880", "apiKey": "devkey"},
+    "livekitApiSecret": "secret",
+    "numbers": [
+        {"country": "PK", "type": "mobile", "bundle": BUNDLE, "profile": "support"},
+        {"country": "US", "type": "local", "areaCode": 415, "profile": "sales", "protect": False},
+    ],
+}
+
+CLOUD: dict[str, Any] = {
+    **{k: v for k, v in LOCAL.items() if k not in ("media",)},
+    "kind": "cloud",
+    "twilio": {"accountSid": "AC" + "0" * 32},
+    "edge": {"url": "https://edge.example.com", "cloudflare": {"accountId": "0" * 32}},
+    "modal": {"workspace": "team", "scaling": "prod"},
+    "livekit": {
+        "url": "https://p.livekit.cloud",
+        "apiKey": "API1",
+        "sipUri": "sip:abc.sip.livekit.cloud",
+    },
+    "mediaApiKey": "m" * 12,
+    "openaiApiKey": "sk-test",
+    "profiles": {"support": {"instructions": "Help."}, "sales": {"instructions": "Sell."}},
+    "numbers": [
+        {"country": "US", "type": "local", "profile": "sales", "route": "sip"},
+        {"import": "+14155550111", "profile": "support"},
+    ],
+}
+CLOUD_SECRETS = (
+    "twilioAuthToken",
+    "streamSecret",
+    "livekitApiSecret",
+    "mediaApiKey",
+    "openaiApiKey",
+)
+
+
+@pulumi_test
+def test_local_stack_points_numbers_at_the_local_edge() -> Any:
+    engine = use("local", LOCAL)
+    stack = Stack(read_config(), "local")
+
+    def check(_: Any) -> None:
+        numbers = engine.of("twilio:PhoneNumber")
+        assert [n.name for n in numbers] == ["number-pk-mobile-support", "number-us-local-sales"]
+        pk, us = (n.inputs for n in numbers)
+        assert pk["voice_url"] == "http://127.0.0.1:8787/twilio/voice"
+        assert pk["status_callback"] == "http://127.0.0.1:8787/twilio/status"
+        assert pk["api_base_url"] == "http://127.0.0.1:8089"
+        assert (pk["country"], pk["number_type"], pk["bundle_sid"]) == ("PK", "mobile", BUNDLE)
+        assert pk["protected"] is True and us["protected"] is False
+        assert us["area_code"] == "415" and "__provider" in pk
+        assert unsecret(pk["auth_token"]) == "tok" and pk["auth_token"] != "tok"  # secret
+        assert pk["friendly_name"] == "callplane local pk-mobile-support"
+        assert engine.of("modal:App") == [] and engine.of("WorkersScript") == []
+        assert engine.of("twilio:SipTrunk") == []
+        (lk,) = engine.of("livekit:Sip")
+        assert lk.inputs["numbers"] == ["+14155550001", "+14155550002"]
+        assert lk.inputs["trunk_name"] == "callplane-local"
+
+    def check_edge(doc: str) -> None:
+        edge = json.loads(doc)
+        assert edge["numbers"] == {
+            "+14155550001": {"profile": "support", "region": "local"},
+            "+14155550002": {"profile": "sales", "region": "local"},
+        }
+        assert edge["media_urls"] == {"local": "ws://127.0.0.1:8788"}
+        assert edge["public_url"] == "http://127.0.0.1:8787"
+
+    assert stack.livekit is not None
+
+    def both(values: list[Any]) -> None:
+        check(values)
+        check_edge(values[1])
+
+    return pulumi.Output.all(stack.livekit.trunk_id, stack.edge.config_json).apply(both)
+
+
+@pulumi_test
+def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
+    engine = use("prod", CLOUD, CLOUD_SECRETS)
+    stack = Stack(read_config(), "prod")
+
+    def check(_: Any) -> None:
+        (modal,) = engine.of("modal:App")
+        assert modal.inputs["environment"] == "prod" and modal.inputs["scaling"] == "prod"
+        media = json.loads(unsecret(modal.inputs["media_config"]))
+        assert media["public_media_url"] == (
+            "wss://team--callplane-media-prod.modal.run/twilio/media"
+        )
+        assert set(media["profiles"]) == {"support", "sales"}
+        (trunk,) = engine.of("twilio:SipTrunk")
+        assert trunk.inputs["origination_sip_url"] == "sip:abc.sip.livekit.cloud"
+        by_name = {n.name: n.inputs for n in engine.of("twilio:PhoneNumber")}
+        sip, imported = by_name["number-us-local-sales"], by_name["number-import-14155550111"]
+        assert sip["trunk_sid"] == "TK" + "1" * 32 and "trunk_sid" not in imported
+        assert imported["mode"] == "import" and imported["import_ref"] == "+14155550111"
+        assert "country" not in imported
+        (script,) = engine.of("WorkersScript")
+        assert script.inputs["mainModule"] == "edge_worker/worker.py"
+        assert "edge_worker/core.py" in script.inputs["files"]
+        (binding,) = unsecret(script.inputs["bindings"])
+        assert binding["name"] == "CALLPLANE_EDGE_CONFIG" and binding["type"] == "secret_text"
+        assert json.loads(unsecret(binding["text"]))["media_urls"] == {
+            "default": "wss://team--callplane-media-prod.modal.run"
+        }
+
+    assert stack.media.app is not None
+    return pulumi.Output.all(
+        stack.media.app.web_url, stack.edge.config_json, stack.edge.script.id
+    ).apply(check)
+
+
+@pulumi_test
+def test_secrets_reach_resources_as_secrets() -> Any:
+    use("local", LOCAL)
+    stack = Stack(read_config(), "local")
+    number = stack.telephony.numbers[0].resource
+
+    async def flags() -> list[bool]:
+        return [
+            await stack.edge.config_json.is_secret(),
+            await number.auth_token.is_secret(),  # type: ignore[attr-defined]
+        ]
+
+    def check(found: list[bool]) -> None:
+        assert found == [True, True]
+
+    awaited: Any = flags()
+    return pulumi.Output.from_input(awaited).apply(check)
+
+
+def test_bad_config_fails_before_any_resource_is_declared() -> None:
+    bad = {**LOCAL, "numbers": [{"country": "PK", "type": "toll_free", "profile": "s"}]}
+    engine = use("local", bad)
+    from infra.program import run
+
+    with pytest.raises(pulumi.RunError, match=r"callplane:numbers\[0\]\.type = 'toll_free'"):
+        run()
+    assert engine.resources == []
