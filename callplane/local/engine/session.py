@@ -44,9 +44,17 @@ from callplane.local.engine.protocol import (
     usage,
 )
 from callplane.local.engine.recognition import Recognition
-from callplane.local.engine.script import Heard, Plan, PlannedCall, ToolResult, plan_reply
+from callplane.local.engine.script import (
+    Heard,
+    Plan,
+    PlannedCall,
+    ToolResult,
+    plan_reply,
+    speakable,
+)
 from callplane.local.engine.vad import EnergyVad, SpeechStarted, VadSettings
 from callplane.realtime.conformance import client_event_models, unknown_fields
+from callplane.realtime.directives import exact_line
 
 log = logging.getLogger("callplane.engine")
 
@@ -92,6 +100,8 @@ class RealtimeSession:
         self._recognition_lock = asyncio.Lock()
         self.frames_in = 0
         self.errors_sent = 0
+        probe = ctx.probe
+        self._probe = probe.session() if probe is not None else None
         self._configure_input()
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -252,6 +262,9 @@ class RealtimeSession:
         if not whole:
             return
         data = data[:whole]
+        if self._probe is not None:
+            assert self.ctx.probe is not None
+            self.ctx.probe.on_append(self._probe, data)
         self._buffer.extend(data)
         self._clock_ms += fmt.duration_ms(whole)
         if self._vad is None:
@@ -281,6 +294,9 @@ class RealtimeSession:
             del self._buffer[:drop]
             self._buffer_start_ms += fmt.duration_ms(drop)
         self._pending_item_id = new_id("item")
+        if self._probe is not None:
+            assert self.ctx.probe is not None
+            self.ctx.probe.on_speech_started(self._probe)
         await self.send(
             {
                 "type": "input_audio_buffer.speech_started",
@@ -620,6 +636,9 @@ class RealtimeSession:
         choice = self._effective(run, "tool_choice")
         if isinstance(choice, dict):
             choice = choice.get("name")
+        line = exact_line(run.options.get("instructions"))
+        if line is not None:
+            return Plan(say=speakable(line))
         trigger = await self._trigger(run)
         return plan_reply(self.ctx.script, trigger, declared, choice)
 
@@ -787,6 +806,9 @@ class RealtimeSession:
                 await self.send(
                     {"type": "response.output_audio_transcript.delta", **ids, "delta": delta}
                 )
+            if self._probe is not None:
+                assert self.ctx.probe is not None
+                piece = self.ctx.probe.stamp_out(self._probe, piece)
             await self.send(
                 {
                     "type": "response.output_audio.delta",
