@@ -22,6 +22,7 @@ from typing import Any
 
 from callplane.profiles import AgentProfile, session_config
 from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSettings
+from callplane.realtime.directives import say_exactly
 from callplane.records import CallRecord
 from callplane.tools import CallContext, ToolSet
 from callplane.transports.base import AudioIn, CallEnded, DtmfIn, MarkIn, Transport
@@ -35,6 +36,17 @@ RECONNECT_BACKOFF_S = (0.1, 0.3, 0.8, 1.5, 3.0)
 PLAYOUT_WAIT_S = 15.0
 # A caller turn that got no response within this long no longer holds back a renewal.
 CALLER_TURN_MAX_S = 30.0
+
+
+def _fill(template: str, context: Mapping[str, Any]) -> str:
+    """``template`` with ``{field}`` taken from the call's context; a missing field stays as
+    written rather than failing the call."""
+
+    class _Keep(dict[str, Any]):
+        def __missing__(self, key: str) -> str:
+            return "{" + key + "}"
+
+    return template.format_map(_Keep(context))
 
 
 class _Context(CallContext):
@@ -63,6 +75,7 @@ class Conversation:
         *,
         context: Mapping[str, Any] | None = None,
         filler: bytes = b"",
+        answered_by: str | None = None,
     ) -> None:
         self.transport = transport
         self.profile = profile
@@ -71,6 +84,8 @@ class Conversation:
         self.record = record
         self.context = dict(context or {})
         self.filler = filler  # played to the caller while the Realtime socket is re-opened
+        # Twilio's AnsweredBy on outbound calls: "human", "machine_end_beep", ... (None inbound)
+        self.answered_by = answered_by
         self.playback = PlaybackTracker(transport.bytes_per_ms)
         self.rt = RealtimeClient(realtime)
         self._ctx = _Context(self, self.context)
@@ -156,8 +171,27 @@ class Conversation:
         for item in seed or []:
             await self.rt.send({"type": "conversation.item.create", "item": item})
         self._session_started = time.monotonic()
-        if greet and self.profile.greeting:
-            await self._request_response({"instructions": self.profile.greeting})
+        if greet:
+            await self._open_the_call()
+
+    async def _open_the_call(self) -> None:
+        """The agent speaks first: a greeting, an outbound call's opening line, or, to an
+        answering machine, the profile's voicemail once and then it hangs up."""
+        profile = self.profile
+        if self.answered_by is not None and self.answered_by.startswith("machine"):
+            if profile.voicemail is None:
+                self.request_end("machine_answered")  # nothing to leave: hang up at once
+                return
+            text = _fill(profile.voicemail, self.context)
+            await self._request_response({"instructions": say_exactly(text)})
+            self.record.voicemail_left = text
+            self.request_end("left_voicemail")
+            return
+        if self.answered_by is not None and profile.outbound_greeting:
+            text = _fill(profile.outbound_greeting, self.context)
+            await self._request_response({"instructions": say_exactly(text)})
+        elif profile.greeting:
+            await self._request_response({"instructions": profile.greeting})
 
     def _history_items(self) -> list[dict[str, Any]]:
         """The conversation so far as text items, to seed a new session."""
@@ -315,9 +349,11 @@ class Conversation:
                 calls, self._pending_calls = self._pending_calls, []
                 self._spawn(self._answer_tools(calls))
         elif etype == "response.output_audio_transcript.done":
-            self.record.say("agent", event.get("transcript") or "")
+            if event.get("transcript"):  # a response cancelled before it spoke says nothing
+                self.record.say("agent", event["transcript"])
         elif etype == "conversation.item.input_audio_transcription.completed":
-            self.record.say("caller", event.get("transcript") or "")
+            if event.get("transcript"):
+                self.record.say("caller", event["transcript"])
         elif etype == "response.function_call_arguments.done":
             self._start_tool(event["name"], event["call_id"], event.get("arguments") or "{}")
         elif etype == "error":

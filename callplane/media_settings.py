@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
 from callplane.tools import Tool
@@ -41,9 +42,19 @@ class MediaSettings(BaseModel):
     realtime_renew_margin_s: float = Field(default=120, ge=0)
     profiles: Mapping[str, AgentProfile]
     records_path: Path = Path(".callplane/records.sqlite3")
+    # Outbound calls: the edge's voice webhook URL that Twilio fetches for the call's TwiML,
+    # and the stack's limits. Without edge_voice_url, POST /calls is refused.
+    edge_voice_url: str | None = None
+    outbound: OutboundLimits = Field(default_factory=OutboundLimits)
     # "package.module:NAME" naming a mapping of tool name -> Tool (or an iterable of Tools):
     # the team's tools. The built-ins (end_call, transfer_call) are always there.
     tools_module: str | None = None
+
+    @property
+    def public_base_url(self) -> str:
+        """This app's public http(s) origin, from ``public_media_url`` (for callbacks)."""
+        base = self.public_media_url.removesuffix("/twilio/media")
+        return "http" + base.removeprefix("ws") if base.startswith("ws") else base
 
     def load_tools(self) -> dict[str, Tool]:
         """Import the tools named by ``tools_module``; an error names the setting and fix."""

@@ -20,6 +20,23 @@ MAX_CALL_SECONDS = 4 * 3600
 """The longest call any profile may allow."""
 
 
+class RetryPolicy(BaseModel):
+    """How an outbound request retries when nobody took the call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    # Seconds before attempt 2, 3, ...; the last value repeats.
+    backoff_s: tuple[float, ...] = (60.0, 300.0)
+    on: tuple[Literal["busy", "no-answer", "failed"], ...] = ("busy", "no-answer")
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 for the first retry)."""
+        if not self.backoff_s:
+            return 0.0
+        return self.backoff_s[min(attempt - 2, len(self.backoff_s) - 1)]
+
+
 class AgentProfile(BaseModel):
     """One agent persona and its behaviour on a call."""
 
@@ -38,6 +55,12 @@ class AgentProfile(BaseModel):
     # The agent says goodbye and hangs up at this limit; the media function's timeout is set
     # above MAX_CALL_SECONDS so that the platform never cuts a call first.
     max_call_seconds: int = Field(default=3600, ge=10, le=MAX_CALL_SECONDS)
+    # Outbound calls. ``outbound_greeting`` and ``voicemail`` are templates over the call's
+    # context ("Hello {name}, ..."): the agent says them exactly, the first when a person
+    # answers, the second (once, then it hangs up) when a machine does.
+    outbound_greeting: str | None = None
+    voicemail: str | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
     @field_validator("dtmf")
     @classmethod

@@ -54,6 +54,9 @@ class CallRecord:
     reconnects: int = 0
     renewals: int = 0
     transferred_to: str | None = None
+    answered_by: str | None = None  # outbound: Twilio's AnsweredBy
+    voicemail_left: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
     cost_usd: dict[str, float] = field(default_factory=dict)
 
     def say(self, role: Literal["caller", "agent"], text: str) -> None:
@@ -110,6 +113,17 @@ class RecordStore:
     def get(self, call_sid: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT doc FROM calls WHERE call_sid = ?", (call_sid,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def spent_since(self, since: float, direction: str = "outbound") -> float:
+        """Estimated cost (USD) of the calls in ``direction`` that started at or after
+        ``since`` (Unix seconds)."""
+        rows = self._db.execute("SELECT doc FROM calls WHERE started_at >= ?", (since,))
+        total = 0.0
+        for (doc,) in rows:
+            data = json.loads(doc)
+            if data.get("direction") == direction:
+                total += float((data.get("cost_usd") or {}).get("total") or 0.0)
+        return total
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._db.execute(

@@ -7,10 +7,10 @@ that answers Twilio in production.
 
 Routes:
 
-* ``POST /twilio/voice``: Twilio's incoming-call webhook. Signature checked; the called number
-  (``To``) picks the agent profile and media region; the answer is TwiML
-  ``<Connect><Stream url="{media}/twilio/media">`` carrying a stream token bound to the CallSid,
-  or ``<Reject reason="rejected"/>`` for a number the edge does not serve.
+* ``POST /twilio/voice``: Twilio's call webhook. Signature checked; our number (``To`` for an
+  inbound call, ``From`` for an outbound one) picks the agent profile and media region; the
+  answer is TwiML ``<Connect><Stream url="{media}/twilio/media">`` carrying a stream token
+  bound to the CallSid, or ``<Reject reason="rejected"/>`` for a number the edge does not serve.
 * ``POST /twilio/status``: call status callbacks. Signature checked; fields go to ``on_status``.
 * ``GET /healthz``: liveness.
 """
@@ -155,7 +155,11 @@ def _voice(
     if isinstance(form, EdgeResponse):
         return form
     to = _first(form, "To").strip()
-    route = config.numbers.get(to)
+    # An outbound call (the agent dials out) runs on our number, which is its From; an
+    # inbound one on the number that was called.
+    outbound = _first(form, "Direction").startswith("outbound")
+    ours = _first(form, "From").strip() if outbound else to
+    route = config.numbers.get(ours)
     if route is None:
         return _xml(reject_twiml())
     call_sid = _first(form, "CallSid")
@@ -163,7 +167,13 @@ def _voice(
         return _text(400, "the voice webhook has no CallSid; it must come from Twilio")
     token = mint_stream_token(config.stream_secret, call_sid, route.profile, route.region, now=now)
     parameters = [("token", token), ("profile", route.profile), ("to", to)]
-    for name, source in (("from", "From"), ("country", "FromCountry")):
+    if outbound:
+        parameters.append(("direction", "outbound"))
+    for name, source in (
+        ("from", "From"),
+        ("country", "ToCountry" if outbound else "FromCountry"),
+        ("answered_by", "AnsweredBy"),
+    ):
         value = _first(form, source)
         if value:
             parameters.append((name, value))

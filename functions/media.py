@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketState
 from callplane.audio import PCMU, hold_chime
 from callplane.conversation import Conversation
 from callplane.media_settings import MediaSettings
+from callplane.outbound import Dialer, OutboundJob
 from callplane.profiles import resolve_tools
 from callplane.records import CallRecord, RecordStore
 from callplane.security import (
@@ -36,6 +37,7 @@ from callplane.security import (
 from callplane.tools import Tool
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream
+from functions.outbound import outbound_routes
 
 log = logging.getLogger("callplane.media")
 
@@ -96,6 +98,10 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
             raise HTTPException(
                 401, "missing or wrong API key: send Authorization: Bearer <api_key>"
             )
+
+    router, dialer = outbound_routes(settings, store, require_api_key)
+    app.include_router(router)
+    app.state.dialer = dialer
 
     @app.get("/calls")
     async def calls(
@@ -161,12 +167,23 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
             await ws.close(code=CLOSE_UNKNOWN_PROFILE)
             return
         params = start.custom_parameters
+        context: dict[str, Any] = {}
+        answered_by = None
+        outbound = params.get("direction") == "outbound"
+        if outbound:
+            job = await _outbound_job(dialer, start.call_sid)
+            if job is not None:  # placed by this app: its profile and context
+                profile, context = job.profile, dict(job.request.context)
+            answered_by = params.get("answered_by") or None
         record = CallRecord(
             call_sid=start.call_sid,
             from_=params.get("from", ""),
             to=params.get("to", ""),
             country=params.get("country", ""),
             profile=profile.name,
+            direction="outbound" if outbound else "inbound",
+            answered_by=answered_by,
+            context=context,
         )
         transport = TwilioMediaStream(
             socket,
@@ -177,10 +194,12 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
         conversation = Conversation(
             transport,
             profile,
-            toolsets[claims.profile],
+            toolsets[profile.name],
             settings.realtime(),
             record,
+            context=context,
             filler=filler,
+            answered_by=answered_by,
         )
         stats["active"] += 1
         live[start.call_sid] = record
@@ -203,6 +222,17 @@ def create_app_from_env() -> FastAPI:
     tools from the module its ``tools_module`` names."""
     settings = MediaSettings.from_env()
     return create_app(settings, settings.load_tools())
+
+
+async def _outbound_job(dialer: Dialer, call_sid: str) -> OutboundJob | None:
+    """The request behind an outbound call; Calls.create may still be returning its CallSid
+    when Twilio already opens the stream, so wait a moment for it."""
+    for _ in range(40):
+        job = dialer.by_call_sid.get(call_sid)
+        if job is not None:
+            return job
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def _read_start(socket: _FastAPISocket) -> tp.Start | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from callplane.profiles import AgentProfile
+from callplane.profiles import AgentProfile, RetryPolicy
 from callplane.tools import Tool, tool
 
 # What the sample weather tool reports, whatever the location.
@@ -49,5 +49,16 @@ SAMPLE_PROFILES: dict[str, AgentProfile] = {
         greeting="Greet the caller and offer to look up an order.",
         voice="cedar",
         tools=("lookup_order", "end_call"),
+    ),
+    "reminders": AgentProfile(
+        name="reminders",
+        instructions="You call people to remind them of appointments. Be brief and polite.",
+        outbound_greeting="Hello {name}, this is a reminder of your appointment {when}.",
+        voicemail=(
+            "Hello {name}, this is a reminder of your appointment {when}. "
+            "Please call us back if you need to change it. Goodbye."
+        ),
+        tools=("end_call",),
+        retry=RetryPolicy(max_attempts=3, backoff_s=(1.0,)),
     ),
 }

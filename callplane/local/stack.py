@@ -39,6 +39,7 @@ from callplane.local.twilio.caller import Step
 from callplane.local.twilio.carrier import CallResult
 from callplane.local.twilio.simulator import Simulator
 from callplane.media_settings import MediaSettings
+from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
 from callplane.tools import Tool
 from edge_worker.asgi import create_app as create_edge_app
@@ -95,6 +96,13 @@ class StackOptions:
     # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
     # tests shorten it to see renewals happen.
     session_limit_s: float = 60 * 60
+    # Outbound limits; the caller ID defaults to the first number. Locally, any hour is a
+    # calling hour (production's default is 08:00-21:00 in the callee's zone).
+    outbound: OutboundLimits = field(
+        default_factory=lambda: OutboundLimits(
+            allowed_countries=("US", "GB", "PK"), calling_hours=(0, 24)
+        )
+    )
 
     def __post_init__(self) -> None:
         for plan in self.numbers:
@@ -161,7 +169,11 @@ class LocalStack:
             EngineSettings(pace=self.options.pace), observer=self.options.engine_observer
         )
         self.simulator = Simulator(
-            self.data_dir / "twilio.json", self.creds.account_sid, self.creds.auth_token
+            self.data_dir / "twilio.json",
+            self.creds.account_sid,
+            self.creds.auth_token,
+            ring_s=0.5,  # one ring of an outbound call
+            unanswered_ring_s=10.0,
         )
         self.numbers: dict[str, str] = {}  # E.164 -> profile
         self.status_callbacks: deque[dict[str, str]] = deque(maxlen=1000)
@@ -197,6 +209,8 @@ class LocalStack:
                 realtime_renew_margin_s=min(120.0, o.session_limit_s / 4),
                 profiles=dict(o.profiles),
                 records_path=self.data_dir / "records.sqlite3",
+                edge_voice_url=edge_url + "/twilio/voice",
+                outbound=self._outbound_limits(),
             )
             self.media_app = create_media_app(settings, dict(o.tools))
             self._media = EmbeddedServer(self.media_app, media_sock)
@@ -220,8 +234,17 @@ class LocalStack:
         if o.write_dev_file:
             _write_private(self.data_dir / DEV_FILE, json.dumps(self.describe(secrets=True)))
 
+    def _outbound_limits(self) -> OutboundLimits:
+        limits = self.options.outbound
+        if limits.caller_id("US") is None and self.numbers:
+            first = next(iter(self.numbers))
+            limits = limits.model_copy(update={"caller_ids": {"default": first}})
+        return limits
+
     async def stop(self) -> None:
         """Stop every part; calls still on are ended by the simulator first."""
+        if self.media_app is not None:
+            await self.media_app.state.dialer.close()
         with contextlib.suppress(FileNotFoundError):
             if self.options.write_dev_file:
                 (self.data_dir / DEV_FILE).unlink()

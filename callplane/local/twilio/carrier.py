@@ -51,6 +51,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from callplane.audio import ulaw_decode
 from callplane.local.twilio import caller as caller_mod
+from callplane.local.twilio.callee import AMD_DECISION_S, BEEP_MS, Callee
 from callplane.local.twilio.caller import Step
 from callplane.local.twilio.inventory import country_of
 from callplane.local.twilio.state import (
@@ -1040,24 +1041,36 @@ class LiveCall:
         url: str,
         method: str,
         instructions: list[Instruction] | None,
-        answers: bool,
+        callee: Callee | None,
         ring_timeout_s: float,
+        machine_detection: str | None = None,
     ) -> None:
-        """An outbound-api call: ring the callee; if it answers, run the call's TwiML with the
-        callee's script as the far party."""
+        """An outbound-api call: ring the callee; if it answers, detect a machine when asked
+        to, then run the call's TwiML with the callee's script as the far party."""
         worker = self._spawn(self._callback_worker())
         try:
             self._status_callback_event("initiated", "initiated")
+            if callee is not None and callee.kind == "busy":
+                self.note("busy", to=self.record.to)
+                await self._finish("busy", None)
+                return
             await self._set_status("ringing", "ringing")
-            ring = self.carrier.ring_s if answers else ring_timeout_s
+            answers = callee is not None and callee.answers
+            rings_s = callee.rings * self.carrier.ring_s if callee is not None else ring_timeout_s
+            ring = min(rings_s, ring_timeout_s) if answers else ring_timeout_s
+            if answers and rings_s > ring_timeout_s:
+                answers = False  # Twilio's Timeout ran out before the pickup
             await self._wait_or_interrupt(asyncio.sleep(ring))
             if self._pending is not None:
                 await self._finish("canceled", "rest")
                 return
-            if not answers:
+            if not answers or callee is None:
                 self.note("no_answer", to=self.record.to)
                 await self._finish("no-answer", None)
                 return
+            self.note("picked_up", callee=callee.kind)
+            if machine_detection:
+                await self._detect_machine(callee, machine_detection)
             if instructions is None:
                 got = await self._wait_or_interrupt(self._fetch_twiml(url, method, "in-progress"))
             else:
@@ -1070,6 +1083,23 @@ class LiveCall:
                 await self._finish("failed", "remote")
         finally:
             await self._close_callbacks(worker)
+
+    async def _detect_machine(self, callee: Callee, machine_detection: str) -> None:
+        """Twilio's AMD: decide who answered before the TwiML is fetched (see callee.py)."""
+        if callee.kind == "human":
+            said = self._speech.get((callee.answer_with or "", caller_mod.DEFAULT_VOICE), b"")
+            await asyncio.sleep(len(said) / 8000 + AMD_DECISION_S)
+            answered_by = "human"
+        elif machine_detection == "DetectMessageEnd":
+            greeting = self._speech.get((callee.greeting, caller_mod.DEFAULT_VOICE), b"")
+            await asyncio.sleep(len(greeting) / 8000 + BEEP_MS / 1000)
+            answered_by = "machine_end_beep"
+        else:
+            await asyncio.sleep(AMD_DECISION_S)
+            answered_by = "machine_start"
+        self.record = self.record.model_copy(update={"answered_by": answered_by})
+        self.carrier.store.put_call(self.record)
+        self.note("answered_by", answered_by=answered_by)
 
     async def _close_callbacks(self, worker: asyncio.Task[None]) -> None:
         self._callbacks.put_nowait(None)
@@ -1384,22 +1414,25 @@ class Carrier:
         url: str,
         method: str,
         instructions: list[Instruction] | None,
-        callee: Sequence[Step] | None,
+        callee: Callee | None,
         ring_timeout_s: float,
         max_duration_s: float = 60.0,
+        machine_detection: str | None = None,
     ) -> LiveCall:
         """Run an outbound-api call already recorded as ``queued``.
 
-        ``callee`` is the far party's script; None means nobody answers (``no-answer`` after
-        ``ring_timeout_s``).
+        ``callee`` is the far party; None means nobody answers (``no-answer`` after
+        ``ring_timeout_s``). ``machine_detection`` is Twilio's MachineDetection parameter.
         """
-        speech = await caller_mod.render_script(callee or [])
+        connected = callee.connected_script(machine_detection) if callee else []
+        ahead = callee.greeting_steps() if callee else []
+        speech = await caller_mod.render_script([*connected, *ahead])
         number = self.store.find_number(record.to)
         call = LiveCall(
             self,
             record,
             self._token(record.account_sid),
-            callee or [],
+            connected,
             speech,
             status_callback=record.status_callback,
             status_callback_method=record.status_callback_method,
@@ -1410,7 +1443,7 @@ class Carrier:
         call.note("placed", from_=record.from_number, to=record.to)
         self._register(
             call,
-            call.run_outbound(url, method, instructions, callee is not None, ring_timeout_s),
+            call.run_outbound(url, method, instructions, callee, ring_timeout_s, machine_detection),
         )
         return call
 

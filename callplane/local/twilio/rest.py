@@ -684,7 +684,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
                 f"From {from_} is not a phone number of account {acct} (the simulator only "
                 "lets an account call from numbers it owns)",
             )
-        callee = sim.callee_script(to)
+        callee = sim.callee(to)
         record = CallRecord(
             sid=new_sid("CA"),
             account_sid=acct,
@@ -692,7 +692,6 @@ def create_rest_app(sim: Simulator) -> FastAPI:
             to=to,
             direction="outbound-api",
             status="queued",
-            answered_by=("human" if machine_detection and callee is not None else None),
             status_callback=status_callback,
             status_callback_method=form.method("StatusCallbackMethod") or "POST",
             status_callback_events=events or ["completed"],
@@ -705,6 +704,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
             method=method,
             instructions=instructions,
             callee=callee,
+            machine_detection=machine_detection or None,
             ring_timeout_s=min(float(timeout), sim.unanswered_ring_s),
         )
         return JSONResponse(call_json(record), status_code=201)

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from callplane.local.serving import EmbeddedServer, bind_loopback
+from callplane.local.twilio.callee import Callee, as_callee, human
 from callplane.local.twilio.caller import Step, hang_up, wait_for_reply
 from callplane.local.twilio.carrier import CallResult, Carrier, LiveCall
 from callplane.local.twilio.inventory import Inventory
@@ -45,7 +46,7 @@ _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 class Simulator:
     """A running Twilio stand-in for one account (more can be added with :meth:`add_account`).
 
-    ``ring_s`` is how long an answered outbound call rings; ``unanswered_ring_s`` caps how long
+    ``ring_s`` is how long one ring of an outbound call lasts; ``unanswered_ring_s`` caps how long
     an unanswered one rings before ``no-answer`` (Twilio's ``Timeout`` is honoured below it);
     ``dial_hold_s`` is how long a ``<Dial>``-ed party stays on before hanging up.
     """
@@ -76,10 +77,10 @@ class Simulator:
         self.carrier = Carrier(
             self.store, self.tokens, self.recordings_dir, ring_s=ring_s, dial_hold_s=dial_hold_s
         )
-        self.callee_scripts: dict[str, list[Step]] = {}
-        #: What answers an outbound call to a simulator number with no script of its own: a
+        self.callees: dict[str, list[Callee]] = {}
+        #: What answers an outbound call to a simulator number with no callee of its own: a
         #: person who listens to the bot's first turn and hangs up.
-        self.default_callee: list[Step] = [wait_for_reply(timeout_s=10.0), hang_up()]
+        self.default_callee: Callee = human(wait_for_reply(timeout_s=10.0), hang_up())
         self.host = "127.0.0.1"
         self.port = 0
         self._server: EmbeddedServer | None = None
@@ -94,21 +95,26 @@ class Simulator:
             raise ValueError("auth_token must not be empty")
         self.tokens[account_sid] = auth_token
 
-    def set_callee(self, phone_number: str, script: Sequence[Step]) -> None:
+    def set_callee(self, phone_number: str, *callees: Callee | Sequence[Step]) -> None:
         """Who answers outbound calls to ``phone_number`` (any E.164 number, simulator's or
-        not), and what they do."""
+        not), and what they do: a :class:`~callplane.local.twilio.callee.Callee` (a person
+        after N rings, a voicemail, busy, no answer), or a bare script for a person who picks
+        up at the first ring. Several callees answer successive calls (busy, then a person);
+        the last one answers every call after."""
         if not _E164.match(phone_number):
             raise ValueError(f"phone_number {phone_number!r} is not E.164")
-        self.callee_scripts[phone_number] = list(script)
+        if not callees:
+            raise ValueError("give at least one callee")
+        self.callees[phone_number] = [as_callee(c) for c in callees]
 
-    def callee_script(self, phone_number: str) -> list[Step] | None:
-        """The script answering an outbound call to ``phone_number``; None if nobody answers
-        (a number that is neither the simulator's nor given a callee with :meth:`set_callee`)."""
-        script = self.callee_scripts.get(phone_number)
-        if script is not None:
-            return script
+    def callee(self, phone_number: str) -> Callee | None:
+        """Who answers an outbound call to ``phone_number``; None if nobody answers (a number
+        that is neither the simulator's nor given a callee with :meth:`set_callee`)."""
+        queue = self.callees.get(phone_number)
+        if queue:
+            return queue.pop(0) if len(queue) > 1 else queue[0]
         if self.store.find_number(phone_number) is not None:
-            return list(self.default_callee)
+            return self.default_callee
         return None
 
     # ---- serving ----------------------------------------------------------------------

@@ -1,0 +1,380 @@
+"""Outbound calls: the agent calls people, waits for a human, and reports back.
+
+Three layers, as elsewhere: the **limits** (pure functions over a request, the clock and the
+day's spend) decide whether a call may be placed and say which limit refused it and why; the
+**dialer** queues requests under the concurrency limit, places each attempt through a
+``place`` callable (Twilio's ``Calls.create`` in the media app), waits for Twilio's final
+status callback, and retries busy and unanswered attempts with the profile's backoff; the
+media app is the transport (``POST /calls``, status callbacks, the media stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezones
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from callplane.profiles import AgentProfile
+
+__all__ = [
+    "Dialer",
+    "OutboundJob",
+    "OutboundLimits",
+    "OutboundRequest",
+    "Refused",
+    "check_limits",
+    "destination",
+]
+
+log = logging.getLogger("callplane.outbound")
+
+FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+
+
+class OutboundLimits(BaseModel):
+    """A stack's limits on outbound calls (media settings ``outbound``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrent: int = Field(default=10, ge=1)
+    max_queued: int = Field(default=100, ge=0)
+    allowed_countries: tuple[str, ...] = ("US",)
+    # Local hours [start, end) in the destination's time zone; start > end spans midnight.
+    calling_hours: tuple[int, int] = (8, 21)
+    daily_budget_usd: float = Field(default=50.0, ge=0)
+    # Our number to call from, per destination country, with "default" as the fallback.
+    caller_ids: Mapping[str, str] = Field(default_factory=dict)
+    ring_timeout_s: int = Field(default=30, ge=5, le=600)
+
+    @field_validator("calling_hours")
+    @classmethod
+    def _hours(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not all(0 <= h <= 24 for h in value) or value[0] == value[1]:
+            raise ValueError(f"calling_hours {value} must be two different hours in 0..24")
+        return value
+
+    def caller_id(self, country: str) -> str | None:
+        return self.caller_ids.get(country) or self.caller_ids.get("default")
+
+
+class Refused(Exception):
+    """The request breaks a limit; ``limit`` names the setting, the message says why."""
+
+    def __init__(self, limit: str, reason: str, status: int = 422) -> None:
+        super().__init__(reason)
+        self.limit = limit
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Destination:
+    number: str
+    country: str
+    zone: str
+
+
+@cache
+def _zone_table() -> dict[str, str]:
+    """Country -> its first IANA zone, from the system's tz database (zone.tab)."""
+    table: dict[str, str] = {}
+    for path in (Path("/usr/share/zoneinfo/zone.tab"), Path("/usr/share/zoneinfo/zone1970.tab")):
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line and not line.startswith("#"):
+                    parts = line.split("\t")
+                    for country in parts[0].split(","):
+                        table.setdefault(country, parts[2])
+    return table
+
+
+def destination(number: str) -> Destination:
+    """Country and time zone of an E.164 number; ValueError names a number that is not one."""
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError(
+            f"to={number!r} is not an E.164 number; write it like +923001234567"
+        ) from None
+    country = phonenumbers.region_code_for_number(parsed) or (
+        phonenumbers.region_code_for_country_code(parsed.country_code or 0)
+    )
+    if not country or country == "ZZ":
+        raise ValueError(f"to={number!r} has no known country code")
+    zones = [z for z in phone_timezones.time_zones_for_number(parsed) if "/" in z]
+    zone = next((z for z in zones if not z.startswith("Etc/")), None)
+    return Destination(number, country, zone or _zone_table().get(country, "UTC"))
+
+
+def check_limits(
+    limits: OutboundLimits, to: Destination, *, now: float, spent_today_usd: float
+) -> None:
+    """Raise :class:`Refused` if placing a call to ``to`` now breaks a limit."""
+    if to.country not in limits.allowed_countries:
+        raise Refused(
+            "allowed_countries",
+            f"{to.number} is in {to.country}; this stack calls only "
+            f"{', '.join(limits.allowed_countries) or 'no country'} "
+            f"(outbound.allowed_countries): add {to.country!r} to allow it",
+        )
+    try:
+        zone = ZoneInfo(to.zone)
+    except ZoneInfoNotFoundError:
+        zone = ZoneInfo("UTC")
+    local = dt.datetime.fromtimestamp(now, zone)
+    start, end = limits.calling_hours
+    hour = local.hour
+    inside = start <= hour < end if start < end else (hour >= start or hour < end)
+    if not inside:
+        raise Refused(
+            "calling_hours",
+            f"it is {local:%H:%M} in {to.zone} for {to.number}; calls are allowed from "
+            f"{start:02d}:00 to {end:02d}:00 local time there (outbound.calling_hours)",
+        )
+    if spent_today_usd >= limits.daily_budget_usd:
+        raise Refused(
+            "daily_budget_usd",
+            f"outbound calls cost ${spent_today_usd:.2f} today, at or over the "
+            f"${limits.daily_budget_usd:.2f} daily budget (outbound.daily_budget_usd)",
+            status=429,
+        )
+
+
+class OutboundRequest(BaseModel):
+    """``POST /calls``: who to call, as which profile, with what context."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str
+    profile: str
+    context: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+
+
+Outcome = Literal["queued", "calling", "human", "machine", "busy", "no-answer", "failed"]
+
+
+@dataclass
+class Attempt:
+    number: int
+    call_sid: str | None = None
+    status: str = "queued"
+    answered_by: str | None = None
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class OutboundJob:
+    id: str
+    request: OutboundRequest
+    profile: AgentProfile
+    destination: Destination
+    caller_id: str
+    outcome: Outcome = "queued"
+    attempts: list[Attempt] = field(default_factory=list)
+    record: dict[str, Any] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    _final: dict[str, asyncio.Future[dict[str, str]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "to": self.request.to,
+            "from": self.caller_id,
+            "profile": self.profile.name,
+            "context": self.request.context,
+            "outcome": self.outcome,
+            "done": self.done.is_set(),
+            "attempts": [a.to_json() for a in self.attempts],
+            "record": self.record,
+        }
+
+
+PlaceCall = Callable[[OutboundJob], Awaitable[str]]  # returns the CallSid
+RecordLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
+SpentToday = Callable[[], float]
+Notify = Callable[[OutboundJob], Awaitable[None]]
+
+
+class Dialer:
+    """Queues, places, follows and retries outbound calls for one media app."""
+
+    def __init__(
+        self,
+        limits: OutboundLimits,
+        profiles: Mapping[str, AgentProfile],
+        place: PlaceCall,
+        record_of: RecordLookup,
+        spent_today: SpentToday,
+        notify: Notify | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        attempt_timeout_s: float = 4 * 3600,
+    ) -> None:
+        self.limits = limits
+        self.profiles = profiles
+        self._place = place
+        self._record_of = record_of
+        self._spent_today = spent_today
+        self._notify = notify
+        self._clock = clock
+        self._attempt_timeout_s = attempt_timeout_s
+        self._slots = asyncio.Semaphore(limits.max_concurrent)
+        self.jobs: dict[str, OutboundJob] = {}
+        self.by_call_sid: dict[str, OutboundJob] = {}
+        self.live = 0  # attempts holding a slot now
+        self.max_live_seen = 0
+        self._waiting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, request: OutboundRequest) -> OutboundJob:
+        """Check the request and queue it; raise :class:`Refused` (or ValueError for bad
+        input) before anything is dialled."""
+        profile = self.profiles.get(request.profile)
+        if profile is None:
+            raise ValueError(
+                f"profile={request.profile!r} is not configured; use one of {sorted(self.profiles)}"
+            )
+        to = destination(request.to)
+        check_limits(self.limits, to, now=self._clock(), spent_today_usd=self._spent_today())
+        caller_id = request.from_ or self.limits.caller_id(to.country)
+        if caller_id is None:
+            raise Refused(
+                "caller_ids",
+                f"no number to call {to.country} from: set outbound.caller_ids[{to.country!r}] "
+                "or outbound.caller_ids['default'] to one of the stack's numbers",
+            )
+        busy = self.live + self._waiting
+        if busy >= self.limits.max_concurrent + self.limits.max_queued:
+            raise Refused(
+                "max_concurrent",
+                f"{self.live} outbound calls are live and {self._waiting} waiting, the most this "
+                f"stack allows (outbound.max_concurrent={self.limits.max_concurrent}, "
+                f"outbound.max_queued={self.limits.max_queued}); try again shortly",
+                status=429,
+            )
+        job = OutboundJob(
+            id="OB" + secrets.token_hex(16),
+            request=request,
+            profile=profile,
+            destination=to,
+            caller_id=caller_id,
+        )
+        self.jobs[job.id] = job
+        self._waiting += 1
+        task = asyncio.create_task(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    def on_status(self, fields: Mapping[str, str]) -> None:
+        """A verified Twilio status callback for one of our calls."""
+        call_sid = fields.get("CallSid", "")
+        job = self.by_call_sid.get(call_sid)
+        if job is None:
+            return
+        attempt = next((a for a in job.attempts if a.call_sid == call_sid), None)
+        status = fields.get("CallStatus", "")
+        if attempt is not None:
+            attempt.status = status or attempt.status
+            attempt.answered_by = fields.get("AnsweredBy") or attempt.answered_by
+            if fields.get("CallDuration", "").isdigit():
+                attempt.duration_s = float(fields["CallDuration"])
+        future = job._final.get(call_sid)
+        if status in FINAL_STATUSES and future is not None and not future.done():
+            future.set_result(dict(fields))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, job: OutboundJob) -> None:
+        retry = job.profile.retry
+        try:
+            for number in range(1, retry.max_attempts + 1):
+                if number > 1:
+                    await asyncio.sleep(retry.delay_before(number))
+                final = await self._attempt(job, number)
+                status = final.get("CallStatus", "failed")
+                if status not in retry.on:
+                    break
+            job.outcome = self._outcome(job)
+            answered = next((a for a in job.attempts if a.status == "completed"), None)
+            if answered is not None and answered.call_sid:
+                job.record = await self._record_of(answered.call_sid)
+        except Exception as exc:  # a bug here must not leave the requester waiting forever
+            log.exception("outbound %s failed", job.id)
+            job.outcome = "failed"
+            if job.attempts:
+                job.attempts[-1].error = repr(exc)
+        finally:
+            if job.outcome in ("queued", "calling"):
+                job.outcome = "failed"
+            job.done.set()
+        if self._notify is not None:
+            with contextlib.suppress(Exception):
+                await self._notify(job)
+
+    async def _attempt(self, job: OutboundJob, number: int) -> dict[str, str]:
+        attempt = Attempt(number)
+        async with self._slots:
+            if number == 1:
+                self._waiting -= 1
+            self.live += 1
+            self.max_live_seen = max(self.max_live_seen, self.live)
+            try:
+                job.attempts.append(attempt)
+                job.outcome = "calling"
+                attempt.started_at = self._clock()
+                future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+                try:
+                    call_sid = await self._place(job)
+                except Exception as exc:
+                    attempt.status, attempt.error = "failed", str(exc)
+                    return {"CallStatus": "failed"}
+                attempt.call_sid = call_sid
+                job._final[call_sid] = future
+                self.by_call_sid[call_sid] = job
+                try:
+                    final = await asyncio.wait_for(future, self._attempt_timeout_s)
+                except TimeoutError:
+                    attempt.status, attempt.error = "failed", "no final status from Twilio"
+                    return {"CallStatus": "failed"}
+                # Let the media stream's record land before it is looked up.
+                return final
+            finally:
+                attempt.ended_at = self._clock()
+                self.live -= 1
+
+    @staticmethod
+    def _outcome(job: OutboundJob) -> Outcome:
+        last = job.attempts[-1] if job.attempts else None
+        if last is None:
+            return "failed"
+        if last.status == "completed":
+            machine = (last.answered_by or "").startswith("machine") or (last.answered_by == "fax")
+            return "machine" if machine else "human"
+        if last.status in ("busy", "no-answer"):
+            return last.status  # type: ignore[return-value]
+        return "failed"

@@ -1,0 +1,131 @@
+"""The media app's outbound routes: ``POST /calls``, ``GET /outbound/{id}`` and Twilio's status
+callbacks for the calls it placed. Policy lives in :mod:`callplane.outbound`; this module only
+adapts it to HTTP and to Twilio's REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+import httpx
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from callplane.media_settings import MediaSettings
+from callplane.outbound import Dialer, OutboundJob, OutboundRequest, Refused
+from callplane.records import RecordStore
+from callplane.security import validate_twilio_signature
+
+log = logging.getLogger("callplane.outbound")
+
+STATUS_PATH = "/twilio/outbound-status"
+STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+
+
+def outbound_routes(
+    settings: MediaSettings, store: RecordStore, require_api_key: Callable[[str | None], None]
+) -> tuple[APIRouter, Dialer]:
+    router = APIRouter()
+    status_url = settings.public_base_url + STATUS_PATH
+
+    def create_call(job: OutboundJob) -> str:
+        """Twilio's Calls.create (blocking SDK; run in a thread)."""
+        assert settings.edge_voice_url is not None
+        call = (
+            settings.twilio()
+            .client()
+            .calls.create(
+                to=job.request.to,
+                from_=job.caller_id,
+                url=settings.edge_voice_url,
+                method="POST",
+                status_callback=status_url,
+                status_callback_method="POST",
+                status_callback_event=STATUS_EVENTS,
+                # Wait for the greeting's beep on a machine, so the voicemail starts after it.
+                machine_detection="DetectMessageEnd",
+                timeout=settings.outbound.ring_timeout_s,
+            )
+        )
+        return str(call.sid)
+
+    async def place(job: OutboundJob) -> str:
+        return await asyncio.to_thread(create_call, job)
+
+    async def record_of(call_sid: str) -> dict[str, Any] | None:
+        # Twilio's final callback can beat the media stream's close, where the record is saved.
+        for _ in range(100):
+            record = store.get(call_sid)
+            if record is not None:
+                return record
+            await asyncio.sleep(0.05)
+        return None
+
+    def spent_today() -> float:
+        midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return store.spent_since(midnight.timestamp())
+
+    async def notify(job: OutboundJob) -> None:
+        url = job.request.webhook_url
+        if not url:
+            return
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                await http.post(url, json=job.to_json())
+        except httpx.HTTPError as exc:
+            log.warning("outbound %s: webhook %s failed: %s", job.id, url, exc)
+
+    dialer = Dialer(settings.outbound, settings.profiles, place, record_of, spent_today, notify)
+
+    @router.post("/calls", status_code=202)
+    async def create(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> JSONResponse:
+        """Call someone: ``{"to", "profile", "context"?, "webhook_url"?, "from"?}``."""
+        require_api_key(authorization)
+        if settings.edge_voice_url is None:
+            raise HTTPException(
+                503, "outbound calls need edge_voice_url in the media settings (the edge's URL)"
+            )
+        try:
+            body = OutboundRequest.model_validate(await request.json())
+        except ValueError as exc:
+            detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
+            raise HTTPException(422, detail) from None
+        try:
+            job = dialer.submit(body)
+        except Refused as refused:
+            return JSONResponse(
+                {"refused": {"limit": refused.limit, "reason": refused.reason}},
+                status_code=refused.status,
+            )
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return JSONResponse(job.to_json(), status_code=202)
+
+    @router.get("/outbound/{job_id}")
+    async def status(
+        job_id: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        require_api_key(authorization)
+        job = dialer.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no outbound request {job_id!r} on this media app")
+        return job.to_json()
+
+    @router.post(STATUS_PATH)
+    async def twilio_status(request: Request) -> Response:
+        body = (await request.body()).decode("utf-8", "replace")
+        form = parse_qs(body, keep_blank_values=True)
+        signature = request.headers.get("x-twilio-signature")
+        if not validate_twilio_signature(settings.twilio_auth_token, status_url, form, signature):
+            return Response("invalid X-Twilio-Signature\n", status_code=403)
+        dialer.on_status({k: v[0] for k, v in form.items() if v})
+        return Response(status_code=204)
+
+    return router, dialer

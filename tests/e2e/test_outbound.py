@@ -1,0 +1,196 @@
+"""Outbound calls through every local part: POST /calls on the media app -> Twilio's
+Calls.create on the simulator -> a scripted callee (a person, a voicemail, a busy line) -> the
+edge's TwiML -> the media stream -> the engine, with Twilio's status callbacks back to the
+media app."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from callplane.local.stack import LocalStack, NumberPlan, StackOptions
+from callplane.local.twilio.callee import busy, human, voicemail
+from callplane.local.twilio.caller import hang_up, say, synthesize_ulaw, wait_for_reply
+from callplane.outbound import OutboundLimits
+from tests.conftest import ConformanceLog
+
+CONTEXT = {"name": "Amina", "when": "tomorrow at 3 pm"}
+REMINDER = "Hello Amina, this is a reminder of your appointment tomorrow at three pm."
+CALLEE = "+14155550123"
+
+
+async def request_call(stack: LocalStack, to: str, **extra: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {stack.creds.media_api_key}"}
+    body = {"to": to, "profile": "reminders", "context": CONTEXT, **extra}
+    async with httpx.AsyncClient(base_url=stack.media_url, headers=headers) as http:
+        return await http.post("/calls", json=body)
+
+
+async def finished(stack: LocalStack, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {stack.creds.media_api_key}"}
+    async with httpx.AsyncClient(base_url=stack.media_url, headers=headers) as http:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                job: dict[str, Any] = (await http.get(f"/outbound/{job_id}")).json()
+                if job["done"]:
+                    return job
+                await asyncio.sleep(0.2)
+
+
+async def test_a_person_answers_after_three_rings_and_hears_the_reminder(
+    stack: LocalStack,
+) -> None:
+    stack.simulator.set_callee(
+        CALLEE, human(wait_for_reply(), say("goodbye"), wait_for_reply(timeout_s=15), rings=3)
+    )
+    answer = await request_call(stack, CALLEE)
+    assert answer.status_code == 202, answer.text
+    job = await finished(stack, answer.json()["id"])
+    assert job["outcome"] == "human"
+    (attempt,) = job["attempts"]
+    assert attempt["status"] == "completed" and attempt["answered_by"] == "human"
+    result = await stack.simulator.wait_for_call(attempt["call_sid"])
+    # the agent speaks only once the call is connected: after 3 rings and the callee's hello
+    assert result.timeline.answered_ms is not None and result.timeline.answered_ms >= 1500
+    first_audio = min(c.received_ms for c in result.timeline.chunks)
+    assert first_audio >= result.timeline.answered_ms
+    record = job["record"]
+    assert record["direction"] == "outbound" and record["answered_by"] == "human"
+    assert record["context"] == CONTEXT and record["profile"] == "reminders"
+    assert [t["text"] for t in record["transcript"]] == [
+        REMINDER,
+        "goodbye",
+        "Goodbye, and thanks for calling.",
+    ]
+    assert record["end_reason"] == "agent_hung_up"
+    assert record["cost_usd"]["total"] > 0
+
+
+async def test_a_voicemail_gets_the_message_once_after_the_beep(stack: LocalStack) -> None:
+    greeting = "Hi, this is Amina. Leave a message after the tone."
+    stack.simulator.set_callee(CALLEE, voicemail(greeting, rings=2))
+    job = await finished(stack, (await request_call(stack, CALLEE)).json()["id"])
+    assert job["outcome"] == "machine"
+    (attempt,) = job["attempts"]
+    assert attempt["answered_by"] == "machine_end_beep"
+    result = await stack.simulator.wait_for_call(attempt["call_sid"])
+    assert result.hung_up_by == "rest", "the agent hangs up after its message"
+    # nothing was played before the greeting and its beep were over
+    greeting_ms = len(synthesize_ulaw(greeting, "en-us")) / 8
+    assert result.timeline.answered_ms is not None
+    assert result.timeline.answered_ms >= 2 * 500 + greeting_ms
+    assert min(c.received_ms for c in result.timeline.chunks) >= result.timeline.answered_ms
+    record = job["record"]
+    agent = [t["text"] for t in record["transcript"] if t["role"] == "agent"]
+    assert len(agent) == 1 and agent[0].startswith(REMINDER)
+    assert record["voicemail_left"].startswith("Hello Amina")
+    assert record["end_reason"] == "left_voicemail"
+    marks = result.timeline.marks
+    assert marks and all(m.echoed_ms is not None and not m.cleared for m in marks)
+
+
+async def test_busy_then_answered_is_retried_and_both_attempts_are_recorded(
+    stack: LocalStack,
+) -> None:
+    stack.simulator.set_callee(CALLEE, busy(), human(wait_for_reply(), hang_up()))
+    job = await finished(stack, (await request_call(stack, CALLEE)).json()["id"])
+    assert [a["status"] for a in job["attempts"]] == ["busy", "completed"]
+    assert [a["number"] for a in job["attempts"]] == [1, 2]
+    assert job["outcome"] == "human"
+    assert job["attempts"][1]["started_at"] - job["attempts"][0]["ended_at"] >= 1.0  # backoff
+    assert job["record"]["transcript"][0]["text"] == REMINDER
+
+
+@pytest.mark.parametrize(
+    ("case", "to", "limits", "limit"),
+    [
+        ("country not allowed", "+4930231250000", {}, "allowed_countries"),
+        ("outside calling hours", CALLEE, "closed_now", "calling_hours"),
+        ("over budget", CALLEE, {"daily_budget_usd": 0.0}, "daily_budget_usd"),
+    ],
+)
+async def test_refusals_name_the_limit_and_dial_nothing(
+    tmp_path: Path,
+    conformance: ConformanceLog,
+    case: str,
+    to: str,
+    limits: dict[str, Any] | str,
+    limit: str,
+) -> None:
+    if limits == "closed_now":  # a one-hour window that is not now in the callee's zone
+        hour = dt.datetime.now(ZoneInfo("America/Los_Angeles")).hour
+        limits = {"calling_hours": ((hour + 2) % 24, (hour + 3) % 24)}
+    assert isinstance(limits, dict)
+    outbound = OutboundLimits(allowed_countries=("US",), calling_hours=(0, 24)).model_copy(
+        update=limits
+    )
+    options = StackOptions(
+        data_dir=tmp_path / "s", numbers=[NumberPlan("support")], outbound=outbound
+    )
+    async with LocalStack(options) as stack:
+        answer = await request_call(stack, to)
+        assert answer.status_code in (422, 429), case
+        refused = answer.json()["refused"]
+        assert refused["limit"] == limit, case
+        assert stack.simulator.carrier.calls == {}, f"{case}: Twilio was called"
+    print(f"{case}: {refused['reason']}")
+
+
+async def test_over_the_concurrency_limit_is_refused(tmp_path: Path) -> None:
+    outbound = OutboundLimits(
+        allowed_countries=("US",), calling_hours=(0, 24), max_concurrent=1, max_queued=0
+    )
+    options = StackOptions(
+        data_dir=tmp_path / "s", numbers=[NumberPlan("support")], outbound=outbound
+    )
+    async with LocalStack(options) as stack:
+        stack.simulator.set_callee(CALLEE, human(wait_for_reply(), hang_up()))
+        first = await request_call(stack, CALLEE)
+        second = await request_call(stack, "+14155550124")
+        assert first.status_code == 202
+        assert second.status_code == 429
+        assert second.json()["refused"]["limit"] == "max_concurrent"
+        assert "1 outbound calls are live" in second.json()["refused"]["reason"]
+        await finished(stack, first.json()["id"])
+        assert len(stack.simulator.carrier.calls) == 1
+
+
+async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
+    tmp_path: Path,
+) -> None:
+    outbound = OutboundLimits(
+        allowed_countries=("US",), calling_hours=(0, 24), max_concurrent=10, max_queued=100
+    )
+    options = StackOptions(
+        data_dir=tmp_path / "s", numbers=[NumberPlan("support")], outbound=outbound
+    )
+    async with LocalStack(options) as stack:
+        callees = [f"+1415555{i:04d}" for i in range(200, 250)]
+        for number in callees:
+            stack.simulator.set_callee(number, human(wait_for_reply(), hang_up(), rings=1))
+        answers = await asyncio.gather(*(request_call(stack, n) for n in callees))
+        assert [a.status_code for a in answers] == [202] * 50
+        live_seen = 0
+
+        async def watch() -> None:
+            nonlocal live_seen
+            while True:
+                live = sum(1 for c in stack.simulator.carrier.calls.values() if c.live)
+                live_seen = max(live_seen, live)
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+        jobs = await asyncio.gather(
+            *(finished(stack, a.json()["id"], timeout_s=240) for a in answers)
+        )
+        watcher.cancel()
+        dialer = stack.media_app.state.dialer
+    assert all(j["outcome"] == "human" for j in jobs), [j["outcome"] for j in jobs]
+    assert len(stack.simulator.carrier.calls) == 50
+    assert 1 <= live_seen <= 10 and dialer.max_live_seen == 10
