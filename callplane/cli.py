@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -204,6 +204,82 @@ def call(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def dial(
+    number: Annotated[str, typer.Argument(help="Who to call, E.164 (e.g. +14155550123).")],
+    profile: Annotated[str, typer.Option(help="The agent profile that makes the call.")],
+    context: Annotated[
+        str, typer.Option(help='JSON object for the call, e.g. \'{"name": "Amina"}\'.')
+    ] = "{}",
+    callee: Annotated[
+        str | None,
+        typer.Option(
+            help="Local stack only: who answers: human, voicemail, busy or no_answer "
+            "(the simulator's callee for NUMBER)."
+        ),
+    ] = None,
+    rings: Annotated[int, typer.Option(help="With --callee: rings before pickup.")] = 2,
+    data_dir: Annotated[Path, DATA_DIR_OPTION] = Path(".callplane"),
+) -> None:
+    """Have the agent call someone; print each attempt and the record at the end. Uses the
+    stack `callplane dev` runs; without one, starts one for this call."""
+    import json as _json
+
+    from callplane.local.calling import CallFailed, RunningStack, dial, set_callee
+    from callplane.local.stack import LocalStack, StackOptions
+
+    try:
+        parsed = _json.loads(context)
+    except _json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"{context!r} is not JSON ({exc.msg}); give an object", param_hint="--context"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter(
+            'give a JSON object, e.g. {"name": "Amina"}', param_hint="--context"
+        )
+
+    def progress(job: dict[str, Any]) -> None:
+        for a in job["attempts"]:
+            by = f", answered by {a['answered_by']}" if a["answered_by"] else ""
+            console.print(f"attempt {a['number']}: {a['status']}{by}")
+
+    async def place(running: RunningStack) -> dict[str, Any]:
+        if callee is not None:
+            steps = [{"wait_for_reply": 15}, {"say": "goodbye"}, {"wait_for_reply": 15}]
+            spec: dict[str, Any] = {"kind": callee, "rings": rings}
+            if callee == "human":
+                spec["script"] = steps
+            await set_callee(running, number, spec)
+        console.print(f"{profile} calls {number}")
+        return await dial(running, number, profile, parsed, progress)
+
+    async def run() -> dict[str, Any]:
+        running = RunningStack.from_data_dir(data_dir)
+        if running is not None:
+            return await place(running)
+        console.print(f"[dim]no `callplane dev` running in {data_dir}; starting a stack[/]")
+        async with LocalStack(StackOptions(data_dir=data_dir)):
+            running = RunningStack.from_data_dir(data_dir)
+            assert running is not None
+            return await place(running)
+
+    try:
+        job = asyncio.run(run())
+    except CallFailed as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    record = job.get("record") or {}
+    for line in record.get("transcript", []):
+        console.print(f"{line['role']:>6}  {line['text']}")
+    cost = (record.get("cost_usd") or {}).get("total")
+    console.print(
+        f"[bold]outcome: {job['outcome']}[/] after {len(job['attempts'])} attempt(s)"
+        + (f", ${cost:.4f}" if cost is not None else "")
+    )
+    raise typer.Exit(0 if job["outcome"] in ("human", "machine") else 1)
 
 
 @app.command()

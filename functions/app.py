@@ -109,6 +109,8 @@ MEDIA_PACKAGES = (
     "twilio>=9.0",
     "fastapi>=0.115",
     "uvicorn>=0.30",
+    "httpx>=0.27",
+    "phonenumbers>=8.13",
 )
 
 image = (

@@ -20,6 +20,7 @@ from callplane.media_settings import MediaSettings
 from callplane.outbound import Dialer, OutboundJob, OutboundRequest, Refused
 from callplane.records import RecordStore
 from callplane.security import validate_twilio_signature
+from callplane.transports.twilio import run_rest
 
 log = logging.getLogger("callplane.outbound")
 
@@ -55,7 +56,7 @@ def outbound_routes(
         return str(call.sid)
 
     async def place(job: OutboundJob) -> str:
-        return await asyncio.to_thread(create_call, job)
+        return await run_rest(create_call, job)
 
     async def record_of(call_sid: str) -> dict[str, Any] | None:
         # Twilio's final callback can beat the media stream's close, where the record is saved.

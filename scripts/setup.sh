@@ -28,6 +28,6 @@ fi
 
 # Use the machine's Python (>= 3.11); nothing is downloaded but packages.
 export UV_PYTHON_DOWNLOADS=never
-say "syncing the Python environment (uv sync --frozen)"
-uv sync --frozen --quiet
+say "syncing the Python environment (uv sync --frozen --all-extras)"
+uv sync --frozen --all-extras --quiet
 say "ready: $(uv run --frozen python --version), $(espeak-ng --version | head -c 40)"

@@ -175,3 +175,35 @@ def test_the_demo_runs_a_whole_call_and_stops_cleanly(tmp_path: Path) -> None:
     assert "Right now it is sunny and seventy two degrees in San Francisco." in result.stderr
     wavs = list((tmp_path / ".callplane" / "demo" / "recordings").glob("*.wav"))
     assert len(wavs) == 1 and wavs[0].stat().st_size > 100_000
+
+
+def test_dial_has_the_agent_call_a_person_and_prints_the_outcome(
+    dev_stack: tuple[subprocess.Popen[str], dict[str, Any], Path],
+) -> None:
+    _, _, data_dir = dev_stack
+    context = json.dumps({"name": "Amina", "when": "tomorrow at 3 pm"})
+    result = run_cli(
+        "dial",
+        "+14155550123",
+        "--profile",
+        "reminders",
+        "--context",
+        context,
+        "--callee",
+        "human",
+        "--rings",
+        "3",
+        "--data-dir",
+        str(data_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "answered by human" in result.stderr
+    assert "Hello Amina, this is a reminder of your appointment tomorrow at three pm." in (
+        result.stderr
+    )
+    assert "outcome: human after 1 attempt(s)" in result.stderr
+    refused = run_cli(
+        "dial", "+4930231250000", "--profile", "reminders", "--data-dir", str(data_dir)
+    )
+    assert refused.returncode == 2
+    assert "refused by allowed_countries" in refused.stderr and "'DE'" in refused.stderr

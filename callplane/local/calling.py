@@ -163,3 +163,48 @@ def _report(record: dict[str, Any], shown: dict[str, int], on_line: OnLine) -> N
     shown["tool_calls"] = len(record["tool_calls"])
     for _, who, text in sorted(events, key=lambda e: e[0]):
         on_line(who, text)
+
+
+async def set_callee(stack: RunningStack, number: str, callee: dict[str, Any]) -> None:
+    """Tell the simulator who answers outbound calls to ``number`` (see callee_from_json)."""
+    async with httpx.AsyncClient(
+        base_url=stack.twilio, auth=(stack.account_sid, stack.auth_token), timeout=10
+    ) as twilio:
+        answer = await twilio.post("/_simulator/Callees", json={"number": number, **callee})
+    if answer.status_code != 201:
+        raise CallFailed(f"the simulator refused the callee: {answer.text}")
+
+
+async def dial(
+    stack: RunningStack,
+    to: str,
+    profile: str,
+    context: dict[str, Any],
+    on_progress: Callable[[dict[str, Any]], None],
+    *,
+    timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    """``POST /calls`` on the media app and follow the request to its end; return its JSON.
+    A refusal raises :class:`CallFailed` with the limit and the reason."""
+    headers = {"Authorization": f"Bearer {stack.media_api_key}"}
+    async with httpx.AsyncClient(base_url=stack.media, headers=headers, timeout=10) as media:
+        answer = await media.post("/calls", json={"to": to, "profile": profile, "context": context})
+        if answer.status_code != 202:
+            body = answer.json()
+            refused = body.get("refused") if isinstance(body, dict) else None
+            if refused:
+                raise CallFailed(f"refused by {refused['limit']}: {refused['reason']}")
+            raise CallFailed(f"the media app refused the request: {answer.text}")
+        job_id = answer.json()["id"]
+        seen = ""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = (await media.get(f"/outbound/{job_id}")).json()
+            summary = json.dumps([(a["status"], a["answered_by"]) for a in job["attempts"]])
+            if summary != seen:
+                seen = summary
+                on_progress(job)
+            if job["done"]:
+                return job
+            await asyncio.sleep(0.3)
+    raise CallFailed(f"outbound request {job_id} did not finish within {timeout_s:.0f} s")

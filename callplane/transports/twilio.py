@@ -8,11 +8,13 @@ through as base64 without decoding. Hanging up and transferring go through Twili
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
@@ -21,6 +23,7 @@ from callplane.transports import twilio_protocol as tp
 from callplane.transports.base import AudioIn, CallEnded, DtmfIn, MarkIn, TransportEvent
 
 log = logging.getLogger("callplane.twilio")
+T = TypeVar("T")
 
 
 class TextSocket(Protocol):
@@ -48,6 +51,18 @@ class TwilioRestSettings:
         return client
 
 
+# Twilio's SDK blocks; its calls run on a pool of their own so that a burst of them (fifty
+# outbound calls placed at once) cannot take every thread of the event loop's default
+# executor, which espeak-ng, SQLite and tools also use.
+_REST_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="twilio-rest")
+
+
+async def run_rest(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run a blocking Twilio SDK call on the REST pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_REST_POOL, functools.partial(fn, *args, **kwargs))
+
+
 class CallControl:
     """Hang up and transfer a live call with the REST API (blocking SDK, run in a thread)."""
 
@@ -56,12 +71,12 @@ class CallControl:
         self.call_sid = call_sid
 
     async def hang_up(self) -> None:
-        await asyncio.to_thread(self._update, status="completed")
+        await run_rest(self._update, status="completed")
 
     async def transfer(self, to: str) -> None:
         twiml = VoiceResponse()
         twiml.dial(to)
-        await asyncio.to_thread(self._update, twiml=str(twiml))
+        await run_rest(self._update, twiml=str(twiml))
 
     def _update(self, **fields: str) -> None:
         self._settings.client().calls(self.call_sid).update(**fields)

@@ -161,6 +161,7 @@ async def test_over_the_concurrency_limit_is_refused(tmp_path: Path) -> None:
         assert len(stack.simulator.carrier.calls) == 1
 
 
+@pytest.mark.timeout(300)  # five waves of ten real-time calls
 async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
     tmp_path: Path,
 ) -> None:

@@ -10,11 +10,11 @@ webhook then carries ``AnsweredBy``. Detection takes :data:`AMD_DECISION_S` for 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from callplane.local.twilio.caller import Step, pause, say
+from callplane.local.twilio.caller import Step, pause, say, script_from_json
 
 __all__ = [
     "AMD_DECISION_S",
@@ -100,6 +100,25 @@ def busy() -> Callee:
 def no_answer(rings: int = 6) -> Callee:
     """Nobody picks up: ``no-answer`` after ``rings`` rings (or Twilio's Timeout)."""
     return Callee("no_answer", rings=rings)
+
+
+def callee_from_json(data: Mapping[str, Any]) -> Callee:
+    """A callee from JSON: ``{"kind": "human", "rings": 3, "script": [{"say": "hi"}]}``,
+    ``{"kind": "voicemail", "greeting": "..."}``, ``{"kind": "busy"}``, ``{"kind":
+    "no_answer"}``; ValueError names what is wrong."""
+    kind = data.get("kind")
+    rings = data.get("rings", 1)
+    if not isinstance(rings, int) or isinstance(rings, bool):
+        raise ValueError(f"rings {rings!r} must be a whole number")
+    if kind == "human":
+        return human(*script_from_json(data.get("script") or []), rings=rings)
+    if kind == "voicemail":
+        return voicemail(str(data.get("greeting") or DEFAULT_GREETING), rings=rings)
+    if kind == "busy":
+        return busy()
+    if kind == "no_answer":
+        return no_answer(rings)
+    raise ValueError(f"kind {kind!r} is not one of human, voicemail, busy, no_answer")
 
 
 def as_callee(script_or_callee: Callee | Sequence[Step]) -> Callee:

@@ -342,19 +342,44 @@ class _StreamSession:
         self.played_bytes = 0
         self.chunks_received = 0
         self.closed = False
-        self._lock = asyncio.Lock()
+        # Frames leave through one writer task, so that a slow reader at the far end never
+        # blocks the call's clock or its playback lock: a blocked send there, with the far
+        # end itself blocked sending to us, deadlocked both sides under load. Twilio does not
+        # stop playing a call because its socket backs up either.
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write())
 
     async def send(self, build: Callable[[str], dict[str, object]]) -> None:
-        """Send one event; ``build`` gets the next sequence number (assigned under the lock so
-        wire order and sequence order always agree)."""
-        async with self._lock:
-            if self.closed:
+        """Queue one event; ``build`` gets the next sequence number (wire order and sequence
+        order always agree: one queue, one writer). Never waits on the network."""
+        if self.closed:
+            return
+        self.seq += 1
+        self._outbox.put_nowait(json.dumps(build(str(self.seq)), separators=(",", ":")))
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self._outbox.get()
+            if frame is None:
                 return
-            self.seq += 1
             try:
-                await self.ws.send(json.dumps(build(str(self.seq)), separators=(",", ":")))
+                await self.ws.send(frame)
             except ConnectionClosed:
                 self.closed = True
+                return
+
+    def abandon(self) -> None:
+        """Stop the writer, dropping what is still queued (the stream is over)."""
+        if not self._writer.done():
+            self._writer.cancel()
+
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        """Send what is queued (at most ``timeout_s``), then stop the writer."""
+        self._outbox.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout_s)
+        except TimeoutError:
+            self._writer.cancel()
 
 
 # --------------------------------------------------------------------------------------
@@ -956,12 +981,14 @@ class LiveCall:
                 }
             )
             self.note("stream_stop_sent", stream_sid=stream_sid)
+            await stream.flush()
             stream.closed = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), timeout=2)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        stream.abandon()
         self._drop_playback()
         record.ended_ms = self.now_ms()
         record.ended_by = ended_by

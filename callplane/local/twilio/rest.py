@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from callplane.local.twilio.callee import callee_from_json
 from callplane.local.twilio.caller import ScriptError, script_from_json
 from callplane.local.twilio.inventory import NUMBER_TYPE_PATHS, Inventory, format_friendly
 from callplane.local.twilio.state import (
@@ -262,6 +263,10 @@ class _Form:
                 400, code, f"{name} {raw!r} is not a valid SID ({prefix} followed by 32 hex digits)"
             )
         return raw
+
+
+def _basic(account_sid: str, auth_token: str) -> str:
+    return "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
 
 
 def _not_found(path: str) -> TwilioApiError:
@@ -806,6 +811,24 @@ def create_rest_app(sim: Simulator) -> FastAPI:
             result = await call.wait()
             return JSONResponse(result.to_json())
         return JSONResponse({"call_sid": call.call_sid, "status": call.status}, status_code=202)
+
+    @app.post("/_simulator/Callees")
+    async def set_callee(request: Request) -> JSONResponse:
+        """Who answers outbound calls to a number (JSON: number, kind human | voicemail |
+        busy | no_answer, rings, script for a person, greeting for a voicemail). Any account
+        of the simulator may set it."""
+        if not any(
+            hmac.compare_digest(request.headers.get("authorization", ""), _basic(sid, token))
+            for sid, token in sim.tokens.items()
+        ):
+            raise TwilioApiError(401, 20003, "Authenticate with an account's SID and token")
+        try:
+            body = await request.json()
+            callee = callee_from_json(body)
+            sim.set_callee(str(body["number"]), callee)
+        except (ValueError, KeyError, TypeError, ScriptError) as exc:
+            raise TwilioApiError(400, 20001, f"callee: {exc}") from None
+        return JSONResponse({"number": body["number"], "kind": callee.kind}, status_code=201)
 
     @app.get("/_simulator/Calls/{sid}")
     async def simulated_call_result(request: Request, sid: str) -> JSONResponse:
