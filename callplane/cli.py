@@ -173,9 +173,14 @@ def call(
 ) -> None:
     """Place a simulated call on the local stack, print the conversation live and the record at
     the end. Uses the stack `callplane dev` runs; without one, starts one for this call."""
-    from callplane.local.calling import CallFailed, RunningStack, caller_steps, follow_call
+    from callplane.local.calling import (
+        CallFailed,
+        RunningStack,
+        caller_steps,
+        follow_call,
+        on_running_stack,
+    )
     from callplane.local.console import print_outcome, transcript_printer
-    from callplane.local.stack import LocalStack, StackOptions
 
     steps = caller_steps(say or [], hang_up=hang_up)
 
@@ -186,20 +191,11 @@ def call(
         print_outcome(console, outcome)
         return outcome.ok
 
-    async def run() -> bool:
-        running = RunningStack.from_data_dir(data_dir)
-        if running is not None:
-            return await place(running)
-        console.print(
-            f"[dim]no `callplane dev` running in {data_dir}; starting a stack for this call[/]"
-        )
-        async with LocalStack(StackOptions(data_dir=data_dir)):
-            running = RunningStack.from_data_dir(data_dir)
-            assert running is not None
-            return await place(running)
+    def note(text: str) -> None:
+        console.print(f"[dim]{text}[/]")
 
     try:
-        ok = asyncio.run(run())
+        ok = asyncio.run(on_running_stack(data_dir, place, note))
     except CallFailed as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
@@ -227,8 +223,7 @@ def dial(
     stack `callplane dev` runs; without one, starts one for this call."""
     import json as _json
 
-    from callplane.local.calling import CallFailed, RunningStack, dial, set_callee
-    from callplane.local.stack import LocalStack, StackOptions
+    from callplane.local.calling import CallFailed, RunningStack, dial, on_running_stack, set_callee
 
     try:
         parsed = _json.loads(context)
@@ -256,18 +251,11 @@ def dial(
         console.print(f"{profile} calls {number}")
         return await dial(running, number, profile, parsed, progress)
 
-    async def run() -> dict[str, Any]:
-        running = RunningStack.from_data_dir(data_dir)
-        if running is not None:
-            return await place(running)
-        console.print(f"[dim]no `callplane dev` running in {data_dir}; starting a stack[/]")
-        async with LocalStack(StackOptions(data_dir=data_dir)):
-            running = RunningStack.from_data_dir(data_dir)
-            assert running is not None
-            return await place(running)
+    def note(text: str) -> None:
+        console.print(f"[dim]{text}[/]")
 
     try:
-        job = asyncio.run(run())
+        job = asyncio.run(on_running_stack(data_dir, place, note))
     except CallFailed as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None

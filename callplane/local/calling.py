@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from callplane.local.stack import DEFAULT_CALLER, DEV_FILE
+
+T = TypeVar("T")
 
 __all__ = ["CallFailed", "CallOutcome", "RunningStack", "caller_steps", "follow_call"]
 
@@ -208,3 +210,20 @@ async def dial(
                 return job
             await asyncio.sleep(0.3)
     raise CallFailed(f"outbound request {job_id} did not finish within {timeout_s:.0f} s")
+
+
+async def on_running_stack(
+    data_dir: Path, use: Callable[[RunningStack], Awaitable[T]], note: Callable[[str], None]
+) -> T:
+    """Run ``use`` on the stack `callplane dev` runs in ``data_dir``; without one, start a
+    stack for the duration (and say so through ``note``)."""
+    running = RunningStack.from_data_dir(data_dir)
+    if running is not None:
+        return await use(running)
+    note(f"no `callplane dev` running in {data_dir}; starting a stack for this call")
+    from callplane.local.stack import LocalStack, StackOptions
+
+    async with LocalStack(StackOptions(data_dir=data_dir)):
+        running = RunningStack.from_data_dir(data_dir)
+        assert running is not None, "a started stack writes dev.json"
+        return await use(running)
