@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from callplane.livekit_settings import LiveKitSettings
 from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
@@ -49,6 +50,9 @@ class MediaSettings(BaseModel):
     # "package.module:NAME" naming a mapping of tool name -> Tool (or an iterable of Tools):
     # the team's tools. The built-ins (end_call, transfer_call) are always there.
     tools_module: str | None = None
+    # The stack's LiveKit project: web rooms, on-demand agent jobs, hybrid phone rooms. Without
+    # it the LiveKit routes answer 503 and profiles that name a room are refused at load.
+    livekit: LiveKitSettings | None = None
 
     @property
     def public_base_url(self) -> str:

@@ -61,6 +61,9 @@ class AgentProfile(BaseModel):
     outbound_greeting: str | None = None
     voicemail: str | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    # Hybrid rooms: calls on this profile join this LiveKit room as participant "phone:+E164"
+    # and the room's agent answers them, instead of a private Realtime session per call.
+    room: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
     @field_validator("dtmf")
     @classmethod
