@@ -39,3 +39,25 @@ def test_records_round_trip_through_sqlite(tmp_path: Path) -> None:
     assert again["from"] == "+15550001111" and again["profile"] == "sales"
     assert [t["text"] for t in again["transcript"]] == ["Hello", "hi"]
     assert store.list()[0]["call_sid"] == "CA9"
+
+
+async def test_async_saves_run_off_the_event_loop_and_all_land(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    seen: set[str] = set()
+
+    class Watched(RecordStore):
+        def save(self, record: CallRecord) -> None:
+            seen.add(threading.current_thread().name)
+            super().save(record)
+
+    store = Watched(tmp_path / "r.sqlite3")
+    records = [CallRecord(call_sid=f"CA{i}", started_at=float(i)) for i in range(100)]
+    await asyncio.gather(*(store.save_async(r) for r in records))
+    assert threading.current_thread().name not in seen
+    assert all(name.startswith("records") for name in seen)
+    listed = store.list(limit=500)
+    assert sorted(r["call_sid"] for r in listed) == sorted(r.call_sid for r in records)
+    store.close()
+    assert RecordStore(tmp_path / "r.sqlite3").get("CA42") is not None

@@ -28,7 +28,7 @@ class Start:
     media_format: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per frame to build
 class Media:
     payload: str
     timestamp_ms: int
@@ -64,8 +64,49 @@ class Invalid:
 Frame = Start | Media | Dtmf | Mark | Stop | Connected | Invalid
 
 
+_MEDIA_PREFIX = '{"event":"media",'
+_PAYLOAD_KEY = '"payload":"'
+_TIMESTAMP_KEY = '"timestamp":"'
+
+
+def _media_fast(text: str) -> Media | None:
+    """A media frame in exactly Twilio's compact shape, read without the JSON decoder.
+
+    Media frames are nearly every frame a call sends (50 a second), and ``json.loads`` of one
+    costs several times what slicing out its payload does. Only a frame that starts as Twilio
+    writes them, ends with ``}``, has one payload whose characters are plain base64 (no JSON
+    escapes) and a digit-only timestamp is taken here; anything else returns None and goes
+    through the full parser, which judges it.
+    """
+    if not text.startswith(_MEDIA_PREFIX) or not text.endswith("}"):
+        return None
+    start = text.find(_PAYLOAD_KEY)
+    if start < 0 or text.find(_PAYLOAD_KEY, start + 1) >= 0:
+        return None
+    start += len(_PAYLOAD_KEY)
+    end = text.find('"', start)
+    if end < 0 or end - start > MAX_PAYLOAD_CHARS:
+        return None
+    payload = text[start:end]
+    if (end - start) % 4 or not _BASE64.match(payload):
+        return None
+    timestamp = 0
+    at = text.find(_TIMESTAMP_KEY)
+    if at >= 0:
+        at += len(_TIMESTAMP_KEY)
+        stop = text.find('"', at)
+        digits = text[at:stop] if stop > at else ""
+        if not digits.isdigit():
+            return None
+        timestamp = int(digits)
+    return Media(payload, timestamp)
+
+
 def parse(text: str) -> Frame:
     """Parse one text frame from Twilio."""
+    fast = _media_fast(text)
+    if fast is not None:
+        return fast
     try:
         msg = json.loads(text)
     except (ValueError, RecursionError):

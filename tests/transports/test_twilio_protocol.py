@@ -65,3 +65,25 @@ def test_outbound_frames_are_valid_json_in_twilio_shape() -> None:
         "mark": {"name": "m1"},
     }
     assert json.loads(tp.clear_frame("MZ1")) == {"event": "clear", "streamSid": "MZ1"}
+
+
+def test_the_media_fast_path_agrees_with_the_full_parser() -> None:
+    """Compact media frames skip the JSON decoder; every other spelling of the same frame must
+    give the same result, and a frame the fast path cannot vouch for must still be judged."""
+    payload = "f39/f3+A/w=="
+    compact = (
+        '{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"1",'
+        '"timestamp":"40","payload":"' + payload + '"},"streamSid":"MZ1"}'
+    )
+    spaced = json.dumps(json.loads(compact))
+    escaped = compact.replace("f39/", "f39\\/")  # JSON may escape "/"; still the same payload
+    assert tp.parse(compact) == tp.parse(spaced) == tp.parse(escaped) == tp.Media(payload, 40)
+    assert tp.parse(compact[:-1]) == tp.Invalid("invalid_json")  # truncated: not taken
+    two = compact.replace('"streamSid"', '"payload":"AAAA","streamSid"')
+    # a second "payload" (here outside "media"): the fast path declines, the full parser reads
+    # the frame's real structure
+    assert tp.parse(two) == tp.Media(payload, 40)
+    odd = compact.replace(payload, "f39/f3+A/w=")  # not a multiple of 4
+    assert tp.parse(odd) == tp.Invalid("bad_base64")
+    bad_ts = compact.replace('"timestamp":"40"', '"timestamp":"x"')
+    assert tp.parse(bad_ts) == tp.Invalid("malformed_media")
