@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Install everything callplane needs on a fresh Debian machine; idempotent, and quick when all
-# is already there. Debian packages: espeak-ng (the offline voice), sox, and chromium (the
-# browser tests drive it headless); uv from PyPI; the project's Python environment from uv.lock
-# (frozen, so CI and laptops resolve identically).
+# is already there. Debian packages: espeak-ng (the offline voice), sox, chromium (the browser
+# tests drive it headless), Node.js and npm (the web playground's build); uv from PyPI; the
+# project's Python environment from uv.lock (frozen, so CI and laptops resolve identically).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg_bin in espeak-ng:espeak-ng sox:sox chromium:chromium; do
+for pkg_bin in espeak-ng:espeak-ng sox:sox chromium:chromium nodejs:node npm:npm; do
   bin=${pkg_bin#*:}; pkg=${pkg_bin%%:*}
   command -v "$bin" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -31,4 +31,6 @@ fi
 export UV_PYTHON_DOWNLOADS=never
 say "syncing the Python environment (uv sync --frozen --all-extras)"
 uv sync --frozen --all-extras --quiet
+# The browser playground (web/, livekit-client): npm ci and an esbuild bundle, only when changed.
+bash scripts/build_web.sh
 say "ready: $(uv run --frozen python --version), $(espeak-ng --version | head -c 40)"

@@ -1,0 +1,236 @@
+"""A real ``livekit-server`` with a real ``redis-server`` for tests, on free loopback ports.
+
+Both binaries come from the offline toolchain (``~/.cache/callplane/tools/bin``, or
+``$CALLPLANE_TOOLS/bin``) or PATH; a missing one fails the test with the fix (no skips). WebRTC
+stays on loopback: no ICE/TCP listener (it would bind every interface), one UDP port on ``lo``.
+
+Two ways to use it::
+
+    # a fixture in a test module (module scope by default: one server for the module's tests)
+    from tests.livekit_server import livekit_server_fixture
+    livekit = livekit_server_fixture()
+
+    async def test_something(livekit: LiveKitServer) -> None:
+        settings = livekit.settings(idle_timeout_s=2)   # callplane.livekit_settings.LiveKitSettings
+        token = livekit.token("alice", "room-1")        # a participant token for rtc.Room.connect
+        await room.connect(livekit.url, token)
+
+    # or directly, e.g. when the webhook receiver's URL is only known inside the test
+    with livekit_server(tmp_path, webhook_urls=[f"{edge}/livekit/webhook"]) as server:
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from livekit import api
+
+from callplane.livekit_settings import LiveKitSettings
+
+TOOLS_BIN = Path(os.environ.get("CALLPLANE_TOOLS", Path.home() / ".cache/callplane/tools")) / "bin"
+API_KEY = "devkey"
+# 32+ characters: livekit-server complains about shorter secrets outside dev mode.
+API_SECRET = "callplane-test-secret-0123456789abcdef"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class LiveKitServer:
+    """A running server: where it is, its one key pair, and where it logs."""
+
+    url: str  # ws://127.0.0.1:PORT, what rtc clients connect to
+    api_key: str
+    api_secret: str
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        """The server API (Twirp) origin, for ``livekit.api.LiveKitAPI``."""
+        return "http" + self.url.removeprefix("ws")
+
+    def settings(self, **overrides: Any) -> LiveKitSettings:
+        """callplane's LiveKitSettings for this server (``overrides`` set the other fields)."""
+        return LiveKitSettings(
+            url=self.url, api_key=self.api_key, api_secret=self.api_secret, **overrides
+        )
+
+    def token(
+        self,
+        identity: str,
+        room: str,
+        *,
+        name: str | None = None,
+        kind: Literal["standard", "sip", "agent"] = "standard",
+        attributes: dict[str, str] | None = None,
+    ) -> str:
+        """A join token for ``room`` as ``identity``, allowed to publish and subscribe."""
+        token = (
+            api.AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_name(name or identity)
+            .with_kind(kind)
+            .with_grants(api.VideoGrants(room_join=True, room=room, can_update_own_metadata=True))
+        )
+        if attributes:
+            token = token.with_attributes(attributes)
+        return token.to_jwt()
+
+    def api(self) -> api.LiveKitAPI:
+        """A server API client (use as ``async with server.api() as lk``)."""
+        return api.LiveKitAPI(self.http_url, self.api_key, self.api_secret)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log, for assertion messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that was free on 127.0.0.1 a moment ago (TCP by default, or SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def binary(name: str) -> str:
+    """A tool from the toolchain dir or PATH; a missing one is an error saying how to build it."""
+    path = TOOLS_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(
+            f"{name} is not installed: run scripts/tools/setup_tools.sh (looked in {TOOLS_BIN} "
+            "and PATH)"
+        )
+    return found
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path | None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} at start\n{tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def server_config(
+    http_port: int,
+    udp_port: int,
+    redis_port: int,
+    *,
+    api_key: str = API_KEY,
+    api_secret: str = API_SECRET,
+    webhook_urls: Sequence[str] = (),
+) -> str:
+    """The livekit-server YAML: loopback only, one key pair, Redis, optional webhooks."""
+    body = (
+        f"port: {http_port}\n"
+        "bind_addresses: [127.0.0.1]\n"
+        f"keys:\n  {api_key}: {api_secret}\n"
+        f"redis:\n  address: 127.0.0.1:{redis_port}\n"
+        f"rtc:\n  tcp_port: 0\n  udp_port: {udp_port}\n  use_external_ip: false\n"
+        "  node_ip: 127.0.0.1\n  enable_loopback_candidate: true\n"
+        "  interfaces:\n    includes: [lo]\n"
+        "logging:\n  level: info\n"
+    )
+    if webhook_urls:
+        urls = "".join(f"    - {url}\n" for url in webhook_urls)
+        body += f"webhook:\n  api_key: {api_key}\n  urls:\n{urls}"
+    return body
+
+
+@contextlib.contextmanager
+def livekit_server(work_dir: Path, *, webhook_urls: Sequence[str] = ()) -> Iterator[LiveKitServer]:
+    """Start redis-server and livekit-server in ``work_dir``; stop both on exit.
+
+    ``webhook_urls`` get the server's signed webhooks (key ``API_KEY``). The server log is
+    ``work_dir/livekit.log``.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    redis_port, http_port = free_port(), free_port()
+    udp_port = free_port(socket.SOCK_DGRAM)
+    procs: list[subprocess.Popen[bytes]] = []
+    log_path = work_dir / "livekit.log"
+    try:
+        redis = subprocess.Popen(
+            [
+                binary("redis-server"),
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(work_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(redis)
+        _wait_port(redis_port, redis, "redis-server", None)
+        config = server_config(http_port, udp_port, redis_port, webhook_urls=webhook_urls)
+        with log_path.open("wb") as log:
+            server = subprocess.Popen(
+                [binary("livekit-server"), "--config-body", config],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append(server)
+        _wait_port(http_port, server, "livekit-server", log_path)
+        yield LiveKitServer(f"ws://127.0.0.1:{http_port}", API_KEY, API_SECRET, log_path)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def livekit_server_fixture(
+    scope: Literal["function", "module", "session"] = "module",
+    *,
+    webhook_urls: Sequence[str] = (),
+) -> Callable[..., Iterator[LiveKitServer]]:
+    """A pytest fixture yielding a :class:`LiveKitServer`; bind it to a module-level name,
+    which becomes the fixture's name (``livekit = livekit_server_fixture()``)."""
+
+    @pytest.fixture(scope=scope)
+    def _fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+        with livekit_server(
+            tmp_path_factory.mktemp("livekit"), webhook_urls=webhook_urls
+        ) as server:
+            yield server
+
+    return _fixture
