@@ -15,6 +15,25 @@ worker secret binding; locally it is the ``CALLPLANE_EDGE_CONFIG`` environment v
 
 A number's ``region`` may be left out: it then uses ``default_region``. Secrets never appear in
 error messages or in ``repr``.
+
+An optional ``livekit`` object turns on the web path (``POST /token``, ``POST /livekit/webhook``)::
+
+    "livekit": {
+      "url": "wss://project.livekit.cloud",
+      "api_key": "<LiveKit API key>",
+      "api_secret": "<its secret>",
+      "agent_name": "callplane-agent",
+      "token_ttl_s": 900,
+      "web_keys": ["<16+ random characters>"],
+      "link_secret": "<16+ random characters>",
+      "allowed_origins": ["https://app.example.com"],
+      "dispatch_url": "https://media.example.com/agents/dispatch",
+      "dispatch_api_key": "<the media app's api_key>",
+      "rate_limit_per_minute": 30
+    }
+
+Only ``url``, ``api_key`` and ``api_secret`` are required; ``dispatch_url`` and
+``dispatch_api_key`` come together or not at all.
 """
 
 from __future__ import annotations
@@ -28,10 +47,20 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ENV_VAR", "MIN_STREAM_SECRET_CHARS", "EdgeConfig", "EdgeConfigError", "NumberRoute"]
+__all__ = [
+    "ENV_VAR",
+    "MAX_TOKEN_TTL_S",
+    "MIN_STREAM_SECRET_CHARS",
+    "EdgeConfig",
+    "EdgeConfigError",
+    "LiveKitEdgeConfig",
+    "NumberRoute",
+]
 
 ENV_VAR = "CALLPLANE_EDGE_CONFIG"
 MIN_STREAM_SECRET_CHARS = 16
+MAX_TOKEN_TTL_S = 15 * 60
+"""The longest a web token may live: a leaked token is useless after this."""
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -43,6 +72,21 @@ _FIELDS = (
     "numbers",
     "default_region",
 )
+_OPTIONAL_FIELDS = ("livekit",)
+_LIVEKIT_FIELDS = (
+    "url",
+    "api_key",
+    "api_secret",
+    "agent_name",
+    "token_ttl_s",
+    "web_keys",
+    "link_secret",
+    "allowed_origins",
+    "dispatch_url",
+    "dispatch_api_key",
+    "rate_limit_per_minute",
+)
+_LIVEKIT_REQUIRED = ("url", "api_key", "api_secret")
 _ROUTE_FIELDS = ("profile", "region")
 _SECRET_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -58,6 +102,113 @@ class NumberRoute:
 
     profile: str
     region: str
+
+
+@dataclass(frozen=True)
+class LiveKitEdgeConfig:
+    """The edge's side of the stack's LiveKit project: the keys it signs web tokens and checks
+    webhooks with, who may ask for a token, and where to ask for an agent.
+
+    ``web_keys`` are bearer secrets a web app may present to ``POST /token``; ``link_secret``
+    signs playground links (:func:`edge_worker.web_links.sign_web_link`); ``allowed_origins``
+    are the browser origins (``scheme://host[:port]``) allowed to call ``/token``.
+    ``dispatch_url`` is the media app's ``/agents/dispatch`` and ``dispatch_api_key`` its
+    ``api_key``; without them webhooks are verified and acknowledged but start no agent.
+    """
+
+    url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    agent_name: str = "callplane-agent"
+    token_ttl_s: int = MAX_TOKEN_TTL_S
+    web_keys: tuple[str, ...] = field(default=(), repr=False)
+    link_secret: str | None = field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    dispatch_url: str | None = None
+    dispatch_api_key: str | None = field(default=None, repr=False)
+    rate_limit_per_minute: int = 30
+
+    def __post_init__(self) -> None:
+        where = "livekit"
+        _check_url(f"{where}.url", self.url, ("wss", "ws"), "wss://project.livekit.cloud")
+        if not isinstance(self.api_key, str) or not self.api_key.strip():
+            raise EdgeConfigError(
+                f"{where}.api_key={self.api_key!r} is invalid: set it to the LiveKit project's "
+                "API key (the key whose secret is api_secret)"
+            )
+        _check_secret(f"{where}.api_secret", self.api_secret, 1, "the API key's secret")
+        _check_name(f"{where}.agent_name", self.agent_name)
+        ttl = self.token_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TOKEN_TTL_S:
+            raise EdgeConfigError(
+                f"{where}.token_ttl_s={ttl!r} is invalid: use whole seconds from 1 to "
+                f"{MAX_TOKEN_TTL_S}; web tokens are short-lived on purpose"
+            )
+        if isinstance(self.web_keys, str) or not isinstance(self.web_keys, tuple | list):
+            raise EdgeConfigError(
+                f"{where}.web_keys is a {type(self.web_keys).__name__}, not a list: give a list "
+                'of secrets, e.g. ["<16+ random characters>"]'
+            )
+        for index, key in enumerate(self.web_keys):
+            _check_secret(
+                f"{where}.web_keys[{index}]", key, MIN_STREAM_SECRET_CHARS, "a random web key"
+            )
+        if self.link_secret is not None:
+            _check_secret(
+                f"{where}.link_secret", self.link_secret, MIN_STREAM_SECRET_CHARS, "a random secret"
+            )
+        if isinstance(self.allowed_origins, str) or not isinstance(
+            self.allowed_origins, tuple | list
+        ):
+            raise EdgeConfigError(
+                f"{where}.allowed_origins={self.allowed_origins!r} is not a list: give origins "
+                'like ["https://app.example.com"]'
+            )
+        for index, origin in enumerate(self.allowed_origins):
+            _check_origin(f"{where}.allowed_origins[{index}]", origin)
+        if (self.dispatch_url is None) != (self.dispatch_api_key is None):
+            raise EdgeConfigError(
+                f"{where}.dispatch_url and {where}.dispatch_api_key must be set together: give "
+                "the media app's /agents/dispatch URL and its api_key, or neither"
+            )
+        if self.dispatch_url is not None:
+            _check_url(
+                f"{where}.dispatch_url",
+                self.dispatch_url,
+                ("https", "http"),
+                "https://media.example.com/agents/dispatch",
+            )
+            _check_secret(
+                f"{where}.dispatch_api_key", self.dispatch_api_key, 8, "the media app's api_key"
+            )
+        rate = self.rate_limit_per_minute
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 0 < rate <= 100_000:
+            raise EdgeConfigError(
+                f"{where}.rate_limit_per_minute={rate!r} is invalid: use a whole number of "
+                "token requests per client IP per minute, from 1 to 100000"
+            )
+        object.__setattr__(self, "web_keys", tuple(self.web_keys))
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+
+    @classmethod
+    def from_mapping(cls, data: object, *, source: str) -> LiveKitEdgeConfig:
+        """Build from the parsed ``livekit`` object; unknown keys are refused."""
+        where = f"{source}: livekit"
+        if not isinstance(data, Mapping):
+            raise EdgeConfigError(
+                f"{where} is a {type(data).__name__}, not an object: use "
+                '{"url": "wss://...", "api_key": "...", "api_secret": "..."}'
+            )
+        _check_keys(where, data, _LIVEKIT_FIELDS)
+        missing = [name for name in _LIVEKIT_REQUIRED if name not in data]
+        if missing:
+            raise EdgeConfigError(
+                f"{where}: missing field(s) {missing}; required: {list(_LIVEKIT_REQUIRED)}"
+            )
+        try:
+            return cls(**{name: data[name] for name in _LIVEKIT_FIELDS if name in data})
+        except EdgeConfigError as exc:
+            raise EdgeConfigError(f"{source}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -77,8 +228,13 @@ class EdgeConfig:
     media_urls: Mapping[str, str]
     numbers: Mapping[str, NumberRoute]
     default_region: str
+    livekit: LiveKitEdgeConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.livekit is not None and not isinstance(self.livekit, LiveKitEdgeConfig):
+            raise EdgeConfigError(
+                f"livekit is a {type(self.livekit).__name__}: use LiveKitEdgeConfig(...) or None"
+            )
         _check_url("public_url", self.public_url, ("https", "http"), "https://edge.example.com")
         if not isinstance(self.twilio_auth_token, str) or not self.twilio_auth_token.strip():
             raise EdgeConfigError(
@@ -141,11 +297,12 @@ class EdgeConfig:
             raise EdgeConfigError(
                 f"{source}: expected a JSON object at the top level, got {type(data).__name__}"
             )
-        _check_keys(source, data, _FIELDS)
+        _check_keys(source, data, _FIELDS + _OPTIONAL_FIELDS)
         missing = [name for name in _FIELDS if name not in data]
         if missing:
             raise EdgeConfigError(
-                f"{source}: missing field(s) {missing}; required: {list(_FIELDS)}"
+                f"{source}: missing field(s) {missing}; required: {list(_FIELDS)}, optional: "
+                f"{list(_OPTIONAL_FIELDS)}"
             )
         default_region = data["default_region"]
         raw_numbers = data["numbers"]
@@ -174,8 +331,13 @@ class EdgeConfig:
                 f"{source}: media_urls={media_urls!r} is invalid: use an object mapping regions "
                 'to media bases, e.g. {"us": "wss://media-us.example.com"}'
             )
+        livekit = data.get("livekit")
+        livekit_config = (
+            None if livekit is None else LiveKitEdgeConfig.from_mapping(livekit, source=source)
+        )
         try:
             return cls(
+                livekit=livekit_config,
                 public_url=data["public_url"],
                 twilio_auth_token=data["twilio_auth_token"],
                 stream_secret=data["stream_secret"],
@@ -224,6 +386,28 @@ def _check_name(where: str, value: object) -> None:
         raise EdgeConfigError(
             f"{where}={value!r} is invalid: use 1-64 characters from letters, digits, '_', '.' "
             "and '-', starting with a letter or digit"
+        )
+
+
+def _check_secret(where: str, value: object, min_chars: int, what: str) -> None:
+    if not isinstance(value, str) or len(value) < min_chars or not value.strip():
+        length = len(value) if isinstance(value, str) else 0
+        kind = "a string" if isinstance(value, str) else f"a {type(value).__name__}"
+        raise EdgeConfigError(
+            f"{where} is invalid ({kind} of {length} characters, value hidden): set it to "
+            f"{what} of at least {min_chars} characters"
+        )
+
+
+def _check_origin(where: str, value: object) -> None:
+    example = "https://app.example.com"
+    if not isinstance(value, str):
+        raise EdgeConfigError(f"{where}={value!r} is invalid: use an origin like {example!r}")
+    _check_url(where, value, ("https", "http"), example)
+    if urlsplit(value).path:
+        raise EdgeConfigError(
+            f"{where}={value!r} is invalid: an origin is scheme://host[:port] with no path; "
+            f"e.g. {example!r}"
         )
 
 

@@ -12,6 +12,13 @@ Routes:
   answer is TwiML ``<Connect><Stream url="{media}/twilio/media">`` carrying a stream token
   bound to the CallSid, or ``<Reject reason="rejected"/>`` for a number the edge does not serve.
 * ``POST /twilio/status``: call status callbacks. Signature checked; fields go to ``on_status``.
+* ``POST /token`` (and ``OPTIONS``) and ``POST /livekit/webhook``: the web path, in
+  :mod:`edge_worker.livekit_routes`. A webhook that calls for an agent returns a
+  :class:`~edge_worker.wire.DispatchAgent` in ``EdgeResponse.effects``; the adapter sends
+  :func:`~edge_worker.livekit_routes.dispatch_request` for it after answering.
+* ``GET /playground/`` and ``GET /playground/<file>``: the built web playground, from the
+  read-only mapping the adapter passes as ``playground`` (:mod:`edge_worker.playground`);
+  ``GET /`` redirects there.
 * ``GET /healthz``: liveness.
 """
 
@@ -19,15 +26,20 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from callplane.security import mint_stream_token, validate_twilio_signature
+from edge_worker import livekit_routes, playground
 from edge_worker.config import EdgeConfig
+from edge_worker.rate_limit import TokenBucket
+from edge_worker.wire import DispatchAgent, EdgeRequest, EdgeResponse, Headers
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "PLAYGROUND_PREFIX",
+    "DispatchAgent",
     "EdgeRequest",
     "EdgeResponse",
     "Headers",
@@ -42,62 +54,10 @@ MAX_BODY_BYTES = 64 * 1024
 
 StatusHandler = Callable[[dict[str, str]], None]
 
+PLAYGROUND_PREFIX = "/playground/"
+
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 _FORM = "application/x-www-form-urlencoded"
-
-
-class Headers(Mapping[str, str]):
-    """Read-only, case-insensitive HTTP headers. Repeated names are joined with ``", "`` as HTTP
-    allows, so adapters can pass raw header lists."""
-
-    def __init__(self, source: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
-        items = source.items() if isinstance(source, Mapping) else source
-        merged: dict[str, str] = {}
-        for name, value in items:
-            key = name.lower()
-            merged[key] = f"{merged[key]}, {value}" if key in merged else value
-        self._items = merged
-
-    def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({sorted(self._items)})"  # names only: values may carry credentials
-
-
-@dataclass
-class EdgeRequest:
-    """An HTTP request as the core sees it. ``path`` is the request path as sent (no query);
-    ``query`` is the raw query string without ``?``. ``headers`` may be any mapping or list of
-    pairs; it is wrapped in :class:`Headers` for case-insensitive lookup."""
-
-    method: str
-    path: str
-    query: str
-    headers: Mapping[str, str]
-    body: bytes = b""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.headers, Headers):
-            self.headers = Headers(self.headers)
-
-
-@dataclass
-class EdgeResponse:
-    """An HTTP response for an adapter to send as is."""
-
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
 
 
 def handle(
@@ -106,15 +66,27 @@ def handle(
     *,
     now: float,
     on_status: StatusHandler | None = None,
+    limiter: TokenBucket | None = None,
+    playground_files: Mapping[str, bytes] | None = None,
 ) -> EdgeResponse:
-    """Answer one request. ``now`` (Unix seconds) stamps stream tokens; ``on_status`` receives
-    each verified status callback's form fields (first value per name) and must not block.
+    """Answer one request. ``now`` (Unix seconds) stamps and checks tokens; ``on_status``
+    receives each verified status callback's form fields (first value per name) and must not
+    block; ``limiter`` rate-limits ``POST /token`` per ``request.client`` (its state belongs to
+    the adapter; None means no limit); ``playground_files`` is the built playground (name to
+    bytes). Effects the adapter must run after answering are in ``EdgeResponse.effects``.
 
-    Never raises for bad input: a bad signature is 403, an unknown path 404, a wrong method 405,
-    a non-form body 415, an oversized body 413, and a failing ``on_status`` 500. Error bodies
-    are plain text naming the problem and never contain secrets or tokens.
+    Never raises for bad input: a bad signature is 403 (401 for LiveKit's JWTs and web
+    credentials), an unknown path 404, a wrong method 405, a non-form Twilio body 415, an
+    oversized body 413, and a failing ``on_status`` 500. Error bodies are plain text naming the
+    problem and never contain secrets or tokens.
     """
-    route = _ROUTES.get(request.path)
+    call = _Call(config, request, now, on_status, limiter, playground_files or {})
+    # "/" exists only as a redirect for browsers, so other methods there stay a plain 404.
+    browsing = request.path == "/" and request.method.upper() in ("GET", "HEAD")
+    if request.path.startswith(PLAYGROUND_PREFIX) or request.path == "/playground" or browsing:
+        route: tuple[tuple[str, ...], Handler] | None = (("GET", "HEAD"), _playground)
+    else:
+        route = _ROUTES.get(request.path)
     if route is None:
         return _text(404, f"no route for {request.path!r}; routes: {sorted(_ROUTES)}")
     methods, handler = route
@@ -122,7 +94,7 @@ def handle(
     if method not in methods:
         allow = ", ".join(methods)
         return _text(405, f"{method} is not allowed on {request.path}; use {allow}", allow=allow)
-    return handler(config, request, now, on_status)
+    return handler(call)
 
 
 def stream_twiml(stream_url: str, parameters: Iterable[tuple[str, str]]) -> str:
@@ -145,12 +117,24 @@ def reject_twiml() -> str:
 
 # --------------------------------------------------------------------------- handlers
 
-Handler = Callable[[EdgeConfig, EdgeRequest, float, StatusHandler | None], EdgeResponse]
+
+@dataclass(frozen=True)
+class _Call:
+    """One request and everything the adapter handed the core for it."""
+
+    config: EdgeConfig
+    request: EdgeRequest
+    now: float
+    on_status: StatusHandler | None
+    limiter: TokenBucket | None
+    playground_files: Mapping[str, bytes]
 
 
-def _voice(
-    config: EdgeConfig, request: EdgeRequest, now: float, on_status: StatusHandler | None
-) -> EdgeResponse:
+Handler = Callable[[_Call], EdgeResponse]
+
+
+def _voice(call: _Call) -> EdgeResponse:
+    config, request, now = call.config, call.request, call.now
     form = _verified_form(config, request)
     if isinstance(form, EdgeResponse):
         return form
@@ -180,10 +164,9 @@ def _voice(
     return _xml(stream_twiml(config.media_stream_url(route.region), parameters))
 
 
-def _status(
-    config: EdgeConfig, request: EdgeRequest, now: float, on_status: StatusHandler | None
-) -> EdgeResponse:
-    form = _verified_form(config, request)
+def _status(call: _Call) -> EdgeResponse:
+    on_status = call.on_status
+    form = _verified_form(call.config, call.request)
     if isinstance(form, EdgeResponse):
         return form
     if on_status is not None:
@@ -194,17 +177,55 @@ def _status(
     return EdgeResponse(204, {}, b"")
 
 
-def _healthz(
-    config: EdgeConfig, request: EdgeRequest, now: float, on_status: StatusHandler | None
-) -> EdgeResponse:
-    body = b"" if request.method.upper() == "HEAD" else json.dumps({"ok": True}).encode()
+def _healthz(call: _Call) -> EdgeResponse:
+    body = b"" if call.request.method.upper() == "HEAD" else json.dumps({"ok": True}).encode()
     return EdgeResponse(200, {"content-type": "application/json"}, body)
+
+
+def _token(call: _Call) -> EdgeResponse:
+    if call.request.method.upper() == "OPTIONS":
+        return livekit_routes.token_preflight(call.config, call.request)
+    return livekit_routes.token(call.config, call.request, call.now, call.limiter)
+
+
+def _livekit_webhook(call: _Call) -> EdgeResponse:
+    if len(call.request.body) > MAX_BODY_BYTES:
+        return _text(413, f"the body is over {MAX_BODY_BYTES} bytes; LiveKit never sends that")
+    return livekit_routes.livekit_webhook(call.config, call.request, call.now)
+
+
+def _playground(call: _Call) -> EdgeResponse:
+    path = call.request.path
+    if path in ("/", "/playground"):
+        return EdgeResponse(302, {"location": PLAYGROUND_PREFIX}, b"")
+    files = call.playground_files
+    name = playground.file_name(path.removeprefix(PLAYGROUND_PREFIX))
+    if name is None:
+        return _text(400, f"{path!r} is not a plain file path under {PLAYGROUND_PREFIX}")
+    content = files.get(name)
+    if content is None:
+        if not files:
+            return _text(
+                404,
+                f"the playground is not built, so there is no {name!r}: build web/ so that "
+                "web/dist/index.html exists, then restart the edge",
+            )
+        return _text(404, f"the playground has no file {name!r}")
+    headers = {
+        "content-type": playground.content_type(name),
+        "cache-control": "no-cache" if name.endswith(".html") else "public, max-age=300",
+        "x-content-type-options": "nosniff",
+    }
+    body = b"" if call.request.method.upper() == "HEAD" else content
+    return EdgeResponse(200, headers, body)
 
 
 _ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
     "/twilio/voice": (("POST",), _voice),
     "/twilio/status": (("POST",), _status),
     "/healthz": (("GET", "HEAD"), _healthz),
+    "/token": (("POST", "OPTIONS"), _token),
+    "/livekit/webhook": (("POST",), _livekit_webhook),
 }
 
 

@@ -1,0 +1,477 @@
+"""The agent launcher: ``POST /agents/dispatch`` starts one agent job per LiveKit room.
+
+The edge calls this for every ``room_started`` and every human joining (LiveKit retries its
+webhooks and several people may join at once), so the route must be idempotent under duplicates
+and races: a per-room :class:`asyncio.Lock` serialises dispatches for one room, and a live-job
+table answers "already running" for the second and later ones. A job whose process has ended,
+normally or by crashing, is no longer live, so the next dispatch for its room starts a new one.
+
+Where a job runs is a :class:`Launcher`:
+
+* :class:`LocalProcessLauncher`: a child process per room (``python -m functions.agent_job
+  --room R --profile P`` with the media settings in ``CALLPLANE_MEDIA_CONFIG``), so that one
+  agent crashing cannot take the others or the media app down. Offline stack and tests.
+* :class:`ModalLauncher`: ``modal.Function.from_name(app, "agent_job").spawn(room=, profile=)``,
+  one container per room, polled through its ``FunctionCall``.
+
+Mount it next to the other routers in :func:`functions.media.create_app`::
+
+    router, agents = dispatch_routes(settings, require_api_key, launcher)
+    app.include_router(router)
+    app.router.on_shutdown.append(agents.shutdown)
+
+with ``launcher = LocalProcessLauncher(settings)`` locally or ``ModalLauncher(APP_NAME,
+environment_name=STACK)`` on Modal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from callplane.media_settings import ENV_VAR, MediaSettings
+from callplane.profiles import AgentProfile
+
+__all__ = [
+    "AGENT_JOB_FUNCTION",
+    "AgentJob",
+    "AgentJobs",
+    "DispatchRequest",
+    "JobHandle",
+    "Launcher",
+    "LocalProcessLauncher",
+    "ModalLauncher",
+    "choose_profile",
+    "dispatch_routes",
+    "local_agent_command",
+]
+
+log = logging.getLogger("callplane.dispatch")
+
+AGENT_JOB_FUNCTION = "agent_job"
+"""The Modal function (in the media app) that runs one room's agent."""
+
+ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # the same as AgentProfile.room
+MAX_ENDED_JOBS = 500  # ended jobs kept for GET /agents; older ones are forgotten
+STOP_GRACE_S = 5.0
+
+JobState = Literal["running", "exited", "crashed"]
+
+
+class DispatchRequest(BaseModel):
+    """The body of ``POST /agents/dispatch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    room: str = Field(pattern=ROOM_PATTERN, description="the LiveKit room that needs an agent")
+    profile: str | None = Field(default=None, min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=64, description="why, e.g. room_started")
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+class JobHandle(Protocol):
+    """One launched agent job, whatever runs it."""
+
+    @property
+    def handle(self) -> str:
+        """What identifies the job where it runs: a pid, a Modal function call id."""
+        ...
+
+    async def poll(self) -> int | None:
+        """The exit code if the job has ended (0 = normal), None while it runs. Cheap."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until the job ends; its exit code."""
+        ...
+
+    async def shutdown(self) -> None:
+        """The media app is stopping: stop the job if it cannot outlive this app."""
+        ...
+
+
+class Launcher(Protocol):
+    """Starts an agent job for a room; the caller guarantees one at a time per room."""
+
+    async def launch(self, room: str, profile: str) -> JobHandle: ...
+
+
+def local_agent_command(room: str, profile: str) -> list[str]:
+    """The agent job's command line (the CLI of ``functions.agent_job``)."""
+    return [sys.executable, "-m", "functions.agent_job", "--room", room, "--profile", profile]
+
+
+class _ProcessHandle:
+    """A child process; it dies with the media app (SIGTERM, then SIGKILL after a grace)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @property
+    def handle(self) -> str:
+        return f"pid:{self.process.pid}"
+
+    async def poll(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def shutdown(self) -> None:
+        if self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+class LocalProcessLauncher:
+    """Runs each agent job as a child process of the media app.
+
+    ``command(room, profile)`` gives the argv (default :func:`local_agent_command`; tests pass a
+    stand-in script). The child gets this process's environment plus ``CALLPLANE_MEDIA_CONFIG``
+    holding ``settings`` as JSON, so it needs no file and sees exactly this app's settings.
+    """
+
+    def __init__(
+        self,
+        settings: MediaSettings,
+        command: Callable[[str, str], Sequence[str]] = local_agent_command,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._command = command
+        self._env = {**(os.environ if env is None else env), ENV_VAR: settings.model_dump_json()}
+
+    async def launch(self, room: str, profile: str) -> JobHandle:
+        argv = list(self._command(room, profile))
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=self._env, stdin=asyncio.subprocess.DEVNULL
+        )
+        return _ProcessHandle(process)
+
+
+class _ModalCallHandle:
+    """A spawned Modal ``FunctionCall``. Polled with ``get(timeout=0)``: builtin TimeoutError
+    means still running, a result means it returned, ``OutputExpiredError`` that it finished
+    long ago, and any other exception that it failed."""
+
+    def __init__(self, call: Any, poll_interval_s: float) -> None:
+        self.call = call
+        self.poll_interval_s = poll_interval_s
+        self._exit: int | None = None
+
+    @property
+    def handle(self) -> str:
+        return f"modal:{self.call.object_id}"
+
+    async def poll(self) -> int | None:
+        if self._exit is not None:
+            return self._exit
+        from modal.exception import ConnectionError as ModalConnectionError
+        from modal.exception import OutputExpiredError
+
+        try:
+            await self.call.get.aio(timeout=0)
+        except TimeoutError:  # builtin: no output yet, the job is running
+            return None
+        except OutputExpiredError:
+            self._exit = 0
+        except ModalConnectionError as exc:  # cannot tell; keep counting it as live
+            log.warning("agent job %s: Modal unreachable while polling: %s", self.handle, exc)
+            return None
+        except Exception as exc:
+            log.warning("agent job %s failed on Modal: %s", self.handle, type(exc).__name__)
+            self._exit = 1
+        else:
+            self._exit = 0
+        return self._exit
+
+    async def wait(self) -> int:
+        while True:
+            code = await self.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(self.poll_interval_s)
+
+    async def shutdown(self) -> None:
+        """Nothing: the job runs in its own container and outlives this media container."""
+
+
+class ModalLauncher:
+    """Spawns the ``agent_job`` function of the deployed Modal app ``app_name``.
+
+    ``lookup`` is ``modal.Function.from_name`` (tests pass a fake with the same shape: an
+    object whose ``spawn.aio(room=, profile=)`` returns a call with ``object_id``,
+    ``get.aio(timeout=0)`` and ``cancel.aio()``). Modal credentials come from the container's
+    environment; nothing is contacted until the first launch.
+    """
+
+    def __init__(
+        self,
+        app_name: str,
+        *,
+        environment_name: str | None = None,
+        function_name: str = AGENT_JOB_FUNCTION,
+        poll_interval_s: float = 5.0,
+        lookup: Callable[..., Any] | None = None,
+    ) -> None:
+        self.app_name = app_name
+        self.environment_name = environment_name
+        self.function_name = function_name
+        self.poll_interval_s = poll_interval_s
+        self._lookup = lookup
+        self._function: Any = None
+
+    def _resolve(self) -> Any:
+        if self._function is None:
+            lookup = self._lookup
+            if lookup is None:
+                import modal
+
+                lookup = modal.Function.from_name
+            self._function = lookup(
+                self.app_name, self.function_name, environment_name=self.environment_name
+            )
+        return self._function
+
+    async def launch(self, room: str, profile: str) -> JobHandle:
+        call = await self._resolve().spawn.aio(room=room, profile=profile)
+        return _ModalCallHandle(call, self.poll_interval_s)
+
+
+# --------------------------------------------------------------------------- the job table
+
+
+@dataclass
+class AgentJob:
+    """One agent job as ``GET /agents`` shows it."""
+
+    room: str
+    profile: str
+    job_id: str
+    handle: JobHandle
+    started_at: float
+    reason: str
+    state: JobState = "running"
+    exit_code: int | None = None
+    ended_at: float | None = None
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "room": self.room,
+            "job_id": self.job_id,
+            "handle": self.handle.handle,
+            "profile": self.profile,
+            "reason": self.reason,
+            "state": self.state,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "exit_code": self.exit_code,
+        }
+
+
+def choose_profile(profiles: Mapping[str, AgentProfile], room: str, requested: str | None) -> str:
+    """The profile an agent in ``room`` runs: the requested one (which must be configured),
+    else the profile whose ``room`` is this room (hybrid phone rooms), else the first configured
+    profile. Raises ValueError naming the field and the configured names."""
+    if requested is not None:
+        if requested not in profiles:
+            raise ValueError(
+                f"profile={requested!r} is not configured on this media app; use one of "
+                f"{sorted(profiles)} or null for the room's default"
+            )
+        return requested
+    for name, profile in profiles.items():
+        if profile.room == room:
+            return name
+    if not profiles:
+        raise ValueError("no profiles are configured on this media app; add one to profiles")
+    return next(iter(profiles))
+
+
+class AgentJobs:
+    """The live-job table: at most one running job per room, idempotent under races."""
+
+    def __init__(
+        self,
+        settings: MediaSettings,
+        launcher: Launcher,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.launcher = launcher
+        self.clock = clock
+        self.live: dict[str, AgentJob] = {}
+        self.ended: OrderedDict[str, AgentJob] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def dispatch(self, room: str, profile: str | None, reason: str) -> tuple[AgentJob, bool]:
+        """The room's running job and False, or a newly started one and True. Raises
+        ValueError for an unknown profile."""
+        chosen = choose_profile(self.settings.profiles, room, profile)
+        lock = self._locks.setdefault(room, asyncio.Lock())
+        async with lock:
+            job = self.live.get(room)
+            if job is not None:
+                code = await job.handle.poll()
+                if code is None:
+                    return job, False
+                self._ended(job, code)
+            handle = await self.launcher.launch(room, chosen)
+            job = AgentJob(
+                room=room,
+                profile=chosen,
+                job_id=uuid.uuid4().hex,
+                handle=handle,
+                started_at=self.clock(),
+                reason=reason,
+            )
+            self.live[room] = job
+            job.watcher = asyncio.create_task(self._watch(job), name=f"agent-job-{room}")
+            log.info(
+                "agent job %s started for room %r (%s) as %s",
+                job.job_id,
+                room,
+                reason,
+                handle.handle,
+            )
+            return job, True
+
+    def jobs(self) -> list[AgentJob]:
+        """Running jobs first, then ended ones, newest first."""
+        running = sorted(self.live.values(), key=lambda j: j.started_at, reverse=True)
+        return running + list(reversed(self.ended.values()))
+
+    async def refresh(self) -> None:
+        """Poll every running job, so a listing does not show a dead one as running."""
+        for job in list(self.live.values()):
+            code = await job.handle.poll()
+            if code is not None:
+                self._ended(job, code)
+
+    async def shutdown(self) -> None:
+        """Stop what cannot outlive this app (local children), and the watchers."""
+        jobs = list(self.live.values())
+        await asyncio.gather(*(job.handle.shutdown() for job in jobs), return_exceptions=True)
+        for job in jobs:
+            if job.watcher is not None:
+                job.watcher.cancel()
+        await asyncio.gather(
+            *(job.watcher for job in jobs if job.watcher is not None), return_exceptions=True
+        )
+        for job in jobs:
+            code = await job.handle.poll()
+            if code is not None:
+                self._ended(job, code)
+
+    async def _watch(self, job: AgentJob) -> None:
+        code = await job.handle.wait()
+        self._ended(job, code)
+
+    def _ended(self, job: AgentJob, code: int) -> None:
+        if job.state != "running":
+            return
+        job.exit_code = code
+        job.ended_at = self.clock()
+        job.state = "exited" if code == 0 else "crashed"
+        if self.live.get(job.room) is job:
+            del self.live[job.room]
+            lock = self._locks.get(job.room)
+            if lock is not None and not lock.locked():  # nobody holds or awaits it
+                del self._locks[job.room]
+        self.ended[job.job_id] = job
+        while len(self.ended) > MAX_ENDED_JOBS:
+            self.ended.popitem(last=False)
+        if code == 0:
+            log.info("agent job %s for room %r exited", job.job_id, job.room)
+        else:
+            log.error(
+                "agent job %s for room %r crashed with exit code %d", job.job_id, job.room, code
+            )
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def dispatch_routes(
+    settings: MediaSettings,
+    require_api_key: Callable[[str | None], None],
+    launcher: Launcher,
+) -> tuple[APIRouter, AgentJobs]:
+    """``POST /agents/dispatch`` and ``GET /agents``, both behind the media app's API key.
+    Without ``settings.livekit`` both answer 503. Returns the router and the job table (whose
+    :meth:`AgentJobs.shutdown` the app must call when it stops)."""
+    router = APIRouter()
+    agents = AgentJobs(settings, launcher)
+
+    def require_livekit() -> None:
+        if settings.livekit is None:
+            raise HTTPException(
+                503, "LiveKit is not configured on this media app: add livekit to its settings"
+            )
+
+    @router.post("/agents/dispatch")
+    async def dispatch(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Make sure one agent is in the room: ``{"room", "profile"?, "reason"}``."""
+        require_api_key(authorization)
+        require_livekit()
+        try:
+            body = DispatchRequest.model_validate(await request.json())
+        except ValidationError as exc:
+            raise HTTPException(422, _problems(exc)) from None
+        except ValueError:
+            raise HTTPException(
+                400, 'the body is not JSON; send {"room": "...", "profile": null, "reason": "..."}'
+            ) from None
+        try:
+            job, started = await agents.dispatch(body.room, body.profile, body.reason)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"room": job.room, "job_id": job.job_id, "started": started, "state": job.state}
+
+    @router.get("/agents")
+    async def list_agents(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Agent jobs: running ones first, then recently ended ones."""
+        require_api_key(authorization)
+        require_livekit()
+        await agents.refresh()
+        return {"agents": [job.to_json() for job in agents.jobs()]}
+
+    return router, agents
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic's errors with the field named and the bad value cut short."""
+    return [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "body",
+            "problem": error["msg"],
+            "value": repr(error.get("input"))[:80],
+        }
+        for error in exc.errors()
+    ]

@@ -1,0 +1,406 @@
+"""The agent launcher: one job per room under duplicates and races, crashes noticed, the API key
+and the body checked. Local jobs are real child processes (a stand-in script with the agent
+job's CLI shape); the Modal launcher is driven through a fake at modal's API boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Header, HTTPException
+from modal.exception import OutputExpiredError
+
+from callplane.livekit_settings import LiveKitSettings
+from callplane.media_settings import MediaSettings
+from callplane.profiles import AgentProfile
+from functions.dispatch import (
+    AgentJobs,
+    Launcher,
+    LocalProcessLauncher,
+    ModalLauncher,
+    choose_profile,
+    dispatch_routes,
+    local_agent_command,
+)
+from tests.servers import serve_asgi
+
+API_KEY = "media-api-key-for-dispatch"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+STAND_IN = textwrap.dedent(
+    """
+    import json, os, pathlib, sys, time
+    mode, room, profile = sys.argv[1:4]
+    record = {"room": room, "profile": profile, "config": os.environ["CALLPLANE_MEDIA_CONFIG"]}
+    out = pathlib.Path(os.environ["STAND_IN_DIR"]) / f"{os.getpid()}.json"
+    out.write_text(json.dumps(record))
+    if mode == "crash":
+        sys.exit(3)
+    if mode == "exit":
+        sys.exit(0)
+    time.sleep(120)
+    """
+)
+
+
+def media_settings(tmp_path: Path, *, livekit: bool = True) -> MediaSettings:
+    profiles = {"support": AgentProfile(name="support")}
+    if livekit:  # a profile naming a room needs LiveKit settings
+        profiles["lobby"] = AgentProfile(name="lobby", room="lobby-room")
+    return MediaSettings(
+        public_media_url="wss://media.example.com/twilio/media",
+        stream_secret="stream-secret-for-dispatch-tests",
+        api_key=API_KEY,
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="twilio-auth-token",
+        realtime_api_key="test",
+        profiles=profiles,
+        records_path=tmp_path / "records.sqlite3",
+        livekit=LiveKitSettings(url="ws://127.0.0.1:7880", api_key="devkey", api_secret="secret")
+        if livekit
+        else None,
+    )
+
+
+def media_app(settings: MediaSettings, launcher: Launcher) -> tuple[FastAPI, AgentJobs]:
+    """A small app mounting the router the way functions/media.py would."""
+    app = FastAPI()
+
+    def require_api_key(authorization: str | None) -> None:
+        if authorization != f"Bearer {settings.api_key}":
+            raise HTTPException(401, "missing or wrong API key")
+
+    @app.get("/whoami")
+    async def whoami(authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
+        require_api_key(authorization)
+        return {"ok": "yes"}
+
+    router, agents = dispatch_routes(settings, require_api_key, launcher)
+    app.include_router(router)
+    return app, agents
+
+
+@dataclass
+class Media:
+    client: httpx.AsyncClient
+    agents: AgentJobs
+    records: Path
+
+    def started(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.records.glob("*.json"))]
+
+
+def stand_in(tmp_path: Path, mode: Callable[[str], str]) -> Callable[[str, str], Sequence[str]]:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    return lambda room, profile: [sys.executable, str(script), mode(room), room, profile]
+
+
+@pytest.fixture
+async def media(tmp_path: Path) -> AsyncIterator[Media]:
+    records = tmp_path / "jobs"
+    records.mkdir()
+    settings = media_settings(tmp_path)
+    mode = {"crashy": "crash", "brief": "exit"}
+    launcher = LocalProcessLauncher(
+        settings,
+        stand_in(tmp_path, lambda room: mode.get(room, "run")),
+        env={**os.environ, "STAND_IN_DIR": str(records)},
+    )
+    app, agents = media_app(settings, launcher)
+    try:
+        async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            yield Media(client, agents, records)
+    finally:
+        await agents.shutdown()
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling a child process's side effects
+            await asyncio.sleep(0.02)
+
+
+async def wait_for_state(media: Media, job_id: str, state: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            listing = (await media.client.get("/agents", headers=AUTH)).json()["agents"]
+            for job in listing:
+                if job["job_id"] == job_id and job["state"] == state:
+                    return dict(job)
+            await asyncio.sleep(0.02)
+
+
+def pid_of(job: dict[str, Any]) -> int:
+    handle = str(job["handle"])
+    assert handle.startswith("pid:")
+    return int(handle.removeprefix("pid:"))
+
+
+async def dispatch(media: Media, room: str, **extra: Any) -> httpx.Response:
+    body = {"room": room, "profile": None, "reason": "room_started", **extra}
+    return await media.client.post("/agents/dispatch", json=body, headers=AUTH)
+
+
+async def test_five_concurrent_duplicates_start_exactly_one_process(media: Media) -> None:
+    answers = await asyncio.gather(*(dispatch(media, "room-a") for _ in range(5)))
+    assert [a.status_code for a in answers] == [200] * 5
+    bodies = [a.json() for a in answers]
+    assert sorted(b["started"] for b in bodies) == [False, False, False, False, True]
+    assert {b["job_id"] for b in bodies} == {bodies[0]["job_id"]}
+    assert {(b["room"], b["state"]) for b in bodies} == {("room-a", "running")}
+    await wait_for(lambda: len(media.started()) == 1)
+    await asyncio.sleep(0.3)  # a second process would have written its record by now
+    [record] = media.started()
+    assert (record["room"], record["profile"]) == ("room-a", "support")
+    # The child got this app's media settings, complete and valid.
+    passed = MediaSettings.from_json(record["config"])
+    assert passed.livekit is not None and passed.livekit.api_secret == "secret"
+    assert passed.api_key == API_KEY
+    listing = (await media.client.get("/agents", headers=AUTH)).json()["agents"]
+    assert [(j["room"], j["state"], j["exit_code"]) for j in listing] == [
+        ("room-a", "running", None)
+    ]
+    assert pid_of(listing[0]) > 0 and listing[0]["started_at"] > 0
+
+
+async def test_a_killed_job_is_replaced_by_the_next_dispatch(media: Media) -> None:
+    first = (await dispatch(media, "room-b")).json()
+    assert first["started"] is True
+    job = await wait_for_state(media, first["job_id"], "running")
+    await wait_for(lambda: len(media.started()) == 1)
+    os.kill(pid_of(job), signal.SIGKILL)
+    dead = await wait_for_state(media, first["job_id"], "crashed")
+    assert dead["exit_code"] == -signal.SIGKILL
+    second = (await dispatch(media, "room-b")).json()
+    assert second["started"] is True and second["job_id"] != first["job_id"]
+    replacement = await wait_for_state(media, second["job_id"], "running")
+    assert pid_of(replacement) != pid_of(job)
+    await wait_for(lambda: len(media.started()) == 2)
+
+
+async def test_a_job_exiting_non_zero_is_reported_crashed_and_logged(
+    media: Media, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="callplane.dispatch")
+    answer = (await dispatch(media, "crashy")).json()
+    crashed = await wait_for_state(media, answer["job_id"], "crashed")
+    assert crashed["exit_code"] == 3 and crashed["ended_at"] >= crashed["started_at"]
+    assert any(
+        "'crashy'" in r.getMessage() and "exit code 3" in r.getMessage() for r in caplog.records
+    )
+    again = (await dispatch(media, "crashy")).json()
+    assert again["started"] is True and again["job_id"] != answer["job_id"]
+
+
+async def test_a_job_that_exits_normally_is_exited_not_crashed(media: Media) -> None:
+    answer = (await dispatch(media, "brief")).json()
+    done = await wait_for_state(media, answer["job_id"], "exited")
+    assert done["exit_code"] == 0
+
+
+async def test_rooms_are_independent_and_profiles_are_chosen(media: Media) -> None:
+    a = (await dispatch(media, "lobby-room")).json()
+    b = (await dispatch(media, "room-c", profile="lobby")).json()
+    assert a["started"] and b["started"] and a["job_id"] != b["job_id"]
+    await wait_for(lambda: len(media.started()) == 2)
+    assert {(r["room"], r["profile"]) for r in media.started()} == {
+        ("lobby-room", "lobby"),
+        ("room-c", "lobby"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"room": "bad room!", "reason": "x"}, "room"),
+        ({"room": "-leading", "reason": "x"}, "room"),
+        ({"reason": "x"}, "room"),
+        ({"room": "ok"}, "reason"),
+        ({"room": "ok", "reason": "x", "extra": 1}, "extra"),
+        ({"room": "ok", "reason": "x", "profile": 7}, "profile"),
+        ([1, 2], "body"),
+    ],
+)
+async def test_a_bad_body_is_422_naming_the_field(media: Media, body: Any, field: str) -> None:
+    answer = await media.client.post("/agents/dispatch", json=body, headers=AUTH)
+    assert answer.status_code == 422
+    fields = [problem["field"] for problem in answer.json()["detail"]]
+    assert field in fields
+    assert media.agents.live == {}
+
+
+async def test_unknown_profile_and_non_json_are_refused(media: Media) -> None:
+    unknown = await dispatch(media, "room-d", profile="nope")
+    assert unknown.status_code == 422
+    assert "profile='nope'" in unknown.json()["detail"]
+    assert "support" in unknown.json()["detail"]
+    garbage = await media.client.post(
+        "/agents/dispatch",
+        content=b"{not json",
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert garbage.status_code == 400
+    assert "not JSON" in garbage.json()["detail"]
+    assert media.agents.live == {}
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}]
+)
+async def test_no_or_wrong_key_is_401(media: Media, headers: dict[str, str]) -> None:
+    body = {"room": "room-e", "profile": None, "reason": "room_started"}
+    assert (
+        await media.client.post("/agents/dispatch", json=body, headers=headers)
+    ).status_code == 401
+    assert (await media.client.get("/agents", headers=headers)).status_code == 401
+    assert media.agents.live == {}
+    assert media.started() == []
+
+
+async def test_without_livekit_settings_the_routes_answer_503(tmp_path: Path) -> None:
+    settings = media_settings(tmp_path, livekit=False)
+    launcher = LocalProcessLauncher(settings, stand_in(tmp_path, lambda room: "run"))
+    app, agents = media_app(settings, launcher)
+    async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base) as client:
+        body = {"room": "r", "profile": None, "reason": "room_started"}
+        answer = await client.post("/agents/dispatch", json=body, headers=AUTH)
+    assert answer.status_code == 503 and "livekit" in answer.json()["detail"]
+    assert agents.live == {}
+
+
+async def test_shutdown_terminates_local_children(tmp_path: Path) -> None:
+    records = tmp_path / "jobs"
+    records.mkdir()
+    settings = media_settings(tmp_path)
+    launcher = LocalProcessLauncher(
+        settings,
+        stand_in(tmp_path, lambda room: "run"),
+        env={**os.environ, "STAND_IN_DIR": str(records)},
+    )
+    agents = AgentJobs(settings, launcher)
+    job, started = await agents.dispatch("room-f", None, "room_started")
+    assert started
+    pid = int(job.handle.handle.removeprefix("pid:"))
+    await agents.shutdown()
+    assert job.state == "crashed" and job.exit_code == -signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped: no such process any more
+
+
+def test_default_command_is_the_agent_job_cli() -> None:
+    assert local_agent_command("room-1", "support") == [
+        sys.executable,
+        "-m",
+        "functions.agent_job",
+        "--room",
+        "room-1",
+        "--profile",
+        "support",
+    ]
+
+
+def test_choose_profile() -> None:
+    profiles = {
+        "support": AgentProfile(name="support"),
+        "lobby": AgentProfile(name="lobby", room="lobby-room"),
+    }
+    assert choose_profile(profiles, "anything", None) == "support"
+    assert choose_profile(profiles, "lobby-room", None) == "lobby"
+    assert choose_profile(profiles, "lobby-room", "support") == "support"
+    with pytest.raises(ValueError, match=r"profile='x' is not configured.*\['lobby', 'support'\]"):
+        choose_profile(profiles, "r", "x")
+
+
+# --------------------------------------------------------------------------- Modal launcher
+
+
+class _Aio:
+    """modal's ``method.aio(...)`` shape: an attribute with an async ``aio``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.aio = fn
+
+
+class FakeFunctionCall:
+    """Stands in for ``modal.FunctionCall``: ``get.aio(timeout=0)`` raises the builtin
+    TimeoutError while running, as modal's ``poll_function`` does."""
+
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+        self.outcome: BaseException | None = TimeoutError()
+        self.cancelled = False
+        self.get = _Aio(self._get)
+        self.cancel = _Aio(self._cancel)
+
+    async def _get(self, timeout: float | None = None) -> None:
+        assert timeout == 0
+        if self.outcome is not None:
+            raise self.outcome
+
+    async def _cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True
+
+
+class FakeFunction:
+    def __init__(self) -> None:
+        self.spawned: list[dict[str, str]] = []
+        self.calls: list[FakeFunctionCall] = []
+        self.spawn = _Aio(self._spawn)
+
+    async def _spawn(self, **kwargs: str) -> FakeFunctionCall:
+        await asyncio.sleep(0.01)  # a network round trip: lets racing dispatches interleave
+        self.spawned.append(kwargs)
+        call = FakeFunctionCall(f"fc-{len(self.calls) + 1}")
+        self.calls.append(call)
+        return call
+
+
+async def test_modal_launcher_spawns_once_per_room_and_polls_liveness(tmp_path: Path) -> None:
+    function = FakeFunction()
+    lookups: list[tuple[Any, ...]] = []
+
+    def from_name(app_name: str, name: str, *, environment_name: str | None = None) -> Any:
+        lookups.append((app_name, name, environment_name))
+        return function
+
+    launcher = ModalLauncher("callplane-media", environment_name="dev", lookup=from_name)
+    agents = AgentJobs(media_settings(tmp_path), launcher)
+    results = await asyncio.gather(
+        *(agents.dispatch("room-m", None, "room_started") for _ in range(5))
+    )
+    assert sorted(started for _, started in results) == [False, False, False, False, True]
+    assert function.spawned == [{"room": "room-m", "profile": "support"}]
+    assert lookups == [("callplane-media", "agent_job", "dev")]
+    job = results[0][0]
+    assert job.handle.handle == "modal:fc-1"
+    await agents.refresh()
+    assert job.state == "running"
+
+    function.calls[0].outcome = RuntimeError("the agent raised")  # the remote exception
+    await agents.refresh()
+    assert (job.state, job.exit_code) == ("crashed", 1)
+    again, started = await agents.dispatch("room-m", None, "participant_joined")
+    assert started and again.handle.handle == "modal:fc-2"
+
+    function.calls[1].outcome = OutputExpiredError()
+    await agents.refresh()
+    assert again.state == "exited"
+
+    third, _ = await agents.dispatch("room-m", None, "participant_joined")
+    function.calls[2].outcome = None  # returned normally
+    await agents.refresh()
+    assert (third.state, third.exit_code) == ("exited", 0)
+    await agents.shutdown()
+    assert not any(call.cancelled for call in function.calls)  # Modal jobs outlive the app
