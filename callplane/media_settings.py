@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from callplane.livekit_settings import LiveKitSettings
 from callplane.outbound import OutboundLimits
@@ -53,6 +53,19 @@ class MediaSettings(BaseModel):
     # The stack's LiveKit project: web rooms, on-demand agent jobs, hybrid phone rooms. Without
     # it the LiveKit routes answer 503 and profiles that name a room are refused at load.
     livekit: LiveKitSettings | None = None
+
+    @model_validator(mode="after")
+    def _rooms_need_livekit(self) -> MediaSettings:
+        """A hybrid-room profile cannot work without a LiveKit server: refuse it at load."""
+        if self.livekit is None:
+            for key, profile in self.profiles.items():
+                if profile.room is not None:
+                    raise ValueError(
+                        f"profiles.{key}.room={profile.room!r}: calls on profile {key!r} join "
+                        "that LiveKit room, but these settings have no 'livekit' section; add "
+                        "livekit: {url, api_key, api_secret} or remove the profile's room"
+                    )
+        return self
 
     @property
     def public_base_url(self) -> str:

@@ -111,6 +111,9 @@ MEDIA_PACKAGES = (
     "uvicorn>=0.30",
     "httpx>=0.27",
     "phonenumbers>=8.13",
+    # LiveKit: hybrid phone rooms and the on-demand agent jobs
+    "livekit>=1.0",
+    "livekit-api>=1.0",
 )
 
 image = (
@@ -133,7 +136,10 @@ _scaling = SCALING[STACK]
 @modal.concurrent(max_inputs=_scaling.max_inputs, target_inputs=_scaling.target_inputs)
 @modal.asgi_app(label=f"{APP_NAME}-{STACK}")
 def media() -> Any:
-    """The media app, configured from the ``CALLPLANE_MEDIA_CONFIG`` secret."""
+    """The media app, configured from the ``CALLPLANE_MEDIA_CONFIG`` secret. LiveKit agent jobs
+    are spawned as calls of this app's ``agent_job`` function (looked up in the environment the
+    container runs in, which is the stack's)."""
+    from functions.dispatch import ModalLauncher
     from functions.media import create_app_from_env
 
-    return create_app_from_env()
+    return create_app_from_env(launcher=ModalLauncher(APP_NAME))

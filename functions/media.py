@@ -17,6 +17,7 @@ import hmac
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
@@ -28,6 +29,7 @@ from callplane.media_settings import MediaSettings
 from callplane.outbound import Dialer, OutboundJob
 from callplane.profiles import resolve_tools
 from callplane.records import CallRecord, RecordStore
+from callplane.rooms.phone import PhoneRoomBridge
 from callplane.security import (
     ReplayGuard,
     StreamTokenError,
@@ -37,6 +39,7 @@ from callplane.security import (
 from callplane.tools import Tool
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream
+from functions.dispatch import Launcher, LocalProcessLauncher, dispatch_routes
 from functions.outbound import outbound_routes
 
 log = logging.getLogger("callplane.media")
@@ -46,6 +49,7 @@ CLOSE_BAD_SIGNATURE = 4401
 CLOSE_BAD_TOKEN = 4403
 CLOSE_NO_START = 4400
 CLOSE_UNKNOWN_PROFILE = 4404
+CLOSE_NO_LIVEKIT = 4503  # the profile names a hybrid room but no LiveKit server is configured
 START_TIMEOUT_S = 10.0
 
 
@@ -73,8 +77,16 @@ class _FastAPISocket:
                 await self.ws.send_text(text)
 
 
-def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) -> FastAPI:
-    """The media app for these settings; ``tools`` are the registered tool functions."""
+def create_app(
+    settings: MediaSettings,
+    tools: dict[str, Tool] | None = None,
+    *,
+    launcher: Launcher | None = None,
+) -> FastAPI:
+    """The media app for these settings; ``tools`` are the registered tool functions.
+
+    ``launcher`` starts the on-demand LiveKit agent jobs: a child process per room by default
+    (the offline stack, a laptop), a Modal function call in the cloud (``functions/app.py``)."""
     app = FastAPI(title="callplane media", docs_url=None, redoc_url=None)
     store = RecordStore(settings.records_path)
     replay = ReplayGuard()
@@ -102,6 +114,12 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
     router, dialer = outbound_routes(settings, store, require_api_key)
     app.include_router(router)
     app.state.dialer = dialer
+    agents_router, agents = dispatch_routes(
+        settings, require_api_key, launcher or LocalProcessLauncher(settings)
+    )
+    app.include_router(agents_router)
+    app.router.on_shutdown.append(agents.shutdown)
+    app.state.agents = agents
 
     @app.get("/calls")
     async def calls(
@@ -175,6 +193,20 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
             if job is not None:  # placed by this app: its profile and context
                 profile, context = job.profile, dict(job.request.context)
             answered_by = params.get("answered_by") or None
+        livekit = settings.livekit
+        if profile.room is not None:
+            if livekit is None:
+                stats["refused_no_livekit"] += 1
+                log.error(
+                    "call %s: profile %r joins room %r but the media settings have no 'livekit' "
+                    "section; add one (url, api_key, api_secret) or remove the profile's room",
+                    start.call_sid,
+                    profile.name,
+                    profile.room,
+                )
+                await ws.close(code=CLOSE_NO_LIVEKIT)
+                return
+            context = {**context, "room": profile.room}
         record = CallRecord(
             call_sid=start.call_sid,
             from_=params.get("from", ""),
@@ -191,23 +223,28 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
             CallControl(settings.twilio(), start.call_sid),
             on_invalid=lambda r: stats.update([f"dropped_{r}"]),
         )
-        conversation = Conversation(
-            transport,
-            profile,
-            toolsets[profile.name],
-            settings.realtime(),
-            record,
-            context=context,
-            filler=filler,
-            answered_by=answered_by,
-        )
+        running: Awaitable[CallRecord]
+        if profile.room is not None and livekit is not None:
+            # Hybrid room: the call joins the room and the room's agent answers everyone.
+            running = PhoneRoomBridge(transport, livekit, profile, record).run()
+        else:
+            running = Conversation(
+                transport,
+                profile,
+                toolsets[profile.name],
+                settings.realtime(),
+                record,
+                context=context,
+                filler=filler,
+                answered_by=answered_by,
+            ).run()
         stats["active"] += 1
         live[start.call_sid] = record
         try:
-            await conversation.run()
+            await running
         finally:
             stats["active"] -= 1
-            store.save(record)
+            await store.save_async(record)  # never a blocking commit on the loop
             live.pop(start.call_sid, None)
             if ws.application_state == WebSocketState.CONNECTED:
                 # Twilio usually closed the stream first (the call ended); that is not an error.
@@ -217,11 +254,11 @@ def create_app(settings: MediaSettings, tools: dict[str, Tool] | None = None) ->
     return app
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env(launcher: Launcher | None = None) -> FastAPI:
     """Factory for Modal and ``uvicorn --factory``: settings from ``CALLPLANE_MEDIA_CONFIG``,
     tools from the module its ``tools_module`` names."""
     settings = MediaSettings.from_env()
-    return create_app(settings, settings.load_tools())
+    return create_app(settings, settings.load_tools(), launcher=launcher)
 
 
 async def _outbound_job(dialer: Dialer, call_sid: str) -> OutboundJob | None:

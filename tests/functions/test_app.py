@@ -22,7 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # the image may go without them: sniffio (anyio), python-multipart (starlette's forms), rich
 # and pygments (httpx's command line), and OpenTelemetry's SDK and exporters (FastAPI's
 # telemetry loads them only if present; they are here because Pulumi's SDK brings them).
-OPTIONAL_IMPORTS = {"sniffio", "python-multipart", "rich", "pygments", "click"}
+# googleapis-common-protos shares the "google" namespace with protobuf (which livekit needs),
+# so an import of google.protobuf is attributed to both distributions.
+OPTIONAL_IMPORTS = {
+    "sniffio",
+    "python-multipart",
+    "rich",
+    "pygments",
+    "click",
+    "googleapis-common-protos",
+}
 OPTIONAL_PREFIXES = (
     "opentelemetry-sdk",
     "opentelemetry-exporter",

@@ -1,0 +1,1 @@
+"""LiveKit rooms: the agent job that serves a room, and phone calls that join one."""

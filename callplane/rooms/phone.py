@@ -1,0 +1,684 @@
+"""Hybrid rooms: a phone call joins its profile's LiveKit room as participant ``phone:+E164``.
+
+A profile that names a room (``AgentProfile.room``) does not give each call a Realtime session
+of its own: the call becomes one more human in that room, and the room's agent (dispatched by
+the join token's room configuration when this join creates the room) hears and answers
+everyone. This module is the bridge between the call's Twilio media stream and the room:
+
+* caller -> room: µ-law 8 kHz from Twilio, decoded, upsampled to 48 kHz and published as the
+  participant's microphone track;
+* room -> caller: every other participant's audio, each through its own bounded jitter buffer,
+  mixed at 48 kHz, downsampled to 8 kHz, µ-law encoded and sent to Twilio as 20 ms ``media``
+  frames on a real-time schedule (never faster, so Twilio's buffer never fills with audio the
+  caller hears seconds late);
+* hang-up either way: the stream ending disconnects the participant; the room going away (or
+  the server removing the participant) ends the call through Twilio's REST API.
+
+Barge-in is the room agent's job: the bridge never clears what Twilio is playing.
+
+The audio pieces (resamplers, jitter buffer, mixer, pacer) are pure and allocation-light; the
+bridge class is the thin adapter over ``livekit.rtc`` and the Twilio transport.
+
+Why a hand-written resampler: soxr's streaming resampler (also behind ``rtc.AudioResampler``)
+releases output in blocks at its medium and high qualities (nothing for 60-140 ms, then a
+burst), and its low-delay "quick" recipe aliases when downsampling. The 8 kHz <-> 48 kHz ratio
+is the integer 6, so a polyphase windowed-sinc FIR does both directions with 3 ms of delay,
+exact frame lengths (160 <-> 960 samples) and 58 dB of stop-band rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from livekit import api, rtc
+from numpy.lib.stride_tricks import sliding_window_view
+
+from callplane.audio import ulaw_decode, ulaw_encode
+from callplane.livekit_settings import PHONE_IDENTITY_PREFIX, LiveKitSettings
+from callplane.profiles import AgentProfile
+from callplane.records import CallRecord
+from callplane.transports import twilio_protocol as tp
+from callplane.transports.base import AudioIn, CallEnded, DtmfIn
+from callplane.transports.twilio import TwilioMediaStream
+
+__all__ = [
+    "PHONE_FRAME",
+    "PHONE_RATE",
+    "ROOM_FRAME",
+    "ROOM_RATE",
+    "BridgeTuning",
+    "Downsampler",
+    "FramePacer",
+    "JitterBuffer",
+    "Mixer",
+    "PhoneRoomBridge",
+    "Upsampler",
+    "decode_payload",
+    "encode_payload",
+    "join_token",
+    "phone_identity",
+]
+
+log = logging.getLogger("callplane.rooms.phone")
+
+Int16Array = npt.NDArray[np.int16]
+Int32Array = npt.NDArray[np.int32]
+Float32Array = npt.NDArray[np.float32]
+
+PHONE_RATE = 8000
+ROOM_RATE = 48000
+_RATIO = ROOM_RATE // PHONE_RATE
+FRAME_S = 0.020
+PHONE_FRAME = 160  # samples in 20 ms at 8 kHz: one Twilio media frame
+ROOM_FRAME = 960  # samples in 20 ms at 48 kHz
+
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+# RFC 4733 event codes, which is what LiveKit's SIP DTMF carries.
+_DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
+
+
+# --------------------------------------------------------------------------------------
+# Resampling 8 kHz <-> 48 kHz
+# --------------------------------------------------------------------------------------
+
+
+def _lowpass(taps: int, cutoff_hz: float, rate: int, beta: float) -> npt.NDArray[np.float64]:
+    """A Kaiser-windowed sinc low-pass with unity gain at DC."""
+    n = np.arange(taps) - (taps - 1) / 2
+    fc = cutoff_hz / rate
+    h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, beta)
+    return np.asarray(h / h.sum(), dtype=np.float64)
+
+
+# 288 taps (48 per polyphase branch) at 48 kHz: pass band to 3.4 kHz, stop band from 4 kHz (the
+# 8 kHz Nyquist) at -58 dB, pass-band ripple 0.01 dB (Kaiser beta 5.65). Group delay 143.5
+# samples = 3 ms.
+_TAPS = 288
+_FILTER = _lowpass(_TAPS, 3700.0, ROOM_RATE, 5.65)
+
+
+class Upsampler:
+    """Streaming 8 kHz -> 48 kHz: every input sample gives exactly six output samples.
+
+    Polyphase interpolation: output sample ``6m + p`` is branch ``p`` of the low-pass applied
+    to the input around ``m``, so nothing is zero-stuffed and nothing is buffered beyond the
+    filter's memory (47 input samples).
+    """
+
+    def __init__(self) -> None:
+        branch = _TAPS // _RATIO
+        # bank[j, p] = h[6 * (branch - 1 - j) + p], times 6 for the energy lost to interpolation.
+        h = (_FILTER * _RATIO).astype(np.float32)
+        self._bank: Float32Array = np.ascontiguousarray(h.reshape(branch, _RATIO)[::-1])
+        self._branch = branch
+        self._history: Float32Array = np.zeros(branch - 1, dtype=np.float32)
+
+    def process(self, pcm: Int16Array) -> Int16Array:
+        """48 kHz samples for ``pcm`` (8 kHz int16), ``6 * len(pcm)`` of them."""
+        if pcm.size == 0:
+            return np.zeros(0, dtype=np.int16)
+        buf = np.concatenate((self._history, pcm.astype(np.float32)))
+        windows = sliding_window_view(buf, self._branch)  # (len(pcm), branch), a view
+        out = windows @ self._bank  # (len(pcm), 6): out[m, p] is output sample 6m + p
+        self._history = buf[-(self._branch - 1) :]
+        return _to_int16(out.reshape(-1))
+
+
+class Downsampler:
+    """Streaming 48 kHz -> 8 kHz: low-pass, then keep every sixth sample.
+
+    Any input length is accepted; whole output samples are returned as soon as their input is
+    there (960 in gives exactly 160 out), the remainder waits for the next call.
+    """
+
+    def __init__(self) -> None:
+        self._taps: Float32Array = np.ascontiguousarray(_FILTER[::-1].astype(np.float32))
+        self._pending: Float32Array = np.zeros(_TAPS - 1, dtype=np.float32)
+
+    def reset(self) -> None:
+        """Forget the filter's memory (after a gap, so that stale audio does not leak in)."""
+        self._pending = np.zeros(_TAPS - 1, dtype=np.float32)
+
+    def process(self, pcm: Int16Array) -> Int16Array:
+        """8 kHz samples for ``pcm`` (48 kHz int16)."""
+        buf = np.concatenate((self._pending, pcm.astype(np.float32)))
+        if buf.size < _TAPS:
+            self._pending = buf
+            return np.zeros(0, dtype=np.int16)
+        windows = sliding_window_view(buf, _TAPS)[::_RATIO]
+        out = windows @ self._taps
+        self._pending = buf[out.size * _RATIO :]
+        return _to_int16(out)
+
+
+def _to_int16(x: Float32Array) -> Int16Array:
+    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+
+
+# --------------------------------------------------------------------------------------
+# Jitter buffer, mixer, pacer
+# --------------------------------------------------------------------------------------
+
+
+class JitterBuffer:
+    """A bounded FIFO of one participant's 48 kHz samples, in a preallocated ring.
+
+    Frames from the room arrive in bursts and with gaps; the mixer takes a fixed 20 ms per
+    tick. A buffer plays only once it holds ``prime`` samples (and again after it ran dry),
+    so that a late frame costs one gap rather than a crackle of partial frames. When the
+    producer runs ahead (bursts, clock drift) the oldest samples are dropped so that the
+    delay the caller hears stays under ``capacity``.
+    """
+
+    def __init__(self, capacity: int, prime: int) -> None:
+        if not 0 < prime <= capacity:
+            raise ValueError(
+                f"jitter buffer: prime={prime} must be between 1 and capacity={capacity}"
+            )
+        self._ring: Int16Array = np.zeros(capacity, dtype=np.int16)
+        self._prime = prime
+        self._start = 0
+        self._size = 0
+        self._primed = False
+        self.dropped = 0  # samples dropped on overflow
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def primed(self) -> bool:
+        return self._primed
+
+    def push(self, samples: Int16Array) -> None:
+        """Append samples, dropping the oldest ones beyond capacity."""
+        cap = self._ring.size
+        n = samples.size
+        if n > cap:
+            self.dropped += n - cap
+            samples = samples[-cap:]
+            n = cap
+        overflow = self._size + n - cap
+        if overflow > 0:
+            self._start = (self._start + overflow) % cap
+            self._size -= overflow
+            self.dropped += overflow
+        end = (self._start + self._size) % cap
+        first = min(n, cap - end)
+        self._ring[end : end + first] = samples[:first]
+        self._ring[: n - first] = samples[first:]
+        self._size += n
+        if self._size >= self._prime:
+            self._primed = True
+
+    def add_into(self, acc: Int32Array) -> bool:
+        """Add the next ``len(acc)`` samples into ``acc``; False (nothing added) if not primed.
+
+        A buffer that cannot fill the whole frame plays what it has and waits to be primed
+        again.
+        """
+        if not self._primed:
+            return False
+        if self._size == 0:
+            self._primed = False
+            return False
+        cap = self._ring.size
+        n = min(acc.size, self._size)
+        first = min(n, cap - self._start)
+        acc[:first] += self._ring[self._start : self._start + first]
+        acc[first:n] += self._ring[: n - first]
+        self._start = (self._start + n) % cap
+        self._size -= n
+        if n < acc.size:
+            self._primed = False
+        return True
+
+
+class Mixer:
+    """Sums one frame from each buffer into preallocated arrays, clipped to int16."""
+
+    def __init__(self, frame: int) -> None:
+        self._acc: Int32Array = np.zeros(frame, dtype=np.int32)
+        self._out: Int16Array = np.zeros(frame, dtype=np.int16)
+
+    def mix(self, buffers: Iterable[JitterBuffer]) -> Int16Array | None:
+        """The mixed frame, or None when no buffer had audio to play.
+
+        The returned array is reused by the next call: consume it before mixing again.
+        """
+        self._acc.fill(0)
+        contributed = 0
+        for buffer in buffers:
+            contributed += buffer.add_into(self._acc)
+        if not contributed:
+            return None
+        np.clip(self._acc, -32768, 32767, out=self._acc)
+        self._out[:] = self._acc
+        return self._out
+
+
+class FramePacer:
+    """The real-time schedule of fixed-length frames: how many are due at a given time.
+
+    Frames are due at ``origin + k * period``. A sender that wakes up late sends the frames it
+    owes back to back, up to ``max_burst``; beyond that (the process stalled) the backlog is
+    skipped and the schedule restarts from now, so the far end never gets a flood.
+    """
+
+    def __init__(self, period_s: float, start: float, max_burst: int = 3) -> None:
+        if period_s <= 0 or max_burst < 1:
+            raise ValueError(
+                f"frame pacer: period_s={period_s} must be > 0 and max_burst={max_burst} >= 1"
+            )
+        self.period_s = period_s
+        self.max_burst = max_burst
+        self._origin = start
+        self._sent = 0
+        self.skipped = 0  # frames dropped from the schedule after stalls
+
+    @property
+    def next_at(self) -> float:
+        """When the next frame is due."""
+        return self._origin + self._sent * self.period_s
+
+    def due(self, now: float) -> int:
+        """Frames to send now (0 if the next one is not due yet); the schedule moves on."""
+        owed = int((now - self._origin) / self.period_s + 1e-9) + 1 - self._sent
+        if owed <= 0:
+            return 0
+        if owed > self.max_burst:
+            self.skipped += owed - self.max_burst
+            self._origin = now - (self.max_burst - 1) * self.period_s
+            self._sent = self.max_burst
+            return self.max_burst
+        self._sent += owed
+        return owed
+
+
+def decode_payload(payload_b64: str) -> Int16Array:
+    """A Twilio media payload (base64 µ-law) as 8 kHz int16 samples."""
+    return ulaw_decode(np.frombuffer(base64.b64decode(payload_b64), dtype=np.uint8))
+
+
+def encode_payload(pcm: Int16Array) -> str:
+    """8 kHz int16 samples as a Twilio media payload (base64 µ-law)."""
+    return base64.b64encode(ulaw_encode(pcm).tobytes()).decode("ascii")
+
+
+# --------------------------------------------------------------------------------------
+# Joining the room
+# --------------------------------------------------------------------------------------
+
+
+def phone_identity(number: str, call_sid: str) -> str:
+    """The caller's identity in the room: ``phone:+E164``.
+
+    A caller without a usable number (withheld, "anonymous") still needs an identity of its
+    own, so it becomes ``phone:unknown-<CallSid>``. Two calls from one number in one room share
+    an identity, and LiveKit then keeps only the newer one (the older call is hung up).
+    """
+    if _E164.match(number):
+        return PHONE_IDENTITY_PREFIX + number
+    return f"{PHONE_IDENTITY_PREFIX}unknown-{call_sid}"
+
+
+def join_token(
+    settings: LiveKitSettings,
+    *,
+    room: str,
+    identity: str,
+    profile: str,
+    call_sid: str,
+    phone: str,
+) -> str:
+    """A join token for the caller; a join that creates the room dispatches the room's agent.
+
+    Kind ``sip``: to the room and its webhooks the caller looks like a SIP participant, which
+    is what it is.
+    """
+    dispatch = api.RoomAgentDispatch(
+        agent_name=settings.agent_name, metadata=json.dumps({"profile": profile})
+    )
+    return (
+        api.AccessToken(settings.api_key, settings.api_secret)
+        .with_identity(identity)
+        .with_name(phone or identity)
+        .with_kind("sip")
+        .with_grants(
+            api.VideoGrants(
+                room_join=True,
+                room=room,
+                can_publish=True,
+                can_subscribe=True,
+                can_publish_data=True,
+            )
+        )
+        .with_attributes(
+            {"callplane.phone": phone, "callplane.call_sid": call_sid, "callplane.profile": profile}
+        )
+        .with_room_config(api.RoomConfiguration(agents=[dispatch]))
+        .with_ttl(datetime.timedelta(seconds=settings.token_ttl_s))
+        .to_jwt()
+    )
+
+
+@dataclass(frozen=True)
+class BridgeTuning:
+    """Latency and robustness knobs of the room -> caller path (defaults suit production)."""
+
+    # A participant's audio plays once this much is buffered (absorbs delivery jitter).
+    prime_ms: int = 40
+    # At most this much of one participant's audio waits; older audio is dropped.
+    max_buffer_ms: int = 200
+    # A late sender catches up at most this many frames at once, then skips the rest.
+    max_burst: int = 3
+    # Caller audio queued in the published track at most (bounds mouth-to-ear delay).
+    publish_queue_ms: int = 200
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 20 <= self.prime_ms <= self.max_buffer_ms:
+            raise ValueError(
+                f"BridgeTuning: prime_ms={self.prime_ms} must be at least one frame (20) and at "
+                f"most max_buffer_ms={self.max_buffer_ms}"
+            )
+
+
+@dataclass
+class _Source:
+    identity: str
+    stream: rtc.AudioStream
+    buffer: JitterBuffer
+    task: asyncio.Task[None]
+
+
+class PhoneRoomBridge:
+    """Runs one phone call as participant ``phone:+E164`` of its profile's LiveKit room.
+
+    ``stream`` is the call's Twilio media stream (its ``start`` already read); its call
+    control hangs the call up when the room goes away. ``record`` is filled (end reason,
+    DTMF) and closed; saving it is the caller's job, as for a Conversation.
+    """
+
+    def __init__(
+        self,
+        stream: TwilioMediaStream,
+        settings: LiveKitSettings,
+        profile: AgentProfile,
+        record: CallRecord,
+        tuning: BridgeTuning | None = None,
+    ) -> None:
+        if profile.room is None:
+            raise ValueError(
+                f"profile {profile.name!r} has no room: hybrid calls need AgentProfile.room"
+            )
+        self.stream = stream
+        self.settings = settings
+        self.profile = profile
+        self.room_name = profile.room
+        self.record = record
+        self.tuning = tuning or BridgeTuning()
+        self.identity = phone_identity(record.from_, record.call_sid)
+        self.stats: Counter[str] = Counter()
+        self.room = rtc.Room()
+        self._sources: dict[str, _Source] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._room_gone = asyncio.Event()
+        self._room_reason = "UNKNOWN_REASON"
+        self._leaving = False
+        self._source: rtc.AudioSource | None = None
+
+    # --- public ------------------------------------------------------------------------------
+
+    async def run(self) -> CallRecord:
+        """Bridge until either side hangs up; returns the closed record."""
+        reason = "bridge_error"
+        try:
+            reason = await self._run()
+        finally:
+            await self._leave()
+            self.record.close(reason)
+            log.info(
+                "call %s left room %r as %s: %s (to room %d frames, to caller %d frames)",
+                self.record.call_sid,
+                self.room_name,
+                self.identity,
+                reason,
+                self.stats["frames_to_room"],
+                self.stats["frames_to_caller"],
+            )
+        return self.record
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def _run(self) -> str:
+        self.room.on("track_subscribed", self._on_track_subscribed)
+        self.room.on("track_unsubscribed", self._on_track_unsubscribed)
+        self.room.on("participant_disconnected", self._on_participant_disconnected)
+        self.room.on("disconnected", self._on_disconnected)
+        if not await self._join():
+            await self.stream.hang_up()
+            return "livekit_unavailable"
+        caller = asyncio.create_task(self._pump_caller(), name="phone-caller-to-room")
+        sender = asyncio.create_task(self._pump_room(), name="phone-room-to-caller")
+        gone = asyncio.create_task(self._room_gone.wait(), name="phone-room-gone")
+        limit = asyncio.create_task(asyncio.sleep(self.profile.max_call_seconds))
+        tasks = (caller, sender, gone, limit)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if caller in done and not caller.cancelled() and caller.exception() is None:
+            return caller.result()
+        if gone in done:
+            reason = f"room_closed ({self._room_reason})"
+        elif limit in done:
+            reason = "max_call_seconds"
+        else:
+            failed = next((t for t in done if not t.cancelled() and t.exception()), None)
+            exc = failed.exception() if failed is not None else None
+            log.error("call %s: room bridge failed: %r", self.record.call_sid, exc, exc_info=exc)
+            reason = "bridge_error"
+        await self.stream.hang_up()
+        return reason
+
+    async def _join(self) -> bool:
+        token = join_token(
+            self.settings,
+            room=self.room_name,
+            identity=self.identity,
+            profile=self.profile.name,
+            call_sid=self.record.call_sid,
+            phone=self.record.from_,
+        )
+        try:
+            async with asyncio.timeout(self.tuning.connect_timeout_s):
+                await self.room.connect(
+                    self.settings.ws_url, token, rtc.RoomOptions(auto_subscribe=True)
+                )
+                self._source = rtc.AudioSource(
+                    ROOM_RATE, 1, queue_size_ms=self.tuning.publish_queue_ms
+                )
+                track = rtc.LocalAudioTrack.create_audio_track("phone", self._source)
+                await self.room.local_participant.publish_track(
+                    track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+                )
+        except Exception as exc:  # ConnectError, TimeoutError, a failed publish
+            log.error(
+                "call %s: cannot join LiveKit room %r at %s as %s: %s; hanging up",
+                self.record.call_sid,
+                self.room_name,
+                self.settings.ws_url,
+                self.identity,
+                exc,
+            )
+            return False
+        # Tracks that were subscribed before our handlers could see them.
+        for participant in self.room.remote_participants.values():
+            for publication in participant.track_publications.values():
+                remote = publication.track
+                if isinstance(remote, rtc.RemoteAudioTrack):
+                    self._add_source(remote, participant)
+        log.info(
+            "call %s joined LiveKit room %r as %s",
+            self.record.call_sid,
+            self.room_name,
+            self.identity,
+        )
+        return True
+
+    async def _leave(self) -> None:
+        self._leaving = True
+        for sid in list(self._sources):
+            self._remove_source(sid)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                await self._source.aclose()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+    # --- caller -> room ----------------------------------------------------------------------
+
+    async def _pump_caller(self) -> str:
+        """Caller audio into the published track; returns why the stream ended."""
+        upsampler = Upsampler()
+        source = self._source
+        assert source is not None  # set by _join
+        async for event in self.stream.events():
+            if isinstance(event, AudioIn):
+                pcm = upsampler.process(decode_payload(event.payload))
+                frame = rtc.AudioFrame(pcm.tobytes(), ROOM_RATE, 1, pcm.size)
+                try:
+                    await source.capture_frame(frame)
+                except Exception as exc:
+                    if not self.stats["capture_errors"]:
+                        log.warning("call %s: caller audio dropped: %s", self.record.call_sid, exc)
+                    self.stats["capture_errors"] += 1
+                    continue
+                self.stats["frames_to_room"] += 1
+            elif isinstance(event, DtmfIn):
+                await self._forward_dtmf(event.digit)
+            elif isinstance(event, CallEnded):
+                return event.reason
+        return "stream_closed"
+
+    async def _forward_dtmf(self, digit: str) -> None:
+        self.record.dtmf.append(digit)
+        code = _DTMF_CODES.get(digit)
+        if code is None:
+            return
+        try:
+            await self.room.local_participant.publish_dtmf(code=code, digit=digit)
+        except Exception as exc:
+            log.warning("call %s: DTMF %r not forwarded: %s", self.record.call_sid, digit, exc)
+
+    # --- room -> caller ----------------------------------------------------------------------
+
+    async def _pump_room(self) -> None:
+        """Mix the room every 20 ms and send it to Twilio on a real-time schedule."""
+        loop = asyncio.get_running_loop()
+        mixer = Mixer(ROOM_FRAME)
+        downsampler = Downsampler()
+        sid = self.stream.start.stream_sid
+        send = self.stream.socket.send_text
+        pacer = FramePacer(FRAME_S, loop.time(), self.tuning.max_burst)
+        silent = True
+        while True:
+            delay = pacer.next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for _ in range(pacer.due(loop.time())):
+                mixed = mixer.mix(s.buffer for s in self._sources.values())
+                if mixed is None:
+                    # Nobody is talking: send nothing (Twilio plays silence) and start the
+                    # filter afresh when someone does.
+                    if not silent:
+                        downsampler.reset()
+                        silent = True
+                    continue
+                silent = False
+                pcm = downsampler.process(mixed)
+                if pcm.size:
+                    await send(tp.media_frame(sid, encode_payload(pcm)))
+                    self.stats["frames_to_caller"] += 1
+            self.stats["frames_skipped"] = pacer.skipped
+
+    def _add_source(self, track: rtc.RemoteAudioTrack, participant: rtc.RemoteParticipant) -> None:
+        if self._leaving or track.sid in self._sources:
+            return
+        frames_per_buffer = self.tuning.max_buffer_ms // 10 + 2
+        stream = rtc.AudioStream(
+            track, sample_rate=ROOM_RATE, num_channels=1, capacity=frames_per_buffer
+        )
+        buffer = JitterBuffer(
+            capacity=ROOM_RATE * self.tuning.max_buffer_ms // 1000,
+            prime=ROOM_RATE * self.tuning.prime_ms // 1000,
+        )
+        task = asyncio.create_task(_read_frames(stream, buffer), name=f"phone-hears-{track.sid}")
+        self._sources[track.sid] = _Source(participant.identity, stream, buffer, task)
+
+    def _remove_source(self, track_sid: str) -> None:
+        source = self._sources.pop(track_sid, None)
+        if source is None:
+            return
+        self.stats["samples_dropped"] += source.buffer.dropped
+        source.task.cancel()
+        closing = asyncio.create_task(_close_source(source))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    # --- room events (synchronous callbacks from the rtc SDK) --------------------------------
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if isinstance(track, rtc.RemoteAudioTrack):
+            self._add_source(track, participant)
+
+    def _on_track_unsubscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        self._remove_source(track.sid)
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        for sid in [s for s, src in self._sources.items() if src.identity == participant.identity]:
+            self._remove_source(sid)
+
+    def _on_disconnected(self, reason: Any) -> None:
+        if self._leaving:
+            return
+        with contextlib.suppress(ValueError, TypeError):
+            self._room_reason = rtc.DisconnectReason.Name(reason)
+        self._room_gone.set()
+
+
+async def _read_frames(stream: rtc.AudioStream, buffer: JitterBuffer) -> None:
+    async for event in stream:
+        buffer.push(np.frombuffer(event.frame.data, dtype=np.int16))
+
+
+async def _close_source(source: _Source) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await source.task
+    with contextlib.suppress(Exception):
+        await source.stream.aclose()

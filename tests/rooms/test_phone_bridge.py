@@ -1,0 +1,520 @@
+"""The hybrid-room phone bridge: its pure audio pieces, then calls through a real livekit-server.
+
+The end-to-end tests run the bridge against a real ``livekit-server`` (with Redis) on loopback:
+a fake Twilio side (an in-memory socket fed with ``start`` and µ-law tone frames) joins a room
+through the bridge, and a Python ``livekit.rtc`` participant in the same room checks what it
+hears from ``phone:+E164`` and what it says reaches the fake Twilio side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from livekit import api, rtc
+
+from callplane.audio import rms
+from callplane.livekit_settings import LiveKitSettings
+from callplane.profiles import AgentProfile
+from callplane.records import CallRecord
+from callplane.rooms.phone import (
+    PHONE_FRAME,
+    ROOM_FRAME,
+    BridgeTuning,
+    Downsampler,
+    FramePacer,
+    JitterBuffer,
+    Mixer,
+    PhoneRoomBridge,
+    Upsampler,
+    decode_payload,
+    encode_payload,
+    join_token,
+    phone_identity,
+)
+from callplane.transports import twilio_protocol as tp
+from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
+from tests.livekit_server import LiveKitServer, free_port, livekit_server_fixture
+
+livekit = livekit_server_fixture()
+
+CALLER = "+15551234567"
+Int16Array = npt.NDArray[np.int16]
+
+
+def tone(freq: float, rate: int, seconds: float, amplitude: float = 8000.0) -> Int16Array:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amplitude * np.sin(2 * math.pi * freq * t)).astype(np.int16)
+
+
+def dominant_hz(pcm: Int16Array, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(pcm.size)))
+    return float(np.argmax(spectrum) * rate / pcm.size)
+
+
+def band_rms(pcm: Int16Array, rate: int, freq: float, width: float = 50.0) -> float:
+    """RMS of the part of ``pcm`` within ``width`` Hz of ``freq`` (full scale = 1)."""
+    spectrum = np.fft.rfft(pcm.astype(np.float64))
+    freqs = np.fft.rfftfreq(pcm.size, 1 / rate)
+    spectrum[np.abs(freqs - freq) > width] = 0
+    band = np.fft.irfft(spectrum, pcm.size)
+    return float(np.sqrt(np.mean(band**2))) / 32768.0
+
+
+# --------------------------------------------------------------------------------------
+# Pure pieces
+# --------------------------------------------------------------------------------------
+
+
+def test_upsampler_gives_six_samples_per_input_sample_and_keeps_the_tone() -> None:
+    up = Upsampler()
+    source = tone(1000, 8000, 1.0)
+    chunks = [up.process(source[i : i + PHONE_FRAME]) for i in range(0, source.size, PHONE_FRAME)]
+    assert {c.size for c in chunks} == {ROOM_FRAME}
+    assert up.process(source[:7]).size == 42
+    assert up.process(np.zeros(0, dtype=np.int16)).size == 0
+    out = np.concatenate(chunks)[4800:]  # past the filter's start-up
+    assert abs(dominant_hz(out, 48000) - 1000) < 5
+    assert 0.95 < rms(out) / rms(source) < 1.05
+    # The image at 8 kHz - 1 kHz that zero-order interpolation would leave is filtered out.
+    assert band_rms(out, 48000, 7000) < 0.001 * rms(out)
+
+
+def test_downsampler_gives_one_sample_per_six_whatever_the_chunking() -> None:
+    source = tone(1000, 48000, 1.0)
+    whole = Downsampler()
+    frames = [whole.process(source[i : i + ROOM_FRAME]) for i in range(0, source.size, ROOM_FRAME)]
+    assert {f.size for f in frames} == {PHONE_FRAME}
+    odd = Downsampler()
+    pieces = np.concatenate([odd.process(source[i : i + 333]) for i in range(0, source.size, 333)])
+    assert np.array_equal(pieces, np.concatenate(frames))
+    out = np.concatenate(frames)[800:]
+    assert abs(dominant_hz(out, 8000) - 1000) < 5
+    assert 0.95 < rms(out) / rms(source) < 1.05
+
+
+def test_downsampler_rejects_what_would_alias_into_the_phone_band() -> None:
+    down = Downsampler()
+    source = tone(6000, 48000, 1.0)  # would fold to 2 kHz without the low-pass
+    out = np.concatenate(
+        [down.process(source[i : i + ROOM_FRAME]) for i in range(0, source.size, ROOM_FRAME)]
+    )
+    assert rms(out[800:]) < 0.01 * rms(source)
+
+
+def test_downsampler_reset_forgets_old_audio() -> None:
+    down = Downsampler()
+    down.process(tone(1000, 48000, 0.1, amplitude=30000))
+    down.reset()
+    assert not down.process(np.zeros(ROOM_FRAME, dtype=np.int16)).any()
+
+
+def test_payloads_round_trip_through_mu_law() -> None:
+    pcm = tone(440, 8000, 0.02)
+    payload = encode_payload(pcm)
+    assert len(payload) == 216  # 160 bytes of base64
+    back = decode_payload(payload)
+    assert back.size == PHONE_FRAME
+    assert np.max(np.abs(back.astype(np.int32) - pcm)) < 300  # µ-law step at this level
+
+
+def test_jitter_buffer_plays_only_once_primed_and_reprimes_after_running_dry() -> None:
+    buf = JitterBuffer(capacity=100, prime=30)
+    acc = np.zeros(20, dtype=np.int32)
+    buf.push(np.full(20, 5, dtype=np.int16))
+    assert not buf.primed and not buf.add_into(acc) and not acc.any()
+    buf.push(np.full(20, 7, dtype=np.int16))
+    assert buf.primed and buf.add_into(acc)
+    assert acc.tolist() == [5] * 20
+    acc.fill(0)
+    assert buf.add_into(acc)  # 20 left: a full frame, still primed
+    assert acc.tolist() == [7] * 20 and len(buf) == 0 and buf.primed
+    buf.push(np.full(5, 9, dtype=np.int16))
+    acc.fill(0)
+    assert buf.add_into(acc)  # plays what it has, then waits to be primed again
+    assert acc.tolist() == [9] * 5 + [0] * 15 and not buf.primed
+    buf.push(np.full(20, 1, dtype=np.int16))
+    assert not buf.add_into(acc)
+
+
+def test_jitter_buffer_keeps_order_across_wraps_and_drops_the_oldest_on_overflow() -> None:
+    buf = JitterBuffer(capacity=50, prime=1)
+    stream = np.arange(1000, dtype=np.int16)
+    out: list[int] = []
+    acc = np.zeros(17, dtype=np.int32)
+    for i in range(0, 1000, 13):
+        buf.push(stream[i : i + 13])
+        acc.fill(0)
+        before = len(buf)
+        buf.add_into(acc)
+        out.extend(acc[: min(before, 17)].tolist())
+    assert out == sorted(out) and len(set(out)) == len(out)
+    full = JitterBuffer(capacity=50, prime=10)
+    full.push(np.arange(40, dtype=np.int16))
+    full.push(np.arange(40, 70, dtype=np.int16))
+    assert len(full) == 50 and full.dropped == 20
+    acc = np.zeros(50, dtype=np.int32)
+    full.add_into(acc)
+    assert acc.tolist() == list(range(20, 70))
+    huge = JitterBuffer(capacity=10, prime=10)
+    huge.push(np.arange(25, dtype=np.int16))
+    assert huge.dropped == 15
+
+
+def test_jitter_buffer_refuses_a_prime_beyond_capacity() -> None:
+    with pytest.raises(ValueError, match="prime=200 must be between 1 and capacity=100"):
+        JitterBuffer(capacity=100, prime=200)
+
+
+def test_mixer_sums_primed_buffers_and_clips() -> None:
+    mixer = Mixer(4)
+    a, b, quiet = (JitterBuffer(16, 4) for _ in range(3))
+    a.push(np.array([100, -200, 30000, -30000], dtype=np.int16))
+    b.push(np.array([1, 2, 30000, -30000], dtype=np.int16))
+    quiet.push(np.array([5, 5], dtype=np.int16))  # not primed: contributes nothing
+    mixed = mixer.mix([a, b, quiet])
+    assert mixed is not None
+    assert mixed.tolist() == [101, -198, 32767, -32768]
+    assert mixer.mix([a, b, quiet]) is None  # drained and unprimed
+
+
+def test_pacer_sends_one_frame_per_period_and_catches_up_a_little() -> None:
+    pacer = FramePacer(0.02, start=100.0, max_burst=3)
+    assert pacer.due(100.0) == 1
+    assert pacer.due(100.005) == 0
+    assert pacer.next_at == pytest.approx(100.02)
+    assert pacer.due(100.021) == 1
+    assert pacer.due(100.085) == 3  # 100.04, 100.06 and 100.08 were due
+    assert pacer.due(101.0) == 3  # a stall: three frames, the rest are skipped
+    assert pacer.skipped > 40
+    assert pacer.next_at == pytest.approx(101.02)
+
+
+def test_pacer_never_runs_ahead_of_real_time() -> None:
+    rng = np.random.default_rng(7)
+    pacer = FramePacer(0.02, start=0.0, max_burst=3)
+    now, sent = 0.0, 0
+    while now < 60.0:
+        sent += pacer.due(now)
+        assert sent <= now / 0.02 + 1
+        now += float(rng.exponential(0.02))
+    # ...and keeps up with it: only frames owed beyond a burst after a long wake-up are lost.
+    assert sent > 0.9 * now / 0.02
+    assert pacer.skipped > 0
+
+
+def test_pacer_refuses_a_zero_period() -> None:
+    with pytest.raises(ValueError, match="period_s=0"):
+        FramePacer(0.0, start=0.0)
+
+
+def test_bridge_tuning_names_the_bad_field() -> None:
+    with pytest.raises(ValueError, match="prime_ms=300"):
+        BridgeTuning(prime_ms=300, max_buffer_ms=200)
+
+
+def test_identity_is_the_callers_number_or_the_call() -> None:
+    assert phone_identity(CALLER, "CA1") == "phone:+15551234567"
+    assert phone_identity("anonymous", "CA1") == "phone:unknown-CA1"
+    assert phone_identity("", "CA2") == "phone:unknown-CA2"
+
+
+def test_join_token_dispatches_the_agent_and_names_the_call() -> None:
+    settings = LiveKitSettings(url="ws://127.0.0.1:7880", api_key="key", api_secret="s" * 32)
+    token = join_token(
+        settings,
+        room="lobby",
+        identity="phone:+15551234567",
+        profile="support",
+        call_sid="CA9",
+        phone=CALLER,
+    )
+    claims = api.TokenVerifier("key", "s" * 32).verify(token)
+    assert claims.identity == "phone:+15551234567"
+    assert claims.kind == "sip"
+    assert claims.video is not None
+    assert claims.video.room_join and claims.video.room == "lobby"
+    assert claims.attributes == {
+        "callplane.phone": CALLER,
+        "callplane.call_sid": "CA9",
+        "callplane.profile": "support",
+    }
+    assert claims.room_config is not None
+    (agent,) = claims.room_config.agents
+    assert agent.agent_name == "callplane-agent"
+    assert json.loads(agent.metadata) == {"profile": "support"}
+
+
+def test_a_profile_without_a_room_is_refused() -> None:
+    settings = LiveKitSettings(url="ws://127.0.0.1:7880", api_key="key", api_secret="s" * 32)
+    fake = FakeTwilio()
+    with pytest.raises(ValueError, match="profile 'plain' has no room"):
+        PhoneRoomBridge(
+            fake.stream(), settings, AgentProfile(name="plain"), CallRecord(call_sid="CA0")
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Through a real livekit-server
+# --------------------------------------------------------------------------------------
+
+
+class RecordingControl(CallControl):
+    """Twilio's REST call control, recording the hang-up instead of calling Twilio."""
+
+    def __init__(self, call_sid: str) -> None:
+        super().__init__(TwilioRestSettings("AC" + "0" * 32, "token"), call_sid)
+        self.hung_up = asyncio.Event()
+
+    async def hang_up(self) -> None:
+        self.hung_up.set()
+
+
+@dataclass
+class FakeTwilio:
+    """Twilio's side of a media stream, in memory: frames in, frames out with arrival times."""
+
+    call_sid: str = "CA_room_call"
+    inbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    sent: list[tuple[float, str]] = field(default_factory=list)
+
+    async def receive(self) -> str | bytes | None:
+        return await self.inbox.get()
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append((time.monotonic(), text))
+
+    def stream(self, control: CallControl | None = None) -> TwilioMediaStream:
+        start = tp.Start(
+            stream_sid="MZ_room",
+            call_sid=self.call_sid,
+            account_sid="AC" + "0" * 32,
+            custom_parameters={"from": CALLER},
+        )
+        return TwilioMediaStream(self, start, control)
+
+    async def speak(self, pcm: Int16Array) -> None:
+        """Send ``pcm`` (8 kHz) as 20 ms media frames at real-time pace."""
+        for n, i in enumerate(range(0, pcm.size - PHONE_FRAME + 1, PHONE_FRAME)):
+            payload = encode_payload(pcm[i : i + PHONE_FRAME])
+            frame = {"event": "media", "media": {"payload": payload, "timestamp": str(n * 20)}}
+            await self.inbox.put(json.dumps(frame))
+            await asyncio.sleep(0.02)
+
+    def press(self, digit: str) -> None:
+        self.inbox.put_nowait(json.dumps({"event": "dtmf", "dtmf": {"digit": digit}}))
+
+    def hang_up(self) -> None:
+        self.inbox.put_nowait(json.dumps({"event": "stop", "stop": {"callSid": self.call_sid}}))
+
+    def media(self) -> list[tuple[float, Int16Array]]:
+        """The media frames the bridge sent, decoded, with when they arrived."""
+        out = []
+        for at, text in self.sent:
+            parsed = tp.parse(text)
+            assert isinstance(parsed, tp.Media), text
+            out.append((at, decode_payload(parsed.payload)))
+        return out
+
+
+@dataclass
+class Listener:
+    """A web user in the room: hears the phone participant and can talk."""
+
+    room: rtc.Room
+    heard: list[Int16Array] = field(default_factory=list)
+    left: set[str] = field(default_factory=set)
+    digits: list[tuple[str, int]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def join(cls, server: LiveKitServer, room_name: str, hear: str) -> Listener:
+        listener = cls(rtc.Room())
+
+        def subscribed(
+            track: rtc.Track, _: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
+        ) -> None:
+            if who.identity == hear and isinstance(track, rtc.RemoteAudioTrack):
+                listener.tasks.append(asyncio.create_task(listener._collect(track)))
+
+        listener.room.on("track_subscribed", subscribed)
+        listener.room.on(
+            "participant_disconnected",
+            lambda who: listener.left.add(who.identity),
+        )
+        listener.room.on(
+            "sip_dtmf_received", lambda dtmf: listener.digits.append((dtmf.digit, dtmf.code))
+        )
+        await listener.room.connect(server.url, server.token("web-alice", room_name))
+        return listener
+
+    async def _collect(self, track: rtc.RemoteAudioTrack) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=48000, num_channels=1):
+            self.heard.append(np.frombuffer(event.frame.data, dtype=np.int16).copy())
+
+    async def talk(self, pcm: Int16Array) -> None:
+        """Publish ``pcm`` (48 kHz) as a microphone track, in real time."""
+        source = rtc.AudioSource(48000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+        for i in range(0, pcm.size - ROOM_FRAME + 1, ROOM_FRAME):
+            chunk = pcm[i : i + ROOM_FRAME]
+            await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), 48000, 1, ROOM_FRAME))
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.room.disconnect()
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def participants(server: LiveKitServer, room: str) -> list[api.ParticipantInfo]:
+    async with server.api() as lk:
+        found = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+    return list(found.participants)
+
+
+@dataclass
+class BridgedCall:
+    fake: FakeTwilio
+    control: RecordingControl
+    record: CallRecord
+    task: asyncio.Task[CallRecord]
+
+
+StartCall = Callable[[str], Awaitable[BridgedCall]]
+
+
+@pytest.fixture
+async def call(livekit: LiveKitServer, request: pytest.FixtureRequest) -> AsyncIterator[StartCall]:
+    """Start a bridged call into a room; yields a starter, cancels leftovers at the end."""
+    tasks: list[asyncio.Task[CallRecord]] = []
+
+    async def start(room: str) -> BridgedCall:
+        fake = FakeTwilio(call_sid=f"CA_{request.node.name[:20]}")
+        control = RecordingControl(fake.call_sid)
+        record = CallRecord(
+            call_sid=fake.call_sid, from_=CALLER, profile="lobby", context={"room": room}
+        )
+        bridge = PhoneRoomBridge(
+            fake.stream(control), livekit.settings(), AgentProfile(name="lobby", room=room), record
+        )
+        task = asyncio.create_task(bridge.run())
+        tasks.append(task)
+        return BridgedCall(fake, control, record, task)
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_caller_and_web_user_hear_each_other_and_the_stream_stop_leaves_the_room(
+    livekit: LiveKitServer, call: StartCall
+) -> None:
+    room = "hybrid-both-ways"
+    bridged = await call(room)
+    fake, control, record = bridged.fake, bridged.control, bridged.record
+    # The phone participant is in the room, published, with the call's attributes.
+    deadline = time.monotonic() + 15
+    while True:
+        found = {p.identity: p for p in await participants(livekit, room)}
+        phone = found.get("phone:" + CALLER)
+        if phone is not None and phone.tracks:
+            break
+        assert time.monotonic() < deadline, f"phone never joined: {found}\n{livekit.log_tail()}"
+        await asyncio.sleep(0.1)
+    assert phone.kind == api.ParticipantInfo.Kind.SIP
+    assert phone.attributes["callplane.call_sid"] == fake.call_sid
+
+    listener = await Listener.join(livekit, room, hear="phone:" + CALLER)
+    try:
+        talk = asyncio.create_task(listener.talk(tone(1000, 48000, 3.0)))
+        await fake.speak(tone(440, 8000, 3.0))
+        await talk
+
+        heard = np.concatenate(listener.heard) if listener.heard else np.zeros(0, np.int16)
+        assert heard.size > 48000, f"the web user heard {heard.size / 48000:.2f} s of the phone"
+        assert rms(heard) > 0.02
+        assert abs(dominant_hz(heard[-48000:], 48000) - 440) < 20
+
+        media = fake.media()
+        assert len(media) > 50, f"only {len(media)} media frames reached Twilio"
+        assert {pcm.size for _, pcm in media} == {PHONE_FRAME}
+        to_caller = np.concatenate([pcm for _, pcm in media])
+        assert rms(to_caller) > 0.02
+        assert abs(dominant_hz(to_caller[-8000:], 8000) - 1000) < 20
+        # Real-time pace: never more frames than 20 ms slots since the first (plus a burst).
+        first = media[0][0]
+        for n, (at, _) in enumerate(media):
+            assert n <= (at - first) / 0.02 + 4, f"frame {n} arrived {at - first:.3f} s in"
+
+        fake.press("#")  # keys reach the room as SIP DTMF (the agent decides what they mean)
+        await until(lambda: listener.digits == [("#", 11)], 10, "the DTMF to reach the room")
+        assert record.dtmf == ["#"]
+
+        fake.hang_up()
+        done = await asyncio.wait_for(bridged.task, 10)
+        assert done is record
+        assert record.end_reason == "caller_hung_up"
+        assert record.ended_at is not None
+        await until(lambda: "phone:" + CALLER in listener.left, 10, "the phone to leave")
+        assert not control.hung_up.is_set()  # Twilio ended the call; nothing to hang up
+        remaining = [p.identity for p in await participants(livekit, room)]
+        assert remaining == ["web-alice"]
+    finally:
+        await listener.close()
+
+
+async def test_the_room_closing_hangs_the_call_up(livekit: LiveKitServer, call: StartCall) -> None:
+    room = "hybrid-room-closes"
+    listener = await Listener.join(livekit, room, hear="phone:" + CALLER)
+    try:
+        bridged = await call(room)
+        speaking = asyncio.create_task(bridged.fake.speak(tone(440, 8000, 10.0)))
+        await until(lambda: bool(listener.heard), 15, "the listener to hear the phone")
+        async with livekit.api() as lk:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+        await asyncio.wait_for(bridged.control.hung_up.wait(), 10)
+        record = await asyncio.wait_for(bridged.task, 10)
+        speaking.cancel()
+        assert record.end_reason == "room_closed (ROOM_DELETED)"
+        assert record.context == {"room": room}
+    finally:
+        await listener.close()
+
+
+async def test_an_unreachable_livekit_hangs_the_call_up() -> None:
+    dead = LiveKitSettings(url=f"ws://127.0.0.1:{free_port()}", api_key="key", api_secret="s" * 32)
+    fake = FakeTwilio(call_sid="CA_unreachable")
+    control = RecordingControl(fake.call_sid)
+    record = CallRecord(call_sid=fake.call_sid, from_=CALLER)
+    bridge = PhoneRoomBridge(
+        fake.stream(control),
+        dead,
+        AgentProfile(name="lobby", room="nowhere"),
+        record,
+        BridgeTuning(connect_timeout_s=5),
+    )
+    await asyncio.wait_for(bridge.run(), 15)
+    assert control.hung_up.is_set()
+    assert record.end_reason == "livekit_unavailable"
+    assert not fake.sent
