@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from callplane.profiles import AgentProfile, session_config
 from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSettings
@@ -36,6 +36,30 @@ RECONNECT_BACKOFF_S = (0.1, 0.3, 0.8, 1.5, 3.0)
 PLAYOUT_WAIT_S = 15.0
 # A caller turn that got no response within this long no longer holds back a renewal.
 CALLER_TURN_MAX_S = 30.0
+
+
+AgentState = Literal["listening", "thinking", "speaking"]
+Speaker = Literal["agent", "user"]
+
+
+class ConversationObserver(Protocol):
+    """Watches a call as it goes, for transports that show it (a LiveKit room publishes the
+    agent's state and live transcripts to its participants). Optional: phone calls pass none.
+
+    Called synchronously from the conversation's event handling, so implementations must
+    return at once (queue the work); an exception is logged and does not affect the call.
+    """
+
+    def on_state(self, state: AgentState) -> None:
+        """The agent is now listening, thinking (a response is on its way) or speaking (its
+        audio is being played). Called on changes only."""
+        ...
+
+    def on_transcript(self, speaker: Speaker, text: str, final: bool, item_id: str) -> None:
+        """The text of one segment so far (``text`` is cumulative, not a delta); ``final``
+        once it is complete. ``item_id`` is the Realtime conversation item, stable per
+        segment."""
+        ...
 
 
 def _fill(template: str, context: Mapping[str, Any]) -> str:
@@ -76,6 +100,7 @@ class Conversation:
         context: Mapping[str, Any] | None = None,
         filler: bytes = b"",
         answered_by: str | None = None,
+        observer: ConversationObserver | None = None,
     ) -> None:
         self.transport = transport
         self.profile = profile
@@ -107,6 +132,9 @@ class Conversation:
         self._finished = asyncio.Event()
         self._session_started = 0.0
         self.dropped_audio_frames = 0
+        self.observer = observer
+        self._state: AgentState | None = None
+        self._partial: dict[str, str] = {}  # item_id -> transcript so far (with an observer)
 
     # --- public ------------------------------------------------------------------------------
 
@@ -114,6 +142,7 @@ class Conversation:
         reason = "caller_hung_up"
         try:
             await self._open_realtime(greet=True)
+            self._set_state("listening")
             realtime = asyncio.create_task(self._pump_realtime())
             transport = asyncio.create_task(self._pump_transport())
             renew = asyncio.create_task(self._renewal_timer())
@@ -305,6 +334,7 @@ class Conversation:
                 if not self.playback.playing:
                     self._idle.set()
                     self._turn_changed.set()
+                    self._settle_state()
             elif isinstance(event, DtmfIn):
                 await self._on_dtmf(event.digit)
             elif isinstance(event, CallEnded):
@@ -332,14 +362,19 @@ class Conversation:
             nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
             mark = self.playback.sent(event["item_id"], nbytes, time.monotonic())
             self._idle.clear()
+            self._set_state("speaking")
             await self.transport.play(payload, mark)
         elif etype == "input_audio_buffer.speech_started":
             self._caller_turn_since = time.monotonic()
             await self._barge_in()
+            self._set_state("listening")
+        elif etype == "input_audio_buffer.speech_stopped":
+            self._set_state("thinking")
         elif etype == "response.created":
             self._response_active = True
             self._caller_turn_since = None
             self._response_requested_at = None
+            self._settle_state()
         elif etype == "response.done":
             self._response_active = False
             self._turn_changed.set()
@@ -348,12 +383,19 @@ class Conversation:
             if self._pending_calls:
                 calls, self._pending_calls = self._pending_calls, []
                 self._spawn(self._answer_tools(calls))
+            self._settle_state()
+        elif etype == "response.output_audio_transcript.delta":
+            self._observe_text("agent", event, final=False)
         elif etype == "response.output_audio_transcript.done":
             if event.get("transcript"):  # a response cancelled before it spoke says nothing
                 self.record.say("agent", event["transcript"])
+            self._observe_text("agent", event, final=True)
+        elif etype == "conversation.item.input_audio_transcription.delta":
+            self._observe_text("user", event, final=False)
         elif etype == "conversation.item.input_audio_transcription.completed":
             if event.get("transcript"):
                 self.record.say("caller", event["transcript"])
+            self._observe_text("user", event, final=True)
         elif etype == "response.function_call_arguments.done":
             self._start_tool(event["name"], event["call_id"], event.get("arguments") or "{}")
         elif etype == "error":
@@ -365,6 +407,51 @@ class Conversation:
                     error.get("code"),
                     error.get("message"),
                 )
+
+    # --- observer ------------------------------------------------------------------------------
+
+    def _set_state(self, state: AgentState) -> None:
+        if self.observer is None or state == self._state:
+            return
+        self._state = state
+        try:
+            self.observer.on_state(state)
+        except Exception:
+            log.exception("call %s: observer failed on state %s", self.record.call_sid, state)
+
+    def _settle_state(self) -> None:
+        """The state that follows from what is in flight: audio still playing is speaking; a
+        response requested, streaming or waiting on a tool is thinking; else listening."""
+        if self.observer is None:
+            return
+        if self.playback.playing:
+            self._set_state("speaking")
+        elif (
+            self._response_active
+            or self._response_requested_at is not None
+            or self._tools_in_flight > 0
+        ):
+            self._set_state("thinking")
+        else:
+            self._set_state("listening")
+
+    def _observe_text(self, speaker: Speaker, event: dict[str, Any], *, final: bool) -> None:
+        """Tell the observer a transcript segment grew (a delta) or is complete (a done)."""
+        if self.observer is None:
+            return
+        item_id = str(event.get("item_id") or "")
+        if final:
+            text = str(event.get("transcript") or "")
+            self._partial.pop(item_id, None)
+            if not text:
+                return
+        else:
+            text = self._partial.get(item_id, "") + str(event.get("delta") or "")
+            self._partial[item_id] = text
+        try:
+            self.observer.on_transcript(speaker, text, final, item_id)
+        except Exception:
+            log.exception("call %s: observer failed on a transcript", self.record.call_sid)
 
     # --- behaviour -------------------------------------------------------------------------------
 

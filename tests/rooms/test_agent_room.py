@@ -1,0 +1,452 @@
+"""The agent job in a real room: a real livekit-server, the real local Realtime engine, and
+Python ``livekit.rtc`` participants that speak with espeak-ng, as web users would.
+
+Each test runs :func:`callplane.rooms.agent.run_agent` in-process and watches the room from the
+humans' side: the agent's audio track, its ``lk.agent.state`` attribute and the
+``lk.transcription`` text streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from callplane.local.engine.server import EngineServer
+from callplane.local.engine.speech import speak
+from callplane.media_settings import MediaSettings
+from callplane.profiles import AgentProfile
+from callplane.records import CallRecord, RecordStore
+from callplane.rooms.agent import AgentJobError, choose_profile, run_agent
+from tests.livekit_server import LiveKitServer, livekit_server_fixture
+
+livekit = livekit_server_fixture()
+
+IDLE_TIMEOUT_S = 2.0
+FRAME = 480  # 20 ms at 24 kHz
+WEATHER = "what is the weather like today"
+WEATHER_REPLY = "It is sunny and seventy two degrees today."  # the engine reads numbers out
+
+
+def media_settings(server: LiveKitServer, engine: EngineServer, tmp_path: Path) -> MediaSettings:
+    return MediaSettings(
+        public_media_url="ws://127.0.0.1:1/twilio/media",
+        stream_secret="s" * 32,
+        api_key="test-api-key",
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="unused",
+        realtime_url=engine.url,
+        realtime_api_key="test-key",
+        profiles={
+            "web": AgentProfile(name="web", greeting="Greet the user."),
+            "quiet": AgentProfile(name="quiet", greeting=None),
+        },
+        records_path=tmp_path / "records.sqlite3",
+        livekit=server.settings(idle_timeout_s=IDLE_TIMEOUT_S),
+    )
+
+
+@dataclass
+class Transcript:
+    attributes: dict[str, str]
+    text: str
+    sender: str
+
+
+@dataclass
+class Human:
+    """A web user: a microphone that sends silence unless it is saying something, and ears
+    on the agent's track, state attribute and transcripts."""
+
+    identity: str
+    room: rtc.Room = field(default_factory=rtc.Room)
+    states: list[str] = field(default_factory=list)
+    transcripts: list[Transcript] = field(default_factory=list)
+    loud_frames: int = 0
+    mic_sid: str = ""
+    _speech: list[bytes] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def join(self, server: LiveKitServer, room: str) -> None:
+        self.room.on("track_subscribed", self._on_track)
+        self.room.on("participant_attributes_changed", self._on_attributes)
+        self.room.register_text_stream_handler("lk.transcription", self._on_text)
+        await self.room.connect(server.url, server.token(self.identity, room))
+        source = rtc.AudioSource(24000, 1)
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        publication = await self.room.local_participant.publish_track(track, options)
+        self.mic_sid = publication.sid
+        self._tasks.append(asyncio.create_task(self._microphone(source)))
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.room.disconnect()
+
+    def say(self, text: str) -> None:
+        pcm = speak(text, "en-us", 24000).astype("<i2").tobytes()
+        self._speech.extend(pcm[i : i + FRAME * 2] for i in range(0, len(pcm), FRAME * 2))
+
+    @property
+    def saying(self) -> bool:
+        return bool(self._speech)
+
+    async def _microphone(self, source: rtc.AudioSource) -> None:
+        silence = bytes(FRAME * 2)
+        while True:
+            chunk = self._speech.pop(0) if self._speech else silence
+            chunk = chunk.ljust(FRAME * 2, b"\0")
+            await source.capture_frame(rtc.AudioFrame(chunk, 24000, 1, FRAME))
+
+    def _on_track(self, track: rtc.Track, pub: rtc.RemoteTrackPublication, who: object) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            self._tasks.append(asyncio.create_task(self._listen(track)))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        async for event in rtc.AudioStream(track, sample_rate=24000, num_channels=1):
+            data = np.frombuffer(event.frame.data, dtype=np.int16)
+            if len(data) and int(np.abs(data).max()) > 1000:
+                self.loud_frames += 1
+
+    def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
+        if "lk.agent.state" in changed:
+            self.states.append(changed["lk.agent.state"])
+
+    def _on_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        async def read() -> None:
+            text = await reader.read_all()
+            attributes = dict(reader.info.attributes or {})
+            self.transcripts.append(Transcript(attributes, text, sender))
+
+        self._tasks.append(asyncio.create_task(read()))
+
+    def finals(self, speaker: str) -> list[Transcript]:
+        return [
+            t
+            for t in self.transcripts
+            if t.attributes.get("lk.transcription_final") == "true"
+            and t.attributes.get("callplane.speaker") == speaker
+        ]
+
+    def agent_state(self) -> str | None:
+        for participant in self.room.remote_participants.values():
+            if participant.identity.startswith("agent-"):
+                return participant.attributes.get("lk.agent.state")
+        return None
+
+
+@pytest.fixture
+async def jobs() -> AsyncIterator[list[asyncio.Task[CallRecord]]]:
+    """Agent jobs a test started; one still running when the test ends is cancelled."""
+    started: list[asyncio.Task[CallRecord]] = []
+    yield started
+    for task in started:
+        task.cancel()
+    await asyncio.gather(*started, return_exceptions=True)
+
+
+def start_job(
+    jobs: list[asyncio.Task[CallRecord]],
+    settings: MediaSettings,
+    room: str,
+    profile: str | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+) -> asyncio.Task[CallRecord]:
+    """run_agent in the background, as the launcher's child process would run it."""
+    task = asyncio.create_task(run_agent(settings, {}, room, profile, stop=stop))
+    jobs.append(task)
+    return task
+
+
+async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def finished_speaking(human: Human, spoken_before: int, timeout: float = 20) -> None:
+    """The agent spoke (one more 'speaking' than before) and is listening again."""
+    await until(
+        lambda: (
+            human.states.count("speaking") > spoken_before and human.agent_state() == "listening"
+        ),
+        timeout,
+        f"the agent to finish speaking (states so far: {human.states})",
+    )
+
+
+@contextlib.asynccontextmanager
+async def humans(server: LiveKitServer, room: str, *names: str) -> AsyncIterator[list[Human]]:
+    people = [Human(name) for name in names]
+    try:
+        for person in people:
+            await person.join(server, room)
+        yield people
+    finally:
+        for person in people:
+            await person.leave()
+
+
+async def test_the_agent_answers_a_question_asked_in_the_room(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    async with humans(livekit, "weather-room", "alice") as (alice,):
+        job = start_job(jobs, settings, "weather-room", "web")
+        await finished_speaking(alice, 0)  # the greeting
+        alice.say(WEATHER)
+        await until(
+            lambda: any("sunny" in t.text for t in alice.finals("agent")), 30, "the reply text"
+        )
+        await finished_speaking(alice, 1)
+        assert alice.loud_frames > 50  # well over a second of non-silent agent audio
+        assert "speaking" in alice.states
+        user = alice.finals("user")
+        assert [t.text for t in user] == [WEATHER]
+        assert user[0].attributes["lk.transcribed_track_id"] == alice.mic_sid
+        assert user[0].attributes["callplane.participant"] == "alice"
+        reply = next(t for t in alice.finals("agent") if "sunny" in t.text)
+        assert reply.text == WEATHER_REPLY
+        agent_tracks = [
+            pub.sid
+            for p in alice.room.remote_participants.values()
+            for pub in p.track_publications.values()
+        ]
+        assert reply.attributes["lk.transcribed_track_id"] in agent_tracks
+        assert reply.attributes["lk.segment_id"]
+        # interim streams carried the same segment before its final text
+        interim = [
+            t
+            for t in alice.transcripts
+            if t.attributes.get("lk.segment_id") == reply.attributes["lk.segment_id"]
+            and t.attributes.get("lk.transcription_final") == "false"
+        ]
+        assert interim and interim[0].text == reply.text
+    record = await asyncio.wait_for(job, IDLE_TIMEOUT_S + 10)
+    assert record.end_reason == "room_empty"
+    assert record.profile == "web"
+    assert record.from_ == "alice"
+    roles = [(line["role"], line["text"]) for line in record.transcript]
+    assert ("caller", WEATHER) in roles
+    assert ("agent", WEATHER_REPLY) in roles
+    stored = RecordStore(settings.records_path).get(record.call_sid)
+    assert stored is not None and stored["end_reason"] == "room_empty"
+    assert record.call_sid.startswith("room:weather-room:")
+
+
+async def test_the_agent_hears_every_human_in_the_room(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    async with humans(livekit, "two-humans", "alice") as (alice,):
+        job = start_job(jobs, settings, "two-humans", "web")
+        await finished_speaking(alice, 0)
+        async with humans(livekit, "two-humans", "bob") as (bob,):
+            await asyncio.sleep(1.0)  # bob's track joins the mix
+            bob.say(WEATHER)
+            await until(
+                lambda: any("sunny" in t.text for t in bob.finals("agent")), 30, "bob's answer"
+            )
+            await finished_speaking(alice, 1)
+            alice.say("hello")
+            await until(
+                lambda: any("I can hear you" in t.text for t in alice.finals("agent")),
+                30,
+                "alice's answer",
+            )
+            by_identity = {
+                t.text: t.attributes.get("callplane.participant") for t in alice.finals("user")
+            }
+            assert by_identity == {WEATHER: "bob", "hello": "alice"}
+            assert bob.loud_frames > 0
+    record = await asyncio.wait_for(job, IDLE_TIMEOUT_S + 10)
+    callers = [line["text"] for line in record.transcript if line["role"] == "caller"]
+    assert callers == [WEATHER, "hello"]
+    assert record.context["participants"] == ["alice", "bob"]
+
+
+async def test_the_job_leaves_once_the_last_human_has_gone(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    async with humans(livekit, "leaving-room", "alice") as (alice,):
+        job = start_job(jobs, settings, "leaving-room", "quiet")
+        await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
+    left_at = time.monotonic()
+    record = await asyncio.wait_for(job, IDLE_TIMEOUT_S + 10)
+    waited = time.monotonic() - left_at
+    assert record.end_reason == "room_empty"
+    assert waited >= IDLE_TIMEOUT_S - 0.5  # the grace period was kept
+    assert RecordStore(settings.records_path).get(record.call_sid) is not None
+
+
+async def test_a_human_who_returns_within_the_grace_period_keeps_the_agent(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    async with humans(livekit, "reload-room", "alice") as (alice,):
+        job = start_job(jobs, settings, "reload-room", "quiet")
+        await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
+    await asyncio.sleep(IDLE_TIMEOUT_S / 4)
+    async with humans(livekit, "reload-room", "alice") as (again,):
+        await asyncio.sleep(IDLE_TIMEOUT_S * 1.2)
+        assert not job.done()  # the page reload did not end the conversation
+        assert again.agent_state() == "listening"
+    record: CallRecord = await asyncio.wait_for(job, IDLE_TIMEOUT_S + 10)
+    assert record.end_reason == "room_empty"
+
+
+async def test_nobody_comes_and_the_job_leaves_after_the_idle_timeout(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    started = time.monotonic()
+    record = await asyncio.wait_for(run_agent(settings, {}, "empty-room"), IDLE_TIMEOUT_S + 10)
+    assert time.monotonic() - started >= IDLE_TIMEOUT_S - 0.5
+    assert record.end_reason == "nobody_came"
+    assert engine.sessions_opened == 0  # no Realtime session for an empty room
+    assert RecordStore(settings.records_path).get(record.call_sid) is not None
+
+
+async def test_stop_makes_the_agent_leave(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    stop = asyncio.Event()
+    async with humans(livekit, "stop-room", "alice") as (alice,):
+        job = start_job(jobs, settings, "stop-room", "quiet", stop=stop)
+        await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
+        stop.set()
+        record = await asyncio.wait_for(job, 10)
+        assert record.end_reason == "job_stopped"
+        await until(lambda: alice.agent_state() is None, 10, "the agent to leave the room")
+
+
+async def test_the_profile_comes_from_the_room_metadata(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    from livekit import api
+
+    settings = media_settings(livekit, engine, tmp_path)
+    async with livekit.api() as lk:
+        await lk.room.create_room(
+            api.CreateRoomRequest(name="meta-room", metadata=json.dumps({"profile": "quiet"}))
+        )
+    record = await asyncio.wait_for(run_agent(settings, {}, "meta-room"), IDLE_TIMEOUT_S + 10)
+    assert record.profile == "quiet"
+
+
+async def test_bad_input_fails_before_joining(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    with pytest.raises(AgentJobError, match=r"--profile='nope' is not a configured profile"):
+        await run_agent(settings, {}, "some-room", "nope")
+    with pytest.raises(AgentJobError, match="room='bad room!' is not a valid room name"):
+        await run_agent(settings, {}, "bad room!")
+    without = settings.model_copy(update={"livekit": None})
+    with pytest.raises(AgentJobError, match="livekit is not configured"):
+        await run_agent(without, {}, "some-room")
+    unreachable = settings.model_copy(
+        update={"livekit": settings.livekit.model_copy(update={"url": "ws://127.0.0.1:9"})}  # type: ignore[union-attr]
+    )
+    with pytest.raises(AgentJobError, match="cannot join room 'some-room'"):
+        await run_agent(unreachable, {}, "some-room")
+
+
+def test_choose_profile_order_and_errors() -> None:
+    web, quiet = AgentProfile(name="web"), AgentProfile(name="quiet")
+    profiles = {"web": web, "quiet": quiet}
+    assert choose_profile(profiles, "quiet", '{"profile": "web"}') is quiet
+    assert choose_profile(profiles, None, '{"profile": "quiet"}') is quiet
+    assert choose_profile(profiles, None, "") is web
+    assert choose_profile(profiles, None, "not json, another app's metadata") is web
+    assert choose_profile(profiles, None, '["a list"]') is web
+    with pytest.raises(AgentJobError, match="the room's metadata 'profile'='gone'"):
+        choose_profile(profiles, None, '{"profile": "gone"}')
+    with pytest.raises(AgentJobError, match="no agent profiles"):
+        choose_profile({}, None, "")
+
+
+async def test_a_human_interrupting_the_agent_cuts_it_off_where_they_heard_it(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    greeting = engine.ctx.script.greeting
+    greeting_ms = len(engine.ctx.synthesizer.synthesize_sync(greeting, "marin", 24000)) / 24
+    async with humans(livekit, "barge-room", "alice") as (alice,):
+        job = start_job(jobs, settings, "barge-room", "web")
+        await until(lambda: alice.agent_state() == "speaking", 15, "the greeting to start")
+        await asyncio.sleep(0.8)
+        alice.say("hello")
+        await until(
+            lambda: any("I can hear you" in t.text for t in alice.finals("agent")),
+            30,
+            "the answer to the interruption",
+        )
+        await finished_speaking(alice, 1)
+    record = await asyncio.wait_for(job, IDLE_TIMEOUT_S + 10)
+    assert len(record.interruptions) == 1
+    cut = record.interruptions[0]["audio_end_ms"]
+    # truncated inside the greeting, after what had been played before alice spoke
+    assert 800 <= cut < greeting_ms
+    assert alice.states.count("listening") >= 2  # it stopped and listened
+
+
+async def test_the_agent_says_goodbye_and_leaves_when_asked_to_end(
+    livekit: LiveKitServer,
+    engine: EngineServer,
+    tmp_path: Path,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    settings = media_settings(livekit, engine, tmp_path)
+    async with humans(livekit, "goodbye-room", "alice") as (alice,):
+        job = start_job(jobs, settings, "goodbye-room", "quiet")
+        await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
+        alice.say("goodbye")
+        record = await asyncio.wait_for(job, 30)
+        assert record.end_reason == "agent_hung_up"
+        assert [call["name"] for call in record.tool_calls] == ["end_call"]
+        assert any("Goodbye" in t.text for t in alice.finals("agent"))
+        assert alice.loud_frames > 0  # the goodbye was heard before the agent left
+        await until(lambda: alice.agent_state() is None, 10, "the agent to leave the room")
