@@ -112,24 +112,46 @@ def dev(
     twilio_port: Annotated[int, typer.Option(help="Twilio simulator port.")] = 8089,
     edge_port: Annotated[int, typer.Option(help="Edge worker port.")] = 8787,
     media_port: Annotated[int, typer.Option(help="Media app port.")] = 8000,
+    livekit_port: Annotated[int, typer.Option(help="livekit-server port.")] = 7880,
     any_ports: Annotated[
         bool, typer.Option("--any-ports", help="Ignore the port options; pick free ports.")
     ] = False,
+    livekit: Annotated[
+        bool | None,
+        typer.Option(
+            "--livekit/--no-livekit",
+            help="Run livekit-server + Redis for the web playground and agent rooms "
+            "(default: when scripts/tools/setup_tools.sh has built them).",
+        ),
+    ] = None,
 ) -> None:
     """Run every local part on loopback until Ctrl-C: the engine, the Twilio simulator, the
-    edge worker and the media app, with simulated numbers bought for the local stack."""
+    edge worker and the media app, with simulated numbers bought for the local stack; and a real
+    livekit-server with Redis for the browser playground and on-demand agents."""
     import json
 
     from callplane.local.console import print_parts
+    from callplane.local.livekit import SETUP_HINT, find_tool
     from callplane.local.stack import LocalStack, StackOptions
 
-    ports = (0, 0, 0, 0) if any_ports else (engine_port, twilio_port, edge_port, media_port)
+    have_livekit = bool(find_tool("livekit-server") and find_tool("redis-server"))
+    if livekit and not have_livekit:
+        console.print(f"[red]livekit-server or redis-server is not installed[/]: {SETUP_HINT}")
+        raise typer.Exit(1)
+    use_livekit = have_livekit if livekit is None else livekit
+    ports = (
+        (0, 0, 0, 0, 0)
+        if any_ports
+        else (engine_port, twilio_port, edge_port, media_port, livekit_port)
+    )
     options = StackOptions(
         data_dir=data_dir,
         engine_port=ports[0],
         twilio_port=ports[1],
         edge_port=ports[2],
         media_port=ports[3],
+        livekit=use_livekit,
+        livekit_port=ports[4],
     )
 
     async def run() -> None:
@@ -142,9 +164,13 @@ def dev(
                 console.print(
                     "\nTry it:\n"
                     f'  uv run callplane call {support} --say "what is the weather like today" '
-                    "--say goodbye\n"
-                    "Ctrl-C stops every part."
+                    "--say goodbye"
                 )
+                if stack.livekit is not None:
+                    console.print(f"  open {stack.playground_link()} and press Talk")
+                elif livekit is None:
+                    console.print(f"  (no LiveKit: {SETUP_HINT}, for the web playground)")
+                console.print("Ctrl-C stops every part.")
             await asyncio.Event().wait()
 
     try:

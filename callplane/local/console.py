@@ -29,6 +29,9 @@ def print_parts(console: Console, parts: dict[str, Any]) -> None:
     table.add_row("Twilio simulator (REST)", parts["twilio"])
     table.add_row("edge worker", parts["edge"] + "/twilio/voice")
     table.add_row("media app", parts["media"].replace("http", "ws") + "/twilio/media")
+    if "livekit" in parts:
+        table.add_row("livekit-server", parts["livekit"])
+        table.add_row("web playground", parts["playground"])
     for n in parts["numbers"]:
         table.add_row(f"number ({n['profile']})", n["number"])
     console.print(table)

@@ -31,9 +31,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from callplane.livekit_settings import LiveKitSettings
 from callplane.local.agents import SAMPLE_PROFILES, SAMPLE_TOOLS
 from callplane.local.engine.context import EngineSettings, EventObserver
 from callplane.local.engine.server import EngineServer
+from callplane.local.livekit import LocalLiveKit
 from callplane.local.serving import EmbeddedServer, bind_loopback
 from callplane.local.twilio.caller import Step
 from callplane.local.twilio.carrier import CallResult
@@ -43,7 +45,7 @@ from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
 from callplane.tools import Tool
 from edge_worker.asgi import create_app as create_edge_app
-from edge_worker.config import EdgeConfig, NumberRoute
+from edge_worker.config import EdgeConfig, LiveKitEdgeConfig, NumberRoute
 from functions.media import create_app as create_media_app
 
 __all__ = ["DEFAULT_NUMBERS", "DEV_FILE", "LocalStack", "NumberPlan", "StackOptions"]
@@ -91,6 +93,9 @@ class StackOptions:
     numbers: Sequence[NumberPlan] = DEFAULT_NUMBERS
     profiles: Mapping[str, AgentProfile] = field(default_factory=lambda: dict(SAMPLE_PROFILES))
     tools: Mapping[str, Tool] = field(default_factory=lambda: dict(SAMPLE_TOOLS))
+    # Where agent jobs (child processes, one per LiveKit room) import their tools from: they
+    # cannot share the objects in ``tools``. Name the module that defines the same tools.
+    tools_module: str | None = "callplane.local.agents:SAMPLE_TOOLS"
     engine_observer: EventObserver | None = None
     write_dev_file: bool = True
     # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
@@ -103,6 +108,12 @@ class StackOptions:
             allowed_countries=("US", "GB", "PK"), calling_hours=(0, 24)
         )
     )
+    # Run a real livekit-server (with Redis) for web rooms, agent jobs and hybrid phone rooms;
+    # its webhooks go to the edge, which dispatches agents through the media app.
+    livekit: bool = False
+    livekit_port: int = 0
+    # How long an agent job stays in a room after the last human left (or if nobody came).
+    agent_idle_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         for plan in self.numbers:
@@ -117,6 +128,7 @@ class StackOptions:
             ("twilio_port", self.twilio_port),
             ("edge_port", self.edge_port),
             ("media_port", self.media_port),
+            ("livekit_port", self.livekit_port),
         ):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name}={port} is not a TCP port: use 0 (any) to 65535")
@@ -130,24 +142,38 @@ class LocalCredentials:
     auth_token: str
     stream_secret: str
     media_api_key: str
+    # LiveKit (added later: files from older versions get them on the next start)
+    livekit_api_secret: str = ""
+    web_key: str = ""
+    link_secret: str = ""
+
+    LIVEKIT_API_KEY = "callplane-local"
 
     @classmethod
     def load_or_create(cls, path: Path) -> LocalCredentials:
+        fresh = {
+            "account_sid": "AC" + secrets.token_hex(16),
+            "auth_token": secrets.token_hex(16),
+            "stream_secret": secrets.token_urlsafe(32),
+            "media_api_key": secrets.token_urlsafe(24),
+            "livekit_api_secret": secrets.token_urlsafe(32),
+            "web_key": secrets.token_urlsafe(24),
+            "link_secret": secrets.token_urlsafe(32),
+        }
+        stored: dict[str, Any] = {}
         if path.exists():
             try:
-                return cls(**json.loads(path.read_text()))
+                stored = json.loads(path.read_text())
+                creds = cls(**{**fresh, **{k: v for k, v in stored.items() if v}})
             except (ValueError, TypeError) as exc:
                 raise ValueError(
                     f"{path} is not a callplane credentials file ({exc}); delete it and the "
                     "stack makes a new one (the simulator's numbers are then bought again)"
                 ) from None
-        creds = cls(
-            account_sid="AC" + secrets.token_hex(16),
-            auth_token=secrets.token_hex(16),
-            stream_secret=secrets.token_urlsafe(32),
-            media_api_key=secrets.token_urlsafe(24),
-        )
-        _write_private(path, json.dumps(creds.__dict__, indent=2))
+        else:
+            creds = cls(**fresh)
+        if stored != creds.__dict__:
+            _write_private(path, json.dumps(creds.__dict__, indent=2))
         return creds
 
 
@@ -178,6 +204,7 @@ class LocalStack:
         self.numbers: dict[str, str] = {}  # E.164 -> profile
         self.status_callbacks: deque[dict[str, str]] = deque(maxlen=1000)
         self.media_app: Any = None
+        self.livekit: LocalLiveKit | None = None
         self._edge: EmbeddedServer | None = None
         self._media: EmbeddedServer | None = None
         self._sockets: list[socket.socket] = []
@@ -196,6 +223,8 @@ class LocalStack:
             edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
             media_base = f"ws://127.0.0.1:{media_sock.getsockname()[1]}"
             self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
+            media_http = "http" + media_base.removeprefix("ws")
+            livekit, edge_livekit = await self._start_livekit(edge_url, media_http)
             settings = MediaSettings(
                 public_media_url=media_base + "/twilio/media",
                 stream_secret=self.creds.stream_secret,
@@ -211,6 +240,8 @@ class LocalStack:
                 records_path=self.data_dir / "records.sqlite3",
                 edge_voice_url=edge_url + "/twilio/voice",
                 outbound=self._outbound_limits(),
+                livekit=livekit,
+                tools_module=o.tools_module,
             )
             self.media_app = create_media_app(settings, dict(o.tools))
             self._media = EmbeddedServer(self.media_app, media_sock)
@@ -221,6 +252,7 @@ class LocalStack:
                 media_urls={LOCAL_REGION: media_base},
                 numbers={n: NumberRoute(p, LOCAL_REGION) for n, p in self.numbers.items()},
                 default_region=LOCAL_REGION,
+                livekit=edge_livekit,
             )
             self._edge = EmbeddedServer(
                 create_edge_app(edge, on_status=self.status_callbacks.append), edge_sock
@@ -233,6 +265,41 @@ class LocalStack:
             raise
         if o.write_dev_file:
             _write_private(self.data_dir / DEV_FILE, json.dumps(self.describe(secrets=True)))
+
+    async def _start_livekit(
+        self, edge_url: str, media_http: str
+    ) -> tuple[LiveKitSettings | None, LiveKitEdgeConfig | None]:
+        """Start livekit-server + Redis when asked; its webhooks go to the edge, and the edge
+        dispatches agents through the media app's ``/agents/dispatch``."""
+        o = self.options
+        if not o.livekit:
+            return None, None
+        self.livekit = LocalLiveKit(
+            self.data_dir / "livekit",
+            api_key=self.creds.LIVEKIT_API_KEY,
+            api_secret=self.creds.livekit_api_secret,
+            webhook_urls=[edge_url + "/livekit/webhook"],
+            http_port=o.livekit_port,
+        )
+        await self.livekit.start()
+        media = LiveKitSettings(
+            url=self.livekit.url,
+            api_key=self.creds.LIVEKIT_API_KEY,
+            api_secret=self.creds.livekit_api_secret,
+            idle_timeout_s=o.agent_idle_timeout_s,
+        )
+        edge = LiveKitEdgeConfig(
+            url=self.livekit.url,
+            api_key=self.creds.LIVEKIT_API_KEY,
+            api_secret=self.creds.livekit_api_secret,
+            agent_name=media.agent_name,
+            web_keys=(self.creds.web_key,),
+            link_secret=self.creds.link_secret,
+            allowed_origins=(edge_url,),
+            dispatch_url=media_http + "/agents/dispatch",
+            dispatch_api_key=self.creds.media_api_key,
+        )
+        return media, edge
 
     def _outbound_limits(self) -> OutboundLimits:
         limits = self.options.outbound
@@ -253,6 +320,9 @@ class LocalStack:
             if server is not None:
                 await server.stop()
         self._edge = self._media = None
+        if self.livekit is not None:
+            await self.livekit.stop()
+            self.livekit = None
         await self.engine.stop()
         for sock in self._sockets:
             sock.close()
@@ -297,11 +367,26 @@ class LocalStack:
             "numbers": [{"number": n, "profile": p} for n, p in self.numbers.items()],
             "data_dir": str(self.data_dir),
         }
+        if self.livekit is not None:
+            data["livekit"] = self.livekit.url
+            data["playground"] = self.edge_url + "/playground/"
         if secrets:
             data["account_sid"] = self.creds.account_sid
             data["auth_token"] = self.creds.auth_token
             data["media_api_key"] = self.creds.media_api_key
+            if self.livekit is not None:
+                data["web_key"] = self.creds.web_key
+                data["livekit_api_key"] = self.creds.LIVEKIT_API_KEY
+                data["livekit_api_secret"] = self.creds.livekit_api_secret
         return data
+
+    def playground_link(self, room: str | None = None) -> str:
+        """The playground's URL with the local web key (a local secret: print it only to the
+        developer who started the stack)."""
+        if self.livekit is None:
+            raise RuntimeError("the stack runs without LiveKit: start it with livekit=True")
+        query = f"key={self.creds.web_key}" + (f"&room={room}" if room else "")
+        return f"{self.edge_url}/playground/?{query}"
 
     async def call(
         self, to: str, script: Sequence[Step], *, from_: str = DEFAULT_CALLER, max_s: float = 60
