@@ -25,7 +25,17 @@ import modal
 
 from callplane.profiles import MAX_CALL_SECONDS
 
-__all__ = ["APP_NAME", "MEDIA_PACKAGES", "SCALING", "STACK", "Scaling", "app", "media"]
+__all__ = [
+    "AGENT_JOB_OPTIONS",
+    "APP_NAME",
+    "MEDIA_PACKAGES",
+    "SCALING",
+    "STACK",
+    "Scaling",
+    "agent_job",
+    "app",
+    "media",
+]
 
 APP_NAME = "callplane-media"
 SECRET_NAME = "callplane-media"
@@ -143,3 +153,28 @@ def media() -> Any:
     from functions.media import create_app_from_env
 
     return create_app_from_env(launcher=ModalLauncher(APP_NAME))
+
+
+AGENT_JOB_OPTIONS: dict[str, Any] = {
+    "region": _scaling.region,
+    # One room per container: a crash or a busy room never takes another room's agent with it,
+    # and the container goes away when its room does.
+    "max_containers": _scaling.max_containers * _scaling.max_inputs,
+    "scaledown_window": 2,
+    "timeout": _scaling.timeout,
+    "cpu": 1.0,
+    "memory": 1024,
+    "nonpreemptible": True,
+}
+
+
+@app.function(**AGENT_JOB_OPTIONS)
+async def agent_job(room: str, profile: str) -> dict[str, Any]:
+    """One LiveKit room's agent, spawned by the media app's ``/agents/dispatch``; returns the
+    room's call record when the last human has left."""
+    from callplane.media_settings import MediaSettings
+    from callplane.rooms.agent import run_agent
+
+    settings = MediaSettings.from_env()
+    record = await run_agent(settings, settings.load_tools(), room, profile)
+    return record.to_json()

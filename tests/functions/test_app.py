@@ -136,3 +136,17 @@ def test_the_image_installs_everything_the_media_path_imports() -> None:
         for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     }
     assert {Requirement(p).name for p in modal_app.MEDIA_PACKAGES} <= declared
+
+
+# registered_functions is the only build-time view of an app's function names in modal 1.6
+# (deprecated for 1.7, which the lock does not allow yet).
+@pytest.mark.filterwarnings("ignore:`App.registered_functions` is deprecated")
+def test_agent_jobs_get_a_container_each_and_the_name_the_launcher_spawns() -> None:
+    from functions.dispatch import AGENT_JOB_FUNCTION
+
+    info = modal_app.agent_job.info()
+    assert modal_app.app.registered_functions[AGENT_JOB_FUNCTION] is modal_app.agent_job
+    assert info.concurrency_info is None or info.concurrency_info.max_inputs == 1
+    assert info.timeout == modal_app.SCALING[modal_app.STACK].timeout
+    assert info.regions == [modal_app.SCALING[modal_app.STACK].region]
+    assert info.nonpreemptible is True
