@@ -140,7 +140,7 @@ def test_the_image_installs_everything_the_media_path_imports() -> None:
 
 # registered_functions is the only build-time view of an app's function names in modal 1.6
 # (deprecated for 1.7, which the lock does not allow yet).
-@pytest.mark.filterwarnings("ignore:`App.registered_functions` is deprecated")
+@pytest.mark.filterwarnings("ignore:.*App.registered_functions. is deprecated")
 def test_agent_jobs_get_a_container_each_and_the_name_the_launcher_spawns() -> None:
     from functions.dispatch import AGENT_JOB_FUNCTION
 
