@@ -43,6 +43,26 @@ async def finished(stack: LocalStack, job_id: str, timeout_s: float = 60) -> dic
                 await asyncio.sleep(0.2)
 
 
+async def _stall_report(stack: LocalStack, job_ids: list[str]) -> str:
+    """What the jobs that never finished, and the calls still live, were doing (for a stall
+    that only shows under load)."""
+    headers = {"Authorization": f"Bearer {stack.creds.media_api_key}"}
+    lines = ["outbound jobs did not all finish:"]
+    async with httpx.AsyncClient(base_url=stack.media_url, headers=headers) as http:
+        for job_id in job_ids:
+            job = (await http.get(f"/outbound/{job_id}")).json()
+            if not job["done"]:
+                lines.append(f"job {job_id}: {str(job)[:800]}")
+    for sid, call in stack.simulator.carrier.calls.items():
+        if call.live:
+            events = [(round(e.at_ms), e.kind, e.detail) for e in call.timeline.events][-20:]
+            lines.append(f"live call {sid}: errors={call.errors} last events={events}")
+            lines.append(f"  streams={call.timeline.streams} chunks={len(call.timeline.chunks)}")
+    lines.append(f"media live records: {sorted(stack.media_app.state.live)}")
+    lines.append(f"media stats: {dict(stack.media_app.state.stats)}")
+    return "\n".join(lines)
+
+
 async def test_a_person_answers_after_three_rings_and_hears_the_reminder(
     stack: LocalStack,
 ) -> None:
@@ -194,9 +214,12 @@ async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
                 await asyncio.sleep(0.02)
 
         watcher = asyncio.create_task(watch())
-        jobs = await asyncio.gather(
-            *(finished(stack, a.json()["id"], timeout_s=240) for a in answers)
-        )
+        try:
+            jobs = await asyncio.gather(
+                *(finished(stack, a.json()["id"], timeout_s=240) for a in answers)
+            )
+        except TimeoutError:
+            pytest.fail(await _stall_report(stack, [a.json()["id"] for a in answers]))
         watcher.cancel()
         dialer = stack.media_app.state.dialer
     assert all(j["outcome"] == "human" for j in jobs), [j["outcome"] for j in jobs]
