@@ -311,6 +311,9 @@ class Procs:
     workdir: Path
 
 
+WS_IMPL = "auto"  # uvicorn's WebSocket implementation for the media bridge (--ws)
+
+
 def start_processes(bridge: str, profile_out: Path | None) -> Procs:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -356,6 +359,8 @@ def start_processes(bridge: str, profile_out: Path | None) -> Procs:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--ws",
+            WS_IMPL,
         ]
     else:
         command = [str(ROOT / "bench" / "noop_bridge.py"), str(port), engine_url]
@@ -547,6 +552,15 @@ def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) 
             "rss_idle_mib": round(run["rss_idle"] / 2**20, 1),
             "rss_peak_mib": round(run["rss_peak"] / 2**20, 1),
             "rss_per_call_kib": round(rss_per_call / 1024, 1),
+            # CPU time per relayed frame (both directions): unlike latency, this barely moves
+            # when other processes compete for the core, so it compares code versions fairly.
+            "cpu_us_per_frame": round(
+                run["cpu_share"]
+                * run["wall_s"]
+                * 1e6
+                / max(int(in_seq.size) + totals.out_received, 1),
+                2,
+            ),
         },
         "core1_cpu_share": {
             "engine": round(run["engine_cpu_share"], 3),
@@ -575,7 +589,7 @@ def run_once(
         engine_dump = json.loads(dump_path.read_text())
     finally:
         stop_processes(procs)
-    result = {"calls": calls, "seconds": seconds, "bridge": bridge}
+    result = {"calls": calls, "seconds": seconds, "bridge": bridge, "ws": WS_IMPL}
     result.update(analyse(engine_dump, run, calls))
     result["loadavg_before"] = [round(x, 2) for x in load_before]
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -611,6 +625,7 @@ def summary(r: dict[str, Any]) -> str:
         f"{r['inbound_ms'].get('p99')} out {r['outbound_ms'].get('p50')}/"
         f"{r['outbound_ms'].get('p99')} barge {r['barge_in_ms'].get('p50')}/"
         f"{r['barge_in_ms'].get('p99')} ms cpu {r['bridge_process']['cpu_share_of_core']} "
+        f"({r['bridge_process']['cpu_us_per_frame']} us/frame) "
         f"rss/call {r['bridge_process']['rss_per_call_kib']} KiB lag p99 "
         f"{r['generator_lag_ms'].get('p99')} lost {r['frames']['in_lost']}"
         f"/{r['frames']['out_lost']} core1 {r['core1_cpu_share']}"
@@ -625,7 +640,15 @@ def main() -> None:
     parser.add_argument("--bridge", choices=("media", "noop"), default="media")
     parser.add_argument("--profile", type=Path, help="run the bridge under cProfile, to this file")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument(
+        "--ws",
+        choices=("auto", "websockets", "websockets-sansio", "wsproto"),
+        default="auto",
+        help="uvicorn's WebSocket implementation in the media bridge",
+    )
     args = parser.parse_args()
+    global WS_IMPL
+    WS_IMPL = args.ws
     if (os.cpu_count() or 1) < 2:
         sys.exit("relay.py pins the bridge and the load to different cores: it needs two")
     out: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "machine": machine()}

@@ -23,8 +23,6 @@ Two ways to use it::
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -37,8 +35,8 @@ import pytest
 from livekit import api
 
 from callplane.livekit_settings import LiveKitSettings
+from callplane.local.livekit import SETUP_HINT, find_tool, livekit_config, tools_dir
 
-TOOLS_BIN = Path(os.environ.get("CALLPLANE_TOOLS", Path.home() / ".cache/callplane/tools")) / "bin"
 API_KEY = "devkey"
 # 32+ characters: livekit-server complains about shorter secrets outside dev mode.
 API_SECRET = "callplane-test-secret-0123456789abcdef"
@@ -108,14 +106,10 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def binary(name: str) -> str:
     """A tool from the toolchain dir or PATH; a missing one is an error saying how to build it."""
-    path = TOOLS_BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
+    found = find_tool(name)
     if found is None:
         raise RuntimeError(
-            f"{name} is not installed: run scripts/tools/setup_tools.sh (looked in {TOOLS_BIN} "
-            "and PATH)"
+            f"{name} is not installed: {SETUP_HINT} (looked in {tools_dir()} and PATH)"
         )
     return found
 
@@ -154,21 +148,16 @@ def server_config(
     api_secret: str = API_SECRET,
     webhook_urls: Sequence[str] = (),
 ) -> str:
-    """The livekit-server YAML: loopback only, one key pair, Redis, optional webhooks."""
-    body = (
-        f"port: {http_port}\n"
-        "bind_addresses: [127.0.0.1]\n"
-        f"keys:\n  {api_key}: {api_secret}\n"
-        f"redis:\n  address: 127.0.0.1:{redis_port}\n"
-        f"rtc:\n  tcp_port: 0\n  udp_port: {udp_port}\n  use_external_ip: false\n"
-        "  node_ip: 127.0.0.1\n  enable_loopback_candidate: true\n"
-        "  interfaces:\n    includes: [lo]\n"
-        "logging:\n  level: info\n"
+    """The livekit-server YAML the local stack uses too: loopback only, one key pair, Redis,
+    optional webhooks."""
+    return livekit_config(
+        http_port=http_port,
+        udp_port=udp_port,
+        redis_port=redis_port,
+        api_key=api_key,
+        api_secret=api_secret,
+        webhook_urls=webhook_urls,
     )
-    if webhook_urls:
-        urls = "".join(f"    - {url}\n" for url in webhook_urls)
-        body += f"webhook:\n  api_key: {api_key}\n  urls:\n{urls}"
-    return body
 
 
 @contextlib.contextmanager
