@@ -11,6 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from callplane.audio import resample
+from callplane.local.engine import recognition
 from callplane.local.engine.recognition import (
     PhraseRecognizer,
     Recognition,
@@ -201,3 +202,50 @@ def test_rate_and_volume_do_not_change_the_result() -> None:
     assert expected.slots == {"digits": "456"}
     assert rec.recognize(turn16k, 16000).slots == {"digits": "456"}
     assert rec.recognize(quiet, 8000).slots == {"digits": "456"}
+
+
+# --- pronunciations and confidence ------------------------------------------------------
+
+
+def test_non_rhotic_pronunciations_are_in_the_dictionary() -> None:
+    lexicon = recognition._dictionary(recognition._parse_patterns(["my order number is {digits}"]))
+    assert "AO D AH" in lexicon["order"]  # AO R D ER without the r
+    assert "N AH M B AH" in lexicon["number"]
+    assert "F F AO AO" in lexicon["four"]  # digits have doubled phones
+    assert "Z Z IH IH R R OW OW" in lexicon["zero"]  # an r before a vowel stays
+    assert recognition._non_rhotic("Z IH R OW".split()) == ["Z", "IH", "R", "OW"]
+
+
+def test_four_in_a_non_rhotic_voice_is_not_read_as_oh() -> None:
+    result = recognizer().recognize(phone_turn("my order number is four five six", "en"), 8000)
+    assert result.slots == {"digits": "456"}
+
+
+def test_decode_exposes_the_confidence_that_recognize_applies() -> None:
+    turn = en_us_turn("what is the weather like today")
+    result, scores = recognizer().decode(turn, 8000)
+    assert result.phrase == "what is the weather like today"
+    assert scores is not None
+    assert scores.worst_word <= scores.mean <= 0.0
+    assert scores.mean >= recognition.DEFAULT_MIN_SCORE
+    assert scores.worst_word >= recognition.DEFAULT_MIN_WORD_SCORE
+    strict = PhraseRecognizer(DEFAULT_PATTERNS, min_word_score=scores.worst_word + 0.01)
+    assert strict.recognize(turn, 8000) == Recognition(None, "", {})
+    assert recognizer().decode(np.zeros(10, np.int16), 8000) == (Recognition(None, "", {}), None)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "voice", "wpm"),
+    [
+        ("please hold on a moment", "en+f3", 150),  # forced onto "please transfer me to billing"
+        ("i lost my credit card", "en-us+f2", None),  # forced onto "my order number is ..."
+        ("where is the nearest station", "en-us+m1", 190),  # forced onto the weather phrase
+    ],
+)
+def test_tuning_set_out_of_grammar_speech_is_rejected(
+    sentence: str, voice: str, wpm: int | None
+) -> None:
+    result, _ = recognizer().decode(phone_turn(sentence, voice, wpm), 8000)
+    assert result.phrase is not None  # the grammar forces a complete pattern,
+    # which the confidence floors reject
+    assert recognizer().recognize(phone_turn(sentence, voice, wpm), 8000).phrase is None
