@@ -67,6 +67,8 @@ SECRET_KEYS = (
     "livekitApiSecret",
     "mediaApiKey",
     "openaiApiKey",
+    "webKey",
+    "linkSecret",
 )
 
 _SID = {
@@ -402,6 +404,10 @@ class StackConfig(_Model):
     livekit_api_secret: str | None = Field(default=None, repr=False)
     media_api_key: str | None = Field(default=None, repr=False, min_length=8)
     openai_api_key: str | None = Field(default=None, repr=False)
+    #: A bearer key web apps (and the playground's ``?key=``) present to the edge's ``/token``.
+    web_key: str | None = Field(default=None, repr=False, min_length=16)
+    #: Signs playground links (``?link=``, edge_worker/web_links.py) that need no web key.
+    link_secret: str | None = Field(default=None, repr=False, min_length=16)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     countries: dict[str, dict[NumberTypeField, CountryOverride]] = Field(default_factory=dict)
 
@@ -451,17 +457,11 @@ class StackConfig(_Model):
                 "pulumi config set --secret callplane:livekitApiSecret <the key's secret>"
             )
         for i, n in enumerate(self.numbers):
-            if n.route == "sip":
-                if self.kind == "local":
-                    problems.append(
-                        f"callplane:numbers[{i}].route = 'sip' on the local stack: the Twilio "
-                        "simulator has no Elastic SIP Trunking. Fix: use route: webhook"
-                    )
-                elif self.livekit is None or self.livekit.sip_uri is None:
-                    problems.append(
-                        f"callplane:numbers[{i}].route = 'sip' needs callplane:livekit.sipUri. "
-                        "Fix: set it to sip:<project>.sip.livekit.cloud"
-                    )
+            if n.route == "sip" and (self.livekit is None or self.livekit.sip_uri is None):
+                problems.append(
+                    f"callplane:numbers[{i}].route = 'sip' needs callplane:livekit.sipUri. "
+                    "Fix: set it to sip:<project>.sip.livekit.cloud"
+                )
             if self.profiles and n.profile not in self.profiles:
                 problems.append(
                     f"callplane:numbers[{i}].profile = {n.profile!r} is not in callplane:profiles "

@@ -7,7 +7,9 @@ preview`` with every problem listed and no resource touched.
 Order of the wiring: media URLs (known at preview) -> edge URL -> SIP trunk (cloud, only for
 numbers routed over SIP) -> numbers, whose webhooks point at the edge -> LiveKit inbound trunk
 and dispatch rule for the numbers -> edge config (numbers to profiles and regions) -> the edge
-worker (Cloudflare on cloud stacks; the local edge reads the ``edgeConfig`` output) -> outputs.
+worker (Cloudflare on cloud stacks; the local edge reads the ``edgeConfig`` output) -> outputs
+(numbers, URLs, the playground link; on the local stack also ``mediaConfig``, the local media
+app's settings: :mod:`callplane.local.stack_outputs` turns both documents into running planes).
 """
 
 from __future__ import annotations
@@ -147,24 +149,46 @@ class MediaPlane(pulumi.ComponentResource):
 
 def media_settings_json(config: StackConfig, media_base: str) -> str:
     """The media function's settings (``CALLPLANE_MEDIA_CONFIG``), validated here so that a bad
-    profile or URL fails at preview, not in the container."""
+    profile or URL fails at preview, not in the container.
+
+    On the local stack the same document is the ``mediaConfig`` output, which the local media
+    app is started from (:func:`callplane.local.stack_outputs.planes_from_outputs`): it then
+    also carries the simulator's base URL and the edge's voice webhook (outbound calls), and a
+    placeholder Realtime key (the local engine takes any).
+    """
     from callplane.media_settings import MediaSettings
 
-    settings = MediaSettings.model_validate(
-        {
-            "public_media_url": media_base + "/twilio/media",
-            "stream_secret": config.stream_secret,
-            "api_key": config.media_api_key,
-            "twilio_account_sid": config.twilio.account_sid,
-            "twilio_auth_token": config.twilio_auth_token,
-            "realtime_url": config.media.realtime_url,
-            "realtime_api_key": config.openai_api_key,
-            "realtime_model": config.media.realtime_model,
-            "profiles": {n: {"name": n, **p} for n, p in config.profiles.items()},
-            "records_path": "/tmp/callplane-records.sqlite3",
-        }
-    )
+    doc: dict[str, Any] = {
+        "public_media_url": media_base + "/twilio/media",
+        "stream_secret": config.stream_secret,
+        "api_key": config.media_api_key,
+        "twilio_account_sid": config.twilio.account_sid,
+        "twilio_auth_token": config.twilio_auth_token,
+        "realtime_url": config.media.realtime_url,
+        "realtime_api_key": config.openai_api_key,
+        "realtime_model": config.media.realtime_model,
+        "profiles": {n: {"name": n, **p} for n, p in config.profiles.items()},
+        "records_path": "/tmp/callplane-records.sqlite3",
+    }
+    if config.kind == "local":
+        doc.update(
+            twilio_api_base_url=config.twilio.api_base_url,
+            edge_voice_url=f"{config.edge.url}/twilio/voice",
+            realtime_api_key=config.openai_api_key or "local",
+            records_path=".callplane/records.sqlite3",
+        )
+    settings = MediaSettings.model_validate(doc)
     return settings.model_dump_json()
+
+
+def _http(url: str) -> str:
+    """``ws(s)://`` as ``http(s)://`` (the media app's HTTP routes share its WebSocket host)."""
+    return "http" + url.removeprefix("ws") if url.startswith("ws") else url
+
+
+def _livekit_ws(url: str) -> str:
+    """LiveKit's client URL: the server API's ``http(s)://`` as ``ws(s)://``."""
+    return "ws" + url.removeprefix("http") if url.startswith("http") else url
 
 
 class Telephony(pulumi.ComponentResource):
@@ -284,7 +308,10 @@ def edge_config_json(
     parser. Rows are ``(phone_number, profile, region)``; unknown numbers (preview) are left out."""
     from edge_worker.config import EdgeConfig
 
-    doc = {
+    default_region = (
+        config.default_region if config.default_region in media_urls else next(iter(media_urls))
+    )
+    doc: dict[str, Any] = {
         "public_url": config.edge.url,
         "twilio_auth_token": config.twilio_auth_token,
         "stream_secret": config.stream_secret,
@@ -294,12 +321,68 @@ def edge_config_json(
             for number, profile, region in rows
             if number
         },
-        "default_region": config.default_region
-        if config.default_region in media_urls
-        else next(iter(media_urls)),
+        "default_region": default_region,
     }
+    livekit = edge_livekit(config, media_urls[default_region])
+    if livekit is not None:
+        doc["livekit"] = livekit
     EdgeConfig.from_mapping(doc, source="edge config built by infra")
     return json.dumps(doc, sort_keys=True)
+
+
+def edge_livekit(config: StackConfig, media_base: str) -> dict[str, Any] | None:
+    """The edge's ``livekit`` section (web tokens, LiveKit webhooks, agent dispatch), or None
+    when the stack has no LiveKit. ``/token`` accepts ``callplane:webKey`` as a bearer key and
+    links signed with ``callplane:linkSecret``; without either it refuses every request, so the
+    playground is reachable but cannot mint a token. Agents are dispatched to the media app of
+    the default region when the stack has ``callplane:mediaApiKey`` (its bearer key)."""
+    lk = config.livekit
+    if lk is None or not config.livekit_api_secret:
+        return None
+    section: dict[str, Any] = {
+        "url": _livekit_ws(lk.url),
+        "api_key": lk.api_key,
+        "api_secret": config.livekit_api_secret,
+        "agent_name": lk.agent_name,
+    }
+    if config.web_key:
+        section["web_keys"] = [config.web_key]
+    if config.link_secret:
+        section["link_secret"] = config.link_secret
+    if config.media_api_key:
+        section["dispatch_url"] = _http(media_base) + "/agents/dispatch"
+        section["dispatch_api_key"] = config.media_api_key
+    return section
+
+
+def playground_access(config: StackConfig) -> str:
+    """How to get into the playground on this stack, for the ``playground`` output."""
+    if config.livekit is None:
+        return (
+            "not available: the stack has no callplane:livekit, so the edge mints no web tokens. "
+            "Fix: set callplane:livekit and callplane:livekitApiSecret"
+        )
+    ways = []
+    if config.web_key:
+        ways.append(
+            "open the secret output playgroundLink (pulumi stack output playgroundLink "
+            "--show-secrets): it carries callplane:webKey as ?key="
+        )
+    if config.link_secret:
+        ways.append(
+            "or share a signed room link: ?room=<room>&link=<edge_worker.web_links."
+            "sign_web_link(callplane:linkSecret, room, expires_at)>"
+        )
+    if not ways:
+        return (
+            "the page loads but /token refuses every request: the stack has neither "
+            "callplane:webKey nor callplane:linkSecret. Fix: pulumi config set --secret "
+            f'callplane:webKey "$({_SECRET_CMD})", then pulumi up'
+        )
+    return "; ".join(ways)
+
+
+_SECRET_CMD = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 
 def _cloudflare_worker(
@@ -378,6 +461,19 @@ class Stack:
         pulumi.export("statusWebhook", f"{config.edge.url}/twilio/status")
         pulumi.export("mediaUrls", self.media.urls)
         pulumi.export("edgeConfig", self.edge.config_json)
+        playground = f"{config.edge.url}/playground/"
+        pulumi.export("playground", {"url": playground, "access": playground_access(config)})
+        if config.web_key and config.livekit is not None:
+            pulumi.export(
+                "playgroundLink", pulumi.Output.secret(f"{playground}?key={config.web_key}")
+            )
+        if config.kind == "local" and config.media_api_key:
+            pulumi.export(
+                "mediaConfig",
+                pulumi.Output.secret(
+                    media_settings_json(config, self.media.urls[config.default_region])
+                ),
+            )
         if self.media.app is not None:
             pulumi.export("modalWebUrl", self.media.app.web_url)
         if self.livekit is not None:

@@ -4,8 +4,9 @@ Numbers join the trunk through their own ``trunk_sid`` input (TwilioPhoneNumber)
 same association as ``POST /Trunks/{TK}/PhoneNumbers`` (reference twilio.md §8). A rerun after an
 interrupted ``up`` adopts a trunk with this resource's friendly name.
 
-Not exercised against a peer here: the Twilio simulator serves the ``api`` domain only, not
-``trunking``; the requests this provider makes are the SDK's ``trunking.v1`` calls below.
+Exercised against the Twilio simulator's trunking subset (``/v1/Trunks``, origination URLs,
+trunk phone numbers) through the SDK's ``trunking.v1`` client: tests/infra/providers/
+test_twilio_trunk.py and the CLI scenario. Not against Twilio itself (no account here).
 """
 
 from __future__ import annotations
@@ -77,7 +78,17 @@ class TwilioSipTrunkProvider(ResourceProvider):
             if is_not_found(exc):
                 return ReadResult(id_="", outs={})
             raise explain(exc, _ENTRY, f"read trunk {id_}") from None
-        return ReadResult(id_=id_, outs={**props, "friendly_name": trunk.friendly_name})
+        outs = {**props, "friendly_name": trunk.friendly_name}
+        url_sid = props.get("origination_url_sid")
+        if url_sid:
+            try:
+                url = client.trunking.v1.trunks(id_).origination_urls(url_sid).fetch()
+                outs["origination_sip_url"] = url.sip_url
+            except Exception as exc:
+                if not is_not_found(exc):
+                    raise explain(exc, _ENTRY, f"read trunk {id_}'s origination URL") from None
+                outs["origination_sip_url"] = None  # deleted behind Pulumi's back: up recreates
+        return ReadResult(id_=id_, outs=outs)
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         client = self._client(news)
@@ -85,15 +96,15 @@ class TwilioSipTrunkProvider(ResourceProvider):
             if olds.get("friendly_name") != news.get("friendly_name"):
                 client.trunking.v1.trunks(id_).update(friendly_name=news["friendly_name"])
             url_sid = olds.get("origination_url_sid")
-            if olds.get("origination_sip_url") != news.get("origination_sip_url") and url_sid:
-                client.trunking.v1.trunks(id_).origination_urls(url_sid).update(
-                    sip_url=news["origination_sip_url"]
-                )
+            if olds.get("origination_sip_url") != news.get("origination_sip_url"):
+                urls = client.trunking.v1.trunks(id_).origination_urls
+                if url_sid and olds.get("origination_sip_url") is not None:
+                    urls(url_sid).update(sip_url=news["origination_sip_url"])
+                else:  # none yet, or deleted behind Pulumi's back (refresh saw it gone)
+                    url_sid = urls.create(**origination_args(news)).sid
         except Exception as exc:
             raise explain(exc, _ENTRY, f"update trunk {id_}") from None
-        return UpdateResult(
-            outs={**news, "trunk_sid": id_, "origination_url_sid": olds.get("origination_url_sid")}
-        )
+        return UpdateResult(outs={**news, "trunk_sid": id_, "origination_url_sid": url_sid})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         try:

@@ -158,14 +158,28 @@ def test_cloud_stack_cross_checks() -> None:
         assert text in found
 
 
-def test_local_stack_refuses_sip_routing_and_needs_the_simulator_url() -> None:
+def test_local_stack_needs_the_simulator_url_and_a_sip_uri_for_sip_routing() -> None:
     raw = local(
         twilio={"accountSid": "AC" + "0" * 32},
         numbers=[{"country": "US", "type": "local", "profile": "s", "route": "sip"}],
     )
     found = "\n".join(problems(raw))
     assert "callplane:twilio.apiBaseUrl is missing on a local stack" in found
-    assert "no Elastic SIP Trunking" in found
+    assert "callplane:numbers[0].route = 'sip' needs callplane:livekit.sipUri" in found
+    # The simulator serves Elastic SIP Trunking, so the local stack may route over SIP.
+    ok = local(
+        numbers=[{"country": "US", "type": "local", "profile": "s", "route": "sip"}],
+        livekit={"url": "http://127.0.0.1:7880", "apiKey": "devkey", "sipUri": "sip:127.0.0.1"},
+        livekitApiSecret="secret",
+    )
+    assert load(ok).numbers[0].route == "sip"
+
+
+def test_web_key_and_link_secret_are_secrets_of_16_characters() -> None:
+    found = "\n".join(problems(local(webKey="short", linkSecret="tiny")))
+    assert "callplane:webKey = <secret, 5 characters>" in found
+    assert "callplane:linkSecret = <secret, 4 characters>" in found
+    assert "short" not in found and "tiny" not in found
 
 
 def test_count_expands_with_stable_unique_names() -> None:

@@ -16,11 +16,16 @@ Resources under ``/2010-04-01/Accounts/{AccountSid}/``:
 * ``Calls.json`` (create, list) and ``Calls/{Sid}.json`` (fetch, update: redirect with ``Twiml``
   or ``Url``, hang up with ``Status=completed``; delete a finished call).
 
+Beside them: Elastic SIP Trunking under ``/v1/Trunks`` (:mod:`callplane.local.twilio.trunking`)
+and the simulator's own control routes under ``/_simulator/`` (scripted inbound calls, callees,
+and fault injection: :mod:`callplane.local.twilio.faults`).
+
 Error codes: 20003, 20404, 21421, 21422, 21452, 21458, 21631 and 21649 are the ones the
 reference (``/work/shared/reference/twilio.md`` §7.3) lists; the others (20001 invalid
 parameter, 20002 FriendlyName, 20004 method, 21201/21213 missing To/From, 21205 Url, 21210
 From not owned, 21211/21212 invalid To/From, 21218 ApplicationSid, 21220 call state, 21502
-callback URL, 12100 TwiML) are the simulator's best choices, not confirmed against Twilio.
+callback URL, 12100 TwiML; 20001 also for a TrunkSid that names no trunk of the account) are
+the simulator's best choices, not confirmed against Twilio.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from callplane.local.serving import is_loopback
 from callplane.local.twilio.callee import callee_from_json
 from callplane.local.twilio.caller import ScriptError, script_from_json
+from callplane.local.twilio.faults import FaultMiddleware, fault_from_json
 from callplane.local.twilio.inventory import NUMBER_TYPE_PATHS, Inventory, format_friendly
 from callplane.local.twilio.state import (
     FINAL_CALL_STATUSES,
@@ -269,6 +276,21 @@ def _basic(account_sid: str, auth_token: str) -> str:
     return "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
 
 
+def basic_account(request: Request, tokens: Mapping[str, str]) -> str:
+    """The account whose ``AccountSid:AuthToken`` the request's HTTP Basic auth carries
+    (Twilio's 20003 otherwise)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    user = password = ""
+    if scheme.lower() == "basic":
+        with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    token = tokens.get(user)
+    if token is None or not hmac.compare_digest(token.encode(), password.encode()):
+        raise TwilioApiError(401, 20003, "Authenticate")
+    return user
+
+
 def _not_found(path: str) -> TwilioApiError:
     return TwilioApiError(404, 20404, f"The requested resource {path} was not found")
 
@@ -319,7 +341,12 @@ def _pattern_matcher(pattern: str) -> Callable[[str], bool]:
 
 
 def create_rest_app(sim: Simulator) -> FastAPI:
-    """The REST API of ``sim`` as an ASGI app (served by :meth:`Simulator.start`)."""
+    """The REST API of ``sim`` as an ASGI app (served by :meth:`Simulator.start`): the ``api``
+    domain above, the ``trunking`` subset (:mod:`callplane.local.twilio.trunking`) and the
+    ``/_simulator/`` control routes, behind the fault middleware
+    (:mod:`callplane.local.twilio.faults`)."""
+    from callplane.local.twilio.trunking import add_trunking_routes
+
     app = FastAPI(
         title="callplane Twilio simulator",
         docs_url=None,
@@ -348,15 +375,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
 
     def authenticate(request: Request, account_sid: str) -> str:
         """HTTP Basic auth with AccountSid:AuthToken; the path's account must be the caller's."""
-        header = request.headers.get("authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        user = password = ""
-        if scheme.lower() == "basic":
-            with contextlib.suppress(binascii.Error, UnicodeDecodeError):
-                user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        token = sim.tokens.get(user)
-        if token is None or not hmac.compare_digest(token.encode(), password.encode()):
-            raise TwilioApiError(401, 20003, "Authenticate")
+        user = basic_account(request, sim.tokens)
         if user != account_sid:
             raise TwilioApiError(
                 401, 20003, f"Authenticate: credentials for {user} cannot access {account_sid}"
@@ -500,6 +519,17 @@ def create_rest_app(sim: Simulator) -> FastAPI:
             if fields["voice_application_sid"]:
                 fields["trunk_sid"] = None
 
+    def check_trunk(acct: str, fields: Mapping[str, object]) -> None:
+        """A ``TrunkSid`` must name one of the account's Elastic SIP Trunks."""
+        trunk_sid = fields.get("trunk_sid")
+        if isinstance(trunk_sid, str) and trunk_sid not in store.account(acct).trunks:
+            raise TwilioApiError(
+                400,
+                20001,
+                f"TrunkSid {trunk_sid} is not an Elastic SIP Trunk of account {acct}: create it "
+                "with POST /v1/Trunks first",
+            )
+
     async def create_number(request: Request, acct: str, typed: NumberType | None) -> JSONResponse:
         form = await _Form.from_body(request)
         phone_number = form.e164("PhoneNumber", 21421)
@@ -541,6 +571,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
         inventory.check_purchase(candidate, bundle_sid, address_sid)
         fields: dict[str, object] = {}
         apply_number_fields(form, fields)
+        check_trunk(acct, fields)
         now = utcnow()
         record = PhoneNumberRecord(
             sid=new_sid("PN"),
@@ -607,6 +638,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
         form = await _Form.from_body(request)
         fields: dict[str, object] = {}
         apply_number_fields(form, fields)
+        check_trunk(acct, fields)
         if form.has("BundleSid"):
             fields["bundle_sid"] = form.sid("BundleSid", "BU", 21649) or None
         if form.has("AddressSid"):
@@ -841,5 +873,46 @@ def create_rest_app(sim: Simulator) -> FastAPI:
             return JSONResponse({"call_sid": sid, "status": call.status}, status_code=202)
         return JSONResponse((await call.wait()).to_json())
 
+    @app.post("/_simulator/faults")
+    async def arm_fault(request: Request) -> JSONResponse:
+        """Arm a fault (see callplane/local/twilio/faults.py); loopback clients only."""
+        control_client(request)
+        try:
+            fault = fault_from_json(await request.json())
+        except ValueError as exc:  # FaultError, or a body that is not JSON
+            raise TwilioApiError(400, 20001, f"fault: {exc}") from None
+        except TypeError as exc:
+            raise TwilioApiError(400, 20001, f"fault: {exc}") from None
+        sim.faults.add(fault)
+        return JSONResponse(fault.to_json(), status_code=201)
+
+    @app.get("/_simulator/faults")
+    async def list_faults(request: Request) -> JSONResponse:
+        control_client(request)
+        return JSONResponse({"faults": [f.to_json() for f in sim.faults.armed()]})
+
+    @app.delete("/_simulator/faults")
+    async def clear_faults(request: Request) -> Response:
+        control_client(request)
+        sim.faults.clear()
+        return Response(status_code=204)
+
+    @app.delete("/_simulator/faults/{fault_id}")
+    async def disarm_fault(request: Request, fault_id: str) -> Response:
+        control_client(request)
+        if not sim.faults.remove(fault_id):
+            raise _not_found(request.url.path)
+        return Response(status_code=204)
+
+    def control_client(request: Request) -> None:
+        """Fault control is for a test on this machine: a loopback peer with an account's
+        credentials."""
+        peer = request.client.host if request.client else ""
+        if not is_loopback(peer):
+            raise TwilioApiError(403, 20403, "the fault routes answer loopback clients only")
+        basic_account(request, sim.tokens)
+
+    add_trunking_routes(app, sim)
+    app.add_middleware(FaultMiddleware, faults=sim.faults)
     app.include_router(router)
     return app

@@ -33,6 +33,7 @@ from callplane.local.serving import EmbeddedServer, bind_loopback
 from callplane.local.twilio.callee import Callee, as_callee, human
 from callplane.local.twilio.caller import Step, hang_up, wait_for_reply
 from callplane.local.twilio.carrier import CallResult, Carrier, LiveCall
+from callplane.local.twilio.faults import Faults
 from callplane.local.twilio.inventory import Inventory
 from callplane.local.twilio.rest import create_rest_app
 from callplane.local.twilio.state import StateStore, TwilioApiError
@@ -77,6 +78,9 @@ class Simulator:
         self.carrier = Carrier(
             self.store, self.tokens, self.recordings_dir, ring_s=ring_s, dial_hold_s=dial_hold_s
         )
+        #: Armed REST faults (errors, slow answers): ``POST /_simulator/faults`` or
+        #: ``sim.faults.add(Fault(...))``; see :mod:`callplane.local.twilio.faults`.
+        self.faults = Faults()
         self.callees: dict[str, list[Callee]] = {}
         #: What answers an outbound call to a simulator number with no callee of its own: a
         #: person who listens to the bot's first turn and hangs up.
@@ -164,13 +168,15 @@ class Simulator:
         """A ``twilio.rest.Client`` aimed at this simulator (reference §9, mechanism A).
 
         Production code does the same with its own client: ``client.api.base_url =
-        sim.base_url``. Only the ``api`` domain (numbers, calls) is served.
+        sim.base_url``. The ``api`` domain (numbers, calls) and the ``trunking`` subset
+        (``client.trunking.base_url``) are served.
         """
         from twilio.rest import Client
 
         sid = account_sid or self.account_sid
         client = Client(sid, auth_token or self.tokens[sid])
         client.api.base_url = self.base_url
+        client.trunking.base_url = self.base_url
         return client
 
     # ---- calls ------------------------------------------------------------------------

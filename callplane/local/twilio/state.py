@@ -1,4 +1,4 @@
-"""The Twilio simulator's persistent state: the numbers each account owns and its calls.
+"""The Twilio simulator's persistent state: numbers, calls and SIP trunks per account.
 
 A developer's offline stack buys numbers once (``pulumi up`` against the simulator) and expects
 them to still be there after a restart, exactly as with Twilio. The state is therefore a JSON
@@ -34,9 +34,11 @@ __all__ = [
     "CallRecord",
     "CallStatus",
     "NumberType",
+    "OriginationUrlRecord",
     "PhoneNumberRecord",
     "SimulatorState",
     "StateStore",
+    "TrunkRecord",
     "TwilioApiError",
     "new_sid",
     "utcnow",
@@ -143,11 +145,48 @@ class CallRecord(BaseModel):
     status_callback_events: list[str] = Field(default_factory=list)
 
 
+class OriginationUrlRecord(BaseModel):
+    """Where an Elastic SIP Trunk sends its inbound calls (``/Trunks/{TK}/OriginationUrls``)."""
+
+    sid: str
+    account_sid: str
+    trunk_sid: str
+    sip_url: str
+    priority: int
+    weight: int
+    enabled: bool
+    friendly_name: str
+    date_created: datetime = Field(default_factory=utcnow)
+    date_updated: datetime = Field(default_factory=utcnow)
+
+
+class TrunkRecord(BaseModel):
+    """An Elastic SIP Trunk (``trunking.twilio.com/v1/Trunks``). Its phone numbers are not
+    listed here: a number's own ``trunk_sid`` is the association, as on Twilio, where setting
+    ``TrunkSid`` on the number and ``POST /Trunks/{TK}/PhoneNumbers`` are the same thing."""
+
+    sid: str
+    account_sid: str
+    friendly_name: str = ""
+    domain_name: str | None = None
+    disaster_recovery_url: str | None = None
+    disaster_recovery_method: str | None = None
+    transfer_mode: str = "disable-all"
+    transfer_caller_id: str = "from-transferee"
+    secure: bool = False
+    cnam_lookup_enabled: bool = False
+    symmetric_rtp_enabled: bool = False
+    origination_urls: dict[str, OriginationUrlRecord] = Field(default_factory=dict)
+    date_created: datetime = Field(default_factory=utcnow)
+    date_updated: datetime = Field(default_factory=utcnow)
+
+
 class AccountState(BaseModel):
     """Everything one account owns in the simulator."""
 
     numbers: dict[str, PhoneNumberRecord] = Field(default_factory=dict)
     calls: dict[str, CallRecord] = Field(default_factory=dict)
+    trunks: dict[str, TrunkRecord] = Field(default_factory=dict)
 
 
 class SimulatorState(BaseModel):

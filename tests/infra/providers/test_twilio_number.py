@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from callplane.local.twilio.faults import Fault
 from callplane.local.twilio.simulator import Simulator
 from infra.providers.common import ProvisioningError
 from infra.providers.twilio_number import TwilioPhoneNumberProvider
@@ -197,3 +198,66 @@ def test_diff_replaces_on_search_criteria_and_updates_protection() -> None:
     assert replace.replaces == ["country"]
     unprotect = p.diff("PN1", olds, {**olds, "protected": False})
     assert unprotect.changes and unprotect.replaces == []
+
+
+async def test_21649_from_twilio_names_the_entry_buys_nothing_and_the_rerun_converges(
+    sim: Simulator,
+) -> None:
+    # Twilio's own judgement (a bundle still in review): the config check passed, the purchase
+    # is refused.
+    sim.faults.add(
+        Fault(
+            method="POST",
+            path="*/IncomingPhoneNumbers.json",
+            params={"PhoneNumber": "+92*"},
+            status=400,
+            code=21649,
+            message="Bundle BU… is not approved for this number",
+            times=1,
+        )
+    )
+    p = TwilioPhoneNumberProvider()
+    with pytest.raises(ProvisioningError) as err:
+        await call(p.create, props(sim))
+    text = str(err.value)
+    assert text.startswith(ENTRY) and "Twilio error 21649" in text and "add bundle: BU" in text
+    assert owned(sim) == {}
+    again = await call(p.create, props(sim))
+    assert list(owned(sim)) == [again.outs["phone_number"]]
+
+
+async def test_no_inventory_answered_by_twilio_is_the_no_stock_error(sim: Simulator) -> None:
+    sim.faults.add(
+        Fault(method="GET", path="*/AvailablePhoneNumbers/PK/Mobile.json", status=404, code=20404)
+    )
+    p = TwilioPhoneNumberProvider()
+    with pytest.raises(ProvisioningError, match=r"no PK mobile numbers in stock.*Fix:"):
+        await call(p.create, props(sim))
+    assert owned(sim) == {}
+
+
+async def test_a_purchase_whose_answer_was_lost_is_adopted_not_bought_twice(
+    sim: Simulator,
+) -> None:
+    # The purchase goes through, but its answer is held back until the provider gives up
+    # (what a killed `pulumi up` sees): the number exists, Pulumi never recorded it.
+    sim.faults.add(Fault(method="POST", path="*/IncomingPhoneNumbers.json", delay_s=3, times=1))
+    p = TwilioPhoneNumberProvider()
+    slow = dict(props(sim))
+
+    def lost() -> None:
+        from infra.providers import twilio_api
+
+        before = twilio_api._TIMEOUT_S
+        twilio_api._TIMEOUT_S = 0.5
+        try:
+            p.create(slow)
+        finally:
+            twilio_api._TIMEOUT_S = before
+
+    with pytest.raises(ProvisioningError, match="could not buy"):
+        await asyncio.to_thread(lost)
+    (bought,) = owned(sim).values()
+    rerun = await call(p.create, props(sim))
+    assert rerun.id == bought.sid
+    assert len(owned(sim)) == 1
