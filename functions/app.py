@@ -169,12 +169,12 @@ AGENT_JOB_OPTIONS: dict[str, Any] = {
 
 
 @app.function(**AGENT_JOB_OPTIONS)
-async def agent_job(room: str, profile: str) -> dict[str, Any]:
+async def agent_job(room: str, profile: str, job_id: str | None = None) -> dict[str, Any]:
     """One LiveKit room's agent, spawned by the media app's ``/agents/dispatch``; returns the
     room's call record when the last human has left."""
     from callplane.media_settings import MediaSettings
     from callplane.rooms.agent import run_agent
 
     settings = MediaSettings.from_env()
-    record = await run_agent(settings, settings.load_tools(), room, profile)
+    record = await run_agent(settings, settings.load_tools(), room, profile, job_id=job_id)
     return record.to_json()

@@ -10,7 +10,9 @@ Where a job runs is a :class:`Launcher`:
 
 * :class:`LocalProcessLauncher`: a child process per room (``python -m functions.agent_job
   --room R --profile P`` with the media settings in ``CALLPLANE_MEDIA_CONFIG``), so that one
-  agent crashing cannot take the others or the media app down. Offline stack and tests.
+  agent crashing cannot take the others or the media app down. Offline stack and tests. One
+  process is kept started ahead with its imports done (``prewarm``), so that a room does not
+  wait seconds for Python to import livekit, openai and numpy.
 * :class:`ModalLauncher`: ``modal.Function.from_name(app, "agent_job").spawn(room=, profile=)``,
   one container per room, polled through its ``FunctionCall``.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -57,6 +60,8 @@ __all__ = [
     "choose_profile",
     "dispatch_routes",
     "local_agent_command",
+    "serve_warm",
+    "warm_agent_command",
 ]
 
 log = logging.getLogger("callplane.dispatch")
@@ -108,7 +113,10 @@ class JobHandle(Protocol):
 class Launcher(Protocol):
     """Starts an agent job for a room; the caller guarantees one at a time per room."""
 
-    async def launch(self, room: str, profile: str) -> JobHandle: ...
+    async def launch(self, room: str, profile: str, job_id: str) -> JobHandle:
+        """``job_id`` is the dispatch's id: the job uses it in its identity and record, so that
+        ``GET /agents`` and the room's call record name the same job."""
+        ...
 
 
 def local_agent_command(room: str, profile: str) -> list[str]:
@@ -145,12 +153,72 @@ class _ProcessHandle:
             await self.process.wait()
 
 
+WARM_REFILL_DELAY_S = 1.0
+"""After a warm process was handed a room, wait this long before starting its replacement, so
+that the replacement's imports do not compete for the CPU with the agent that is starting."""
+
+# What a pre-started agent process runs (see serve_warm); {fd} is where it reports "ready".
+_WARM_BOOTSTRAP = "from functions.dispatch import serve_warm; raise SystemExit(serve_warm({fd}))"
+
+
+def warm_agent_command(ready_fd: int | None = None) -> list[str]:
+    """The command line of a pre-started agent process (see :func:`serve_warm`)."""
+    return [sys.executable, "-c", _WARM_BOOTSTRAP.format(fd=ready_fd)]
+
+
+def serve_warm(ready_fd: int | None = None) -> int:
+    """The body of a pre-started agent process: do the imports of an agent job now (livekit,
+    openai, numpy, the conversation core: seconds of start-up), write ``ready`` to
+    ``ready_fd``, then read one line, the JSON list of :mod:`functions.agent_job` arguments, and
+    run the job with it. EOF instead (the launcher closed the pool, or died) means exit 0
+    without serving. Settings come from ``CALLPLANE_MEDIA_CONFIG`` as for a cold start; the
+    tools module they name is imported ahead too when the settings can be read."""
+    from functions import agent_job
+
+    with contextlib.suppress(Exception):  # a bad config is reported by agent_job.main
+        MediaSettings.from_env().load_tools()
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    argv = json.loads(line)
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        print(f"agent_job: bad assignment from the launcher: {line[:200]!r}", file=sys.stderr)
+        return 2
+    return agent_job.main(argv)
+
+
+def _read_ready(fd: int) -> bool:
+    """Block until the pre-started process reports ready (True) or dies first (False)."""
+    try:
+        return os.read(fd, 16).startswith(b"ready")
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _WarmProcess:
+    process: asyncio.subprocess.Process
+    ready: asyncio.Future[bool]
+
+
 class LocalProcessLauncher:
     """Runs each agent job as a child process of the media app.
 
     ``command(room, profile)`` gives the argv (default :func:`local_agent_command`; tests pass a
     stand-in script). The child gets this process's environment plus ``CALLPLANE_MEDIA_CONFIG``
     holding ``settings`` as JSON, so it needs no file and sees exactly this app's settings.
+
+    ``prewarm`` keeps one agent process started ahead, its imports done, waiting on its stdin
+    for a room (:func:`serve_warm`): a launch then costs a pipe write instead of an interpreter
+    start and seconds of imports. It is on by default for the default command when
+    ``settings.livekit`` is set (a custom ``command`` cannot be started ahead). The first warm
+    process starts when the launcher is created inside a running event loop, else at the first
+    launch; each one handed a room is replaced after ``WARM_REFILL_DELAY_S``. :meth:`aclose`
+    stops the idle one (:meth:`AgentJobs.shutdown` calls it).
     """
 
     def __init__(
@@ -159,16 +227,137 @@ class LocalProcessLauncher:
         command: Callable[[str, str], Sequence[str]] = local_agent_command,
         *,
         env: Mapping[str, str] | None = None,
+        prewarm: bool | None = None,
     ) -> None:
         self._command = command
         self._env = {**(os.environ if env is None else env), ENV_VAR: settings.model_dump_json()}
+        if prewarm is None:
+            prewarm = command is local_agent_command and settings.livekit is not None
+        elif prewarm and command is not local_agent_command:
+            raise ValueError(
+                "prewarm=True needs the default command (functions.agent_job): a custom command "
+                "cannot be started ahead; pass prewarm=False or drop the command"
+            )
+        self.prewarm = prewarm
+        self._warm: asyncio.Task[_WarmProcess] | None = None
+        self._refill: asyncio.Task[None] | None = None
+        self._closed = False
+        if prewarm:
+            with contextlib.suppress(RuntimeError):  # no running loop: warm at the first launch
+                asyncio.get_running_loop()
+                self._start_warm()
 
-    async def launch(self, room: str, profile: str) -> JobHandle:
+    async def launch(self, room: str, profile: str, job_id: str) -> JobHandle:
         argv = list(self._command(room, profile))
+        if self._command is local_agent_command:  # a custom command may not take it
+            argv += ["--job-id", job_id]
+        if self.prewarm and not self._closed:
+            process = await self._take_warm(argv)
+            if process is not None:
+                return _ProcessHandle(process)
         process = await asyncio.create_subprocess_exec(
             *argv, env=self._env, stdin=asyncio.subprocess.DEVNULL
         )
         return _ProcessHandle(process)
+
+    async def wait_ready(self) -> bool:
+        """Wait until a pre-started process has done its imports; False without prewarm, after
+        :meth:`aclose`, or if the process died first. (Benches and tests use it to measure or
+        wait for the warm path.)"""
+        if not self.prewarm or self._closed:
+            return False
+        if self._warm is None:
+            self._start_warm()
+        assert self._warm is not None
+        try:
+            warm = await asyncio.shield(self._warm)
+        except Exception:
+            return False
+        return await asyncio.shield(warm.ready)
+
+    async def aclose(self) -> None:
+        """Stop the idle pre-started process (jobs already handed out are not affected)."""
+        self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.gather(self._refill, return_exceptions=True)
+            self._refill = None
+        pending, self._warm = self._warm, None
+        if pending is None:
+            return
+        try:
+            warm = await pending
+        except Exception:
+            return
+        process = warm.process
+        if process.stdin is not None:
+            process.stdin.close()  # EOF: it exits without serving
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        await asyncio.gather(warm.ready, return_exceptions=True)
+
+    # ---- the pre-started process ---------------------------------------------------------
+
+    def _start_warm(self) -> None:
+        self._warm = asyncio.ensure_future(self._spawn_warm())
+
+    async def _spawn_warm(self) -> _WarmProcess:
+        read_end, write_end = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *warm_agent_command(write_end),
+                env=self._env,
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(write_end,),
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child holds its own copy
+        ready = asyncio.ensure_future(asyncio.to_thread(_read_ready, read_end))
+        return _WarmProcess(process, ready)
+
+    def _schedule_refill(self) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self._refill_later(), name="agent-prewarm")
+
+    async def _refill_later(self) -> None:
+        await asyncio.sleep(WARM_REFILL_DELAY_S)
+        if not self._closed and self._warm is None:
+            self._start_warm()
+
+    async def _take_warm(self, argv: list[str]) -> asyncio.subprocess.Process | None:
+        """Hand ``argv`` to the pre-started process, starting one now if there is none (it is
+        still ahead of a cold start: the assignment waits in its stdin while it imports).
+        None if it cannot take it; the caller then starts a cold one. The pool is refilled
+        after ``WARM_REFILL_DELAY_S`` either way."""
+        if self._warm is None:
+            self._start_warm()
+        pending, self._warm = self._warm, None
+        self._schedule_refill()
+        assert pending is not None
+        try:
+            warm = await pending
+        except Exception as exc:  # could not even start: fall back to a cold start
+            log.warning("pre-started agent process failed to start: %s", exc)
+            return None
+        process, stdin = warm.process, warm.process.stdin
+        if process.returncode is not None or stdin is None:
+            log.warning("pre-started agent process %d had exited; starting one", process.pid)
+            return None
+        try:
+            stdin.write((json.dumps(argv[3:]) + "\n").encode())
+            await stdin.drain()
+            stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            log.warning("pre-started agent process %d had exited; starting one", process.pid)
+            return None
+        return process
 
 
 class _ModalCallHandle:
@@ -255,8 +444,8 @@ class ModalLauncher:
             )
         return self._function
 
-    async def launch(self, room: str, profile: str) -> JobHandle:
-        call = await self._resolve().spawn.aio(room=room, profile=profile)
+    async def launch(self, room: str, profile: str, job_id: str) -> JobHandle:
+        call = await self._resolve().spawn.aio(room=room, profile=profile, job_id=job_id)
         return _ModalCallHandle(call, self.poll_interval_s)
 
 
@@ -340,11 +529,12 @@ class AgentJobs:
                 if code is None:
                     return job, False
                 self._ended(job, code)
-            handle = await self.launcher.launch(room, chosen)
+            job_id = uuid.uuid4().hex[:12]
+            handle = await self.launcher.launch(room, chosen, job_id)
             job = AgentJob(
                 room=room,
                 profile=chosen,
-                job_id=uuid.uuid4().hex,
+                job_id=job_id,
                 handle=handle,
                 started_at=self.clock(),
                 reason=reason,
@@ -373,7 +563,11 @@ class AgentJobs:
                 self._ended(job, code)
 
     async def shutdown(self) -> None:
-        """Stop what cannot outlive this app (local children), and the watchers."""
+        """Stop what cannot outlive this app (local children, a pre-started one), and the
+        watchers."""
+        close = getattr(self.launcher, "aclose", None)
+        if close is not None:
+            await close()
         jobs = list(self.live.values())
         await asyncio.gather(*(job.handle.shutdown() for job in jobs), return_exceptions=True)
         for job in jobs:

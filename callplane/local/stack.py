@@ -312,6 +312,10 @@ class LocalStack:
         """Stop every part; calls still on are ended by the simulator first."""
         if self.media_app is not None:
             await self.media_app.state.dialer.close()
+            # The embedded servers run without ASGI lifespan, so the media app's shutdown
+            # handler never runs: stop its agent jobs here, while LiveKit and the engine are
+            # still up for them to leave the room and save their records.
+            await self.media_app.state.agents.shutdown()
         with contextlib.suppress(FileNotFoundError):
             if self.options.write_dev_file:
                 (self.data_dir / DEV_FILE).unlink()

@@ -381,9 +381,9 @@ async def test_modal_launcher_spawns_once_per_room_and_polls_liveness(tmp_path: 
         *(agents.dispatch("room-m", None, "room_started") for _ in range(5))
     )
     assert sorted(started for _, started in results) == [False, False, False, False, True]
-    assert function.spawned == [{"room": "room-m", "profile": "support"}]
-    assert lookups == [("callplane-media", "agent_job", "dev")]
     job = results[0][0]
+    assert function.spawned == [{"room": "room-m", "profile": "support", "job_id": job.job_id}]
+    assert lookups == [("callplane-media", "agent_job", "dev")]
     assert job.handle.handle == "modal:fc-1"
     await agents.refresh()
     assert job.state == "running"
@@ -404,3 +404,25 @@ async def test_modal_launcher_spawns_once_per_room_and_polls_liveness(tmp_path: 
     assert (third.state, third.exit_code) == ("exited", 0)
     await agents.shutdown()
     assert not any(call.cancelled for call in function.calls)  # Modal jobs outlive the app
+
+
+async def test_a_prewarmed_process_takes_the_room_and_is_replaced(tmp_path: Path) -> None:
+    """The warm path: the process started ahead (imports done) is the one that runs the job,
+    it runs the real agent job CLI with the room it was handed (here a bad name, which the job
+    refuses with exit code 2 before touching LiveKit), and a fresh one is started after it."""
+    launcher = LocalProcessLauncher(media_settings(tmp_path))
+    assert launcher.prewarm  # the default command with LiveKit configured
+    try:
+        assert await asyncio.wait_for(launcher.wait_ready(), 60)
+        assert launcher._warm is not None
+        warm_pid = (await launcher._warm).process.pid
+        handle = await launcher.launch("not a room!", "support", "job-1")
+        assert handle.handle == f"pid:{warm_pid}"
+        assert await asyncio.wait_for(handle.wait(), 30) == 2
+        assert await asyncio.wait_for(launcher.wait_ready(), 60)
+        assert launcher._warm is not None
+        replacement = (await launcher._warm).process
+        assert replacement.pid != warm_pid
+    finally:
+        await launcher.aclose()
+    assert replacement.returncode == 0  # EOF on its stdin: it exits without serving

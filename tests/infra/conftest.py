@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -18,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from callplane.local.livekit import tools_dir
 from callplane.local.twilio.simulator import Simulator
+from tests.livekit_server import binary, livekit_server
 
 ACCOUNT_SID = "AC" + "5e1f" * 8
 AUTH_TOKEN = "infra-test-auth-token"
 BUNDLE = "BU" + "b0" * 16
 ADDRESS = "AD" + "ad" * 16
-TOOLS_BIN = Path(os.environ.get("CALLPLANE_TOOLS", Path.home() / ".cache/callplane/tools")) / "bin"
-LIVEKIT_KEY = "devkey"
-LIVEKIT_SECRET = "infra-test-secret-0123456789abcdef"
+TOOLS_BIN = tools_dir()
 
 
 def free_port() -> int:
@@ -37,13 +35,7 @@ def free_port() -> int:
 
 def tool(name: str) -> str:
     """A binary from the tools dir or PATH; a missing one fails the test (no skips)."""
-    path = TOOLS_BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} is not built: run scripts/tools/setup_tools.sh")
-    return found
+    return binary(name)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
@@ -71,62 +63,13 @@ async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
 
 @dataclass(frozen=True)
 class LiveKit:
-    url: str
+    url: str  # http://, the server API origin the providers use
     api_key: str
     api_secret: str
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def livekit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit]:
-    work = tmp_path_factory.mktemp("livekit")
-    redis_port, http_port, udp_port = (free_port() for _ in range(3))
-    redis = subprocess.Popen(
-        [
-            tool("redis-server"),
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    procs = [redis]
-    try:
-        wait_port(redis_port, redis, "redis-server")
-        body = (
-            f"port: {http_port}\nbind_addresses: [127.0.0.1]\n"
-            f"keys:\n  {LIVEKIT_KEY}: {LIVEKIT_SECRET}\n"
-            f"redis:\n  address: 127.0.0.1:{redis_port}\n"
-            # Loopback only: no ICE/TCP listener (it would bind every interface) and UDP on lo.
-            f"rtc:\n  tcp_port: 0\n  udp_port: {udp_port}\n  use_external_ip: false\n"
-            "  node_ip: 127.0.0.1\n  enable_loopback_candidate: true\n"
-            "  interfaces:\n    includes: [lo]\n"
-        )
-        log = (work / "livekit.log").open("wb")
-        server = subprocess.Popen(
-            [tool("livekit-server"), "--config-body", body],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(server)
-        wait_port(http_port, server, "livekit-server")
-        yield LiveKit(f"http://127.0.0.1:{http_port}", LIVEKIT_KEY, LIVEKIT_SECRET)
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
+    """The shared real server of tests/livekit_server.py, addressed by its API origin."""
+    with livekit_server(tmp_path_factory.mktemp("livekit")) as server:
+        yield LiveKit(server.http_url, server.api_key, server.api_secret)

@@ -1,0 +1,235 @@
+"""The browser playground against the whole local stack, the way a user meets it.
+
+``LocalStack(livekit=True)`` runs the engine, the edge (which serves the page and mints tokens),
+the media app (which launches agent jobs) and a real livekit-server whose signed webhooks go to
+the edge. Headless Chromium opens ``stack.playground_link(room)`` with a fake microphone that
+asks espeak-ng's "what is the weather like today" in a loop and presses Talk. Nothing in the
+chain is stubbed: the page's ``POST /token`` is the edge's, the agent is dispatched by the real
+server's webhook, runs as a child process of the media app and talks through the local engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from livekit import api
+
+from callplane.local.engine.context import Direction
+from callplane.local.stack import LocalStack, StackOptions
+from tests.browser import launch_browser, synthesize_wav
+from tests.conftest import ConformanceLog
+
+PHRASE = "what is the weather like today"
+# The support profile (the stack's first, so a web room's default) declares get_weather, so the
+# engine calls the tool and answers with the script's after_tool text filled from its output
+# (callplane/local/agents.py SAMPLE_WEATHER), numbers read out as words.
+WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
+AGENT_IDLE_S = 3.0
+# How long after the idle timeout a job may take to notice, leave, save its record and exit.
+EXIT_MARGIN_S = 15.0
+SCREENSHOT = "e2e-playground-agent-weather-reply"
+
+
+def _room(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
+    """The whole local stack with LiveKit; every engine event is checked against the openai
+    SDK's GA models."""
+
+    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
+        conformance(direction, event)
+
+    options = StackOptions(
+        data_dir=tmp_path / "stack",
+        livekit=True,
+        agent_idle_timeout_s=AGENT_IDLE_S,
+        engine_observer=observe,
+        write_dev_file=False,
+    )
+    async with LocalStack(options) as running:
+        yield running
+    # Agent jobs die with the stack: none is left running, none of their processes is alive.
+    jobs = running.media_app.state.agents.jobs()
+    assert [job.state for job in jobs if job.state == "running"] == [], jobs
+    for job in jobs:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(job.handle.handle.removeprefix("pid:")), 0)
+    conformance.count()
+    assert not conformance.violations, "non-conforming events:\n" + "\n".join(
+        conformance.violations[:20]
+    )
+
+
+async def _agents(stack: LocalStack, room: str) -> list[dict[str, Any]]:
+    """The media app's agent jobs for ``room`` (``GET /agents`` with the media API key)."""
+    async with httpx.AsyncClient(base_url=stack.media_url, timeout=10) as client:
+        response = await client.get(
+            "/agents", headers={"Authorization": f"Bearer {stack.creds.media_api_key}"}
+        )
+    assert response.status_code == 200, response.text
+    jobs: list[dict[str, Any]] = response.json()["agents"]
+    return [job for job in jobs if job["room"] == room]
+
+
+async def _wait_jobs(
+    stack: LocalStack, room: str, predicate: Any, timeout_s: float, what: str
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = await _agents(stack, room)
+        if predicate(jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}: {jobs}")
+        await asyncio.sleep(0.1)
+
+
+async def _rooms(stack: LocalStack) -> list[str]:
+    assert stack.livekit is not None
+    async with api.LiveKitAPI(
+        stack.livekit.http_url, stack.creds.LIVEKIT_API_KEY, stack.creds.livekit_api_secret
+    ) as lkapi:
+        listed = await lkapi.room.list_rooms(api.ListRoomsRequest())
+    return [room.name for room in listed.rooms]
+
+
+async def test_talk_to_the_agent_from_the_playground(stack: LocalStack) -> None:
+    room = _room("e2e-web")
+    # Loop the question; the long pause lets the agent answer before it is asked again.
+    wav = synthesize_wav(PHRASE, lead_silence_s=0.5, tail_silence_s=7.0)
+    async with launch_browser(fake_audio=wav) as browser:
+        page = await browser.open(stack.playground_link(room))
+        await page.wait_for("(h, r) => h.state === 'idle' && h.room === r", arg=room)
+        assert await _agents(stack, room) == [], "an agent started before anyone pressed Talk"
+
+        await page.page.get_by_role("button", name="Talk").click()
+        hook = await page.wait_for(
+            "h => h.connected && h.micPublished && h", timeout_s=30, what="the page to connect"
+        )
+        assert hook["room"] == room
+        assert hook["identity"].startswith("web-")
+
+        # The server's webhook reached the edge, which dispatched one job to the media app.
+        [job] = await _wait_jobs(
+            stack, room, lambda jobs: len(jobs) == 1, 30, "the webhook to start an agent job"
+        )
+        assert job["state"] == "running"
+        assert job["profile"] == "support"
+        assert job["reason"] in ("room_started", "participant_joined")
+        assert job["handle"].startswith("pid:")
+
+        # The agent joins and shows its state; the page records each state it passes through.
+        await page.page.evaluate(
+            """() => {
+                window.__states = [];
+                setInterval(() => {
+                    const s = window.callplane.agentState;
+                    if (s && window.__states[window.__states.length - 1] !== s)
+                        window.__states.push(s);
+                }, 20);
+            }"""
+        )
+        await page.wait_for(
+            "h => h.agentIdentity !== null && h.agentIdentity.startsWith('agent-')",
+            timeout_s=45,
+            what="the agent to join the room",
+        )
+        final = await page.wait_for(
+            "(h, answer) => h.transcript.some(l => l.speaker === 'agent' && l.final "
+            "&& l.text === answer) && h",
+            arg=WEATHER_ANSWER,
+            timeout_s=60,
+            what="the agent's answer to the weather question",
+        )
+        # The user's question, transcribed by the agent, comes before the answer.
+        texts = [(line["speaker"], line["text"], line["final"]) for line in final["transcript"]]
+        answer_at = texts.index(("agent", WEATHER_ANSWER, True))
+        assert ("user", PHRASE, True) in texts[:answer_at], texts
+        assert all(line["identity"] == final["agentIdentity"] for line in final["transcript"])
+        # The agent's voice reached the page and was not silence.
+        await page.wait_for(
+            "h => h.agentAudio && h.agentAudioLevelMax > 0.05",
+            what="non-silent agent audio",
+        )
+        hook = await page.hook()
+        states: list[str] = await page.page.evaluate("() => window.__states")
+        assert "speaking" in states and "listening" in states, states
+        assert hook["agentState"] in ("listening", "thinking", "speaking"), hook["agentState"]
+        ui = page.page
+        assert await ui.get_by_test_id("connection-state").inner_text() == "connected"
+        lines = [
+            await line.inner_text() for line in await ui.get_by_test_id("transcript-line").all()
+        ]
+        assert f"Agent: {WEATHER_ANSWER}" in lines, lines
+        assert f"You: {PHRASE}" in lines, lines
+        shot = await page.screenshot(SCREENSHOT)
+        print(f"playground screenshot: {shot}")
+        assert shot.stat().st_size > 0
+
+        # Still exactly one job for the room, however many webhooks arrived.
+        [job] = await _agents(stack, room)
+        assert job["state"] == "running"
+
+        # Leave: the room is empty, so the agent's job ends after its idle timeout.
+        await ui.get_by_role("button", name="Leave").click()
+        await page.wait_for("h => h.state === 'disconnected' && !h.connected")
+        left = time.monotonic()
+        [ended] = await _wait_jobs(
+            stack,
+            room,
+            lambda jobs: len(jobs) == 1 and jobs[0]["state"] != "running",
+            AGENT_IDLE_S + EXIT_MARGIN_S,
+            "the agent job to exit after the last human left",
+        )
+        waited = time.monotonic() - left
+        assert ended["job_id"] == job["job_id"]
+        assert ended["state"] == "exited", ended
+        assert ended["exit_code"] == 0
+        # It waited for the idle timeout rather than leaving at once.
+        assert waited >= AGENT_IDLE_S * 0.8, waited
+        assert page.errors == [], page.log()
+
+    print(f"the agent job exited {waited:.1f} s after the page left")
+    # The job saved its call record with the reason it ended (the agent's job id is the
+    # job's own, so look the record up by the room).
+    records = [
+        r
+        for r in stack.media_app.state.store.list(limit=50)
+        if r["call_sid"].startswith(f"room:{room}:")
+    ]
+    assert [r["end_reason"] for r in records] == ["room_empty"], records
+
+
+async def test_the_page_without_a_key_shows_the_401(stack: LocalStack) -> None:
+    room = _room("e2e-nokey")
+    async with launch_browser() as browser:
+        page = await browser.open(f"{stack.edge_url}/playground/?room={room}")
+        await page.wait_for("h => h.state === 'idle'")
+        await page.page.get_by_role("button", name="Talk").click()
+        errors = await page.wait_for(
+            "h => h.errors.length > 0 && h.errors", what="the refused token request"
+        )
+        alert = page.page.get_by_role("alert")
+        assert await alert.is_visible()
+        text = await alert.inner_text()
+        assert await page.page.get_by_test_id("connection-state").inner_text() == "failed"
+        assert await page.page.get_by_role("button", name="Talk").is_enabled()
+        hook = await page.hook()
+        await page.screenshot("e2e-playground-no-key-401")
+    assert [(e["kind"], e["status"]) for e in errors] == [("unauthorized", 401)]
+    assert "401" in text and "?key=" in text, text
+    assert hook["connected"] is False
+    # Nothing was created on the way: no room on the server and no agent job.
+    assert room not in await _rooms(stack)
+    assert await _agents(stack, room) == []
