@@ -16,6 +16,7 @@ duplicate -> a number routed over SIP gets a Twilio SIP trunk on the simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 from livekit import api
@@ -405,8 +407,15 @@ def test_local_stack_lifecycle(tmp_path: Path, simulator: str, livekit: LiveKit)
         assert bought, "the purchase did not reach the simulator"
         assert proc.poll() is None, "pulumi finished before it could be killed"
     finally:
+        # Pulumi starts the language host and the provider plugin in process groups of their
+        # own, so the group kill misses them: take the whole tree as it is at this moment.
+        tree = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
         proc.wait(30)
+        psutil.wait_procs(tree, timeout=10)
     disarm(simulator)
     assert len(sim_numbers(simulator)) == 6
     assert "number-us-local-support" not in resources(project.state())
