@@ -47,7 +47,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psutil
@@ -134,8 +134,8 @@ class Stream(asyncio.Protocol):
     # --- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -312,14 +312,18 @@ class Procs:
 
 
 WS_IMPL = "auto"  # uvicorn's WebSocket implementation for the media bridge (--ws)
+ENGINE_PROFILE: Path | None = None  # --profile-engine: cProfile output of the engine process
 
 
 def start_processes(bridge: str, profile_out: Path | None) -> Procs:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     engine_port = free_port()
+    engine_cmd = [str(ROOT / "bench" / "relay_engine.py"), str(engine_port)]
+    if ENGINE_PROFILE is not None:
+        engine_cmd = ["-m", "cProfile", "-o", str(ENGINE_PROFILE), *engine_cmd]
     engine = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "relay_engine.py"), str(engine_port)],
+        [sys.executable, *engine_cmd],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -572,6 +576,15 @@ def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) 
     }
 
 
+def _run_loop(coro: Any) -> Any:
+    """Run the generator's loop on uvloop where available (the harness's own ceiling)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def run_once(
     calls: int, seconds: float, bridge: str, profile_out: Path | None = None
 ) -> dict[str, Any]:
@@ -580,7 +593,7 @@ def run_once(
     try:
         os.sched_setaffinity(0, {1})
         bridge_proc = psutil.Process(procs.bridge.pid)
-        run = asyncio.run(drive(procs, calls, seconds, bridge_proc))
+        run = _run_loop(drive(procs, calls, seconds, bridge_proc))
         dump_path = procs.workdir / "engine.json"
         assert procs.engine.stdin is not None and procs.engine.stdout is not None
         procs.engine.stdin.write(f"dump {dump_path}\n")
@@ -646,9 +659,13 @@ def main() -> None:
         default="auto",
         help="uvicorn's WebSocket implementation in the media bridge",
     )
+    parser.add_argument(
+        "--profile-engine", type=Path, help="run the engine under cProfile, to this file"
+    )
     args = parser.parse_args()
-    global WS_IMPL
+    global WS_IMPL, ENGINE_PROFILE
     WS_IMPL = args.ws
+    ENGINE_PROFILE = args.profile_engine
     if (os.cpu_count() or 1) < 2:
         sys.exit("relay.py pins the bridge and the load to different cores: it needs two")
     out: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "machine": machine()}

@@ -9,6 +9,7 @@ Prints the port once listening, then reads commands on stdin, one a line:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -39,4 +40,10 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    # The engine is part of the harness: on uvloop where available, like the bridge, so that
+    # the load side's ceiling sits as high as Python allows.
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
     asyncio.run(main(int(sys.argv[1])))

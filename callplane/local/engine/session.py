@@ -88,6 +88,8 @@ class RealtimeSession:
         self.id = new_id("sess")
         self.conversation_id = new_id("conv")
         self.config = default_session(model)
+        self._input_spec: dict[str, Any] = {}
+        self._input_fmt = AudioFormat.from_session({"type": "audio/pcm"})
         self.conversation = Conversation()
         self.response: ResponseRun | None = None
         self._buffer = bytearray()
@@ -139,7 +141,12 @@ class RealtimeSession:
 
     @property
     def input_format(self) -> AudioFormat:
-        return AudioFormat.from_session(self.config["audio"]["input"]["format"])
+        # Read on every append: parse the session's format once per change, not per frame.
+        spec = self.config["audio"]["input"]["format"]
+        if spec != self._input_spec:
+            self._input_fmt = AudioFormat.from_session(spec)
+            self._input_spec = dict(spec)
+        return self._input_fmt
 
     @property
     def output_format(self) -> AudioFormat:

@@ -74,10 +74,16 @@ class EnergyVad:
         self._pending = data[n * self._window :].copy()
         if n == 0:
             return []
-        frames = data[: n * self._window].astype(np.float32).reshape(n, self._window)
-        loud = (frames * frames).mean(axis=1) >= self._level_sq
+        if n == 1:  # the usual case, one 20 ms frame per append: a dot product is 5x cheaper
+            frame = data[: self._window].astype(np.float32)
+            flags = [float(frame @ frame) >= self._level_sq * self._window]
+        else:
+            frames = data[: n * self._window].astype(np.float32).reshape(n, self._window)
+            flags = (
+                np.einsum("ij,ij->i", frames, frames) >= self._level_sq * self._window
+            ).tolist()
         events: list[VadEvent] = []
-        for is_speech in loud.tolist():
+        for is_speech in flags:
             self._windows_done += 1
             events.extend(self._step(is_speech))
         return events
