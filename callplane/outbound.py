@@ -11,7 +11,6 @@ media app is the transport (``POST /calls``, status callbacks, the media stream)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -333,8 +332,10 @@ class Dialer:
                 job.outcome = "failed"
             job.done.set()
         if self._notify is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._notify(job)
+            except Exception:  # the requester's webhook must not break the dialer
+                log.exception("outbound %s: notifying the request's webhook failed", job.id)
 
     async def _attempt(self, job: OutboundJob, number: int) -> dict[str, str]:
         attempt = Attempt(number)

@@ -77,7 +77,8 @@ def outbound_routes(
             return
         try:
             async with httpx.AsyncClient(timeout=10) as http:
-                await http.post(url, json=job.to_json())
+                answer = await http.post(url, json=job.to_json())
+                answer.raise_for_status()  # a refusing webhook is a failed delivery, logged
         except httpx.HTTPError as exc:
             log.warning("outbound %s: webhook %s failed: %s", job.id, url, exc)
 

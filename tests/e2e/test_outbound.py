@@ -13,12 +13,14 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 
 from callplane.local.stack import LocalStack, NumberPlan, StackOptions
 from callplane.local.twilio.callee import busy, human, voicemail
 from callplane.local.twilio.caller import hang_up, say, synthesize_ulaw, wait_for_reply
 from callplane.outbound import OutboundLimits
 from tests.conftest import ConformanceLog
+from tests.servers import serve_asgi
 
 CONTEXT = {"name": "Amina", "when": "tomorrow at 3 pm"}
 REMINDER = "Hello Amina, this is a reminder of your appointment tomorrow at three pm."
@@ -113,6 +115,30 @@ async def test_a_voicemail_gets_the_message_once_after_the_beep(stack: LocalStac
     assert record["end_reason"] == "left_voicemail"
     marks = result.timeline.marks
     assert marks and all(m.echoed_ms is not None and not m.cleared for m in marks)
+
+
+async def test_the_result_is_posted_to_the_request_webhook(stack: LocalStack) -> None:
+    received: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+    hook = FastAPI()
+
+    @hook.post("/outbound-result")
+    async def result(request: Request) -> dict[str, bool]:
+        received.append(await request.json())
+        arrived.set()
+        return {"ok": True}
+
+    stack.simulator.set_callee(CALLEE, voicemail("Leave a message after the tone.", rings=1))
+    async with serve_asgi(hook) as base:
+        answer = await request_call(stack, CALLEE, webhook_url=base + "/outbound-result")
+        assert answer.status_code == 202, answer.text
+        job = await finished(stack, answer.json()["id"])
+        await asyncio.wait_for(arrived.wait(), 15)
+    (posted,) = received  # once, when the request is done
+    assert posted["id"] == job["id"] and posted["done"] is True
+    assert posted["outcome"] == "machine" == job["outcome"]
+    assert [a["call_sid"] for a in posted["attempts"]] == [a["call_sid"] for a in job["attempts"]]
+    assert posted["record"]["voicemail_left"].startswith("Hello Amina")
 
 
 async def test_busy_then_answered_is_retried_and_both_attempts_are_recorded(
