@@ -8,6 +8,7 @@ pulumi-cloudflare resource are the real ones.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -24,6 +25,14 @@ def pulumi_test(fn: Callable[[], Any]) -> Callable[[], None]:
     return cast(Callable[[], None], pulumi.runtime.test(fn))  # type: ignore[no-untyped-call]
 
 
+MOCK_NUMBERS = {"number-pk-mobile-support": "+14155550001", "number-us-local-sales": "+14155550002"}
+
+
+def mock_number(name: str) -> str:
+    """The number the mocks "buy" for the resource ``name``."""
+    return MOCK_NUMBERS.get(name, f"+1415555{zlib.crc32(name.encode()) % 9000 + 1000:04d}")
+
+
 class Engine(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
@@ -32,8 +41,10 @@ class Engine(pulumi.runtime.Mocks):
         self.resources.append(args)
         outs = dict(args.inputs)
         if args.typ.endswith("twilio:PhoneNumber"):
-            n = sum(r.typ == args.typ for r in self.resources)
-            outs.update(sid=f"PN{n:032x}", phone_number=f"+1415555{n:04d}")
+            # From the name, not the registration order: Pulumi registers resources
+            # concurrently, so a counter would give the same number to a different entry.
+            number = mock_number(args.name)
+            outs.update(sid=f"PN{int(number[1:]):032x}", phone_number=number)
         elif args.typ.endswith("twilio:SipTrunk"):
             outs["trunk_sid"] = "TK" + "1" * 32
         elif args.typ.endswith("livekit:Sip"):
