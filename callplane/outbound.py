@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -210,6 +211,8 @@ class OutboundJob:
 
 
 PlaceCall = Callable[[OutboundJob], Awaitable[str]]  # returns the CallSid
+MAX_EARLY_CALLBACKS = 1000
+"""Calls whose status callbacks are kept while their Calls.create is still returning."""
 RecordLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
 SpentToday = Callable[[], float]
 Notify = Callable[[OutboundJob], Awaitable[None]]
@@ -241,6 +244,10 @@ class Dialer:
         self._slots = asyncio.Semaphore(limits.max_concurrent)
         self.jobs: dict[str, OutboundJob] = {}
         self.by_call_sid: dict[str, OutboundJob] = {}
+        # Status callbacks for a CallSid we do not know yet: Calls.create can still be on its
+        # way back (a blocking SDK call in a thread) when Twilio, or the simulator, already
+        # reports the call, even its final status. Kept until the SID is registered, bounded.
+        self._early: OrderedDict[str, list[dict[str, str]]] = OrderedDict()
         self.live = 0  # attempts holding a slot now
         self.max_live_seen = 0
         self._waiting = 0
@@ -291,6 +298,11 @@ class Dialer:
         call_sid = fields.get("CallSid", "")
         job = self.by_call_sid.get(call_sid)
         if job is None:
+            if call_sid:
+                self._early.setdefault(call_sid, []).append(dict(fields))
+                self._early.move_to_end(call_sid)
+                while len(self._early) > MAX_EARLY_CALLBACKS:
+                    self._early.popitem(last=False)
             return
         attempt = next((a for a in job.attempts if a.call_sid == call_sid), None)
         status = fields.get("CallStatus", "")
@@ -357,6 +369,8 @@ class Dialer:
                 attempt.call_sid = call_sid
                 job._final[call_sid] = future
                 self.by_call_sid[call_sid] = job
+                for fields in self._early.pop(call_sid, []):  # what came before the SID did
+                    self.on_status(fields)
                 try:
                     final = await asyncio.wait_for(future, self._attempt_timeout_s)
                 except TimeoutError:

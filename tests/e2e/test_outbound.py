@@ -45,6 +45,14 @@ async def finished(stack: LocalStack, job_id: str, timeout_s: float = 60) -> dic
                 await asyncio.sleep(0.2)
 
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def _keep(name: str, text: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / name).write_text(text + "\n")
+
+
 async def _stall_report(stack: LocalStack, job_ids: list[str]) -> str:
     """What the jobs that never finished, and the calls still live, were doing (for a stall
     that only shows under load)."""
@@ -210,10 +218,11 @@ async def test_over_the_concurrency_limit_is_refused(tmp_path: Path) -> None:
 @pytest.mark.timeout(300)  # five waves of ten real-time calls
 @pytest.mark.xfail(
     strict=False,
-    reason="known open defect: passes alone and with tests/e2e (about 40 s), but in the full "
-    "suite a few calls stall in-progress with no media and the jobs never finish; the same "
-    "symptom came from a socket back-pressure deadlock fixed in the carrier, and a second "
-    "cause remains to be found (see the closing note of this stop)",
+    reason="flaky in the full suite only (about 1 run in 3 before the fix below): the jobs of a "
+    "few calls never finished. Found since: status callbacks that beat Calls.create's answer "
+    "were dropped, so the attempt waited hours for a final status (fixed in the dialer, "
+    "tests/test_outbound_dialer.py); the mark stays until full-suite runs show no stall, and a "
+    "stall writes its report to tests/artifacts/fifty-calls-stall.txt",
 )
 async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
     tmp_path: Path,
@@ -245,7 +254,10 @@ async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
                 *(finished(stack, a.json()["id"], timeout_s=240) for a in answers)
             )
         except TimeoutError:
-            pytest.fail(await _stall_report(stack, [a.json()["id"] for a in answers]))
+            report = await _stall_report(stack, [a.json()["id"] for a in answers])
+            # an xfail hides the message: keep it where the next person can read it
+            await asyncio.to_thread(_keep, "fifty-calls-stall.txt", report)
+            pytest.fail(report)
         watcher.cancel()
         dialer = stack.media_app.state.dialer
     assert all(j["outcome"] == "human" for j in jobs), [j["outcome"] for j in jobs]
