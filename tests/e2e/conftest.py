@@ -5,6 +5,7 @@ bridge did and when."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -59,3 +60,36 @@ async def stack(
     )
     if running.engine.sessions_opened:
         assert conformance.server_checked > 0
+
+
+LIVEKIT_AGENT_IDLE_S = 3.0
+"""How long an agent job stays in an empty room in the LiveKit end-to-end tests."""
+
+
+@pytest.fixture
+async def livekit_stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
+    """The whole local stack with LiveKit and a short agent idle timeout; every engine event is
+    checked against the openai SDK's GA models, and no agent job outlives the stack."""
+
+    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
+        conformance(direction, event)
+
+    options = StackOptions(
+        data_dir=tmp_path / "stack",
+        livekit=True,
+        agent_idle_timeout_s=LIVEKIT_AGENT_IDLE_S,
+        engine_observer=observe,
+        write_dev_file=False,
+    )
+    async with LocalStack(options) as running:
+        yield running
+    # Agent jobs die with the stack: none is left running, none of their processes is alive.
+    jobs = running.media_app.state.agents.jobs()
+    assert [job.state for job in jobs if job.state == "running"] == [], jobs
+    for job in jobs:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(job.handle.handle.removeprefix("pid:")), 0)
+    conformance.count()
+    assert not conformance.violations, "non-conforming events:\n" + "\n".join(
+        conformance.violations[:20]
+    )

@@ -20,24 +20,22 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from livekit import api, rtc
 
-from callplane.local.engine.context import Direction
 from callplane.local.engine.speech import speak
-from callplane.local.stack import LocalStack, StackOptions
-from tests.conftest import ConformanceLog
+from callplane.local.stack import LocalStack
+from tests.e2e.conftest import LIVEKIT_AGENT_IDLE_S
 
 PHRASE = "what is the weather like today"
 # The support profile (the stack's first) calls get_weather; the engine answers from its output.
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
-AGENT_IDLE_S = 3.0
+AGENT_IDLE_S = LIVEKIT_AGENT_IDLE_S
 EXIT_MARGIN_S = 15.0  # leaving, saving the record and exiting, on a busy 2-core machine
 RATE = 24_000
 FRAME = 480  # 20 ms
@@ -49,31 +47,9 @@ def _room(prefix: str) -> str:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
-    """The whole local stack with LiveKit and a short agent idle timeout."""
-
-    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
-        conformance(direction, event)
-
-    options = StackOptions(
-        data_dir=tmp_path / "stack",
-        livekit=True,
-        agent_idle_timeout_s=AGENT_IDLE_S,
-        engine_observer=observe,
-        write_dev_file=False,
-    )
-    async with LocalStack(options) as running:
-        yield running
-    # Agent jobs die with the stack: none is left running, none of their processes is alive.
-    jobs = running.media_app.state.agents.jobs()
-    assert [job.state for job in jobs if job.state == "running"] == [], jobs
-    for job in jobs:
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(job.handle.handle.removeprefix("pid:")), 0)
-    conformance.count()
-    assert not conformance.violations, "non-conforming events:\n" + "\n".join(
-        conformance.violations[:20]
-    )
+def stack(livekit_stack: LocalStack) -> LocalStack:
+    """The whole local stack with LiveKit (tests/e2e/conftest.py)."""
+    return livekit_stack
 
 
 # --------------------------------------------------------------------------- helpers

@@ -11,28 +11,24 @@ server's webhook, runs as a child process of the media app and talks through the
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from livekit import api
 
-from callplane.local.engine.context import Direction
-from callplane.local.stack import LocalStack, StackOptions
+from callplane.local.stack import LocalStack
 from tests.browser import launch_browser, synthesize_wav
-from tests.conftest import ConformanceLog
+from tests.e2e.conftest import LIVEKIT_AGENT_IDLE_S
 
 PHRASE = "what is the weather like today"
 # The support profile (the stack's first, so a web room's default) declares get_weather, so the
 # engine calls the tool and answers with the script's after_tool text filled from its output
 # (callplane/local/agents.py SAMPLE_WEATHER), numbers read out as words.
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
-AGENT_IDLE_S = 3.0
+AGENT_IDLE_S = LIVEKIT_AGENT_IDLE_S
 # How long after the idle timeout a job may take to notice, leave, save its record and exit.
 EXIT_MARGIN_S = 15.0
 SCREENSHOT = "e2e-playground-agent-weather-reply"
@@ -43,32 +39,9 @@ def _room(prefix: str) -> str:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
-    """The whole local stack with LiveKit; every engine event is checked against the openai
-    SDK's GA models."""
-
-    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
-        conformance(direction, event)
-
-    options = StackOptions(
-        data_dir=tmp_path / "stack",
-        livekit=True,
-        agent_idle_timeout_s=AGENT_IDLE_S,
-        engine_observer=observe,
-        write_dev_file=False,
-    )
-    async with LocalStack(options) as running:
-        yield running
-    # Agent jobs die with the stack: none is left running, none of their processes is alive.
-    jobs = running.media_app.state.agents.jobs()
-    assert [job.state for job in jobs if job.state == "running"] == [], jobs
-    for job in jobs:
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(job.handle.handle.removeprefix("pid:")), 0)
-    conformance.count()
-    assert not conformance.violations, "non-conforming events:\n" + "\n".join(
-        conformance.violations[:20]
-    )
+def stack(livekit_stack: LocalStack) -> LocalStack:
+    """The whole local stack with LiveKit (tests/e2e/conftest.py)."""
+    return livekit_stack
 
 
 async def _agents(stack: LocalStack, room: str) -> list[dict[str, Any]]:
