@@ -321,6 +321,12 @@ def encode_payload(pcm: Int16Array) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def person_on_the_line(record: CallRecord) -> str:
+    """The number of the person the call connects: the caller of an inbound call, the callee
+    of one the agent placed (its From is the stack's own number)."""
+    return record.to if record.direction == "outbound" else record.from_
+
+
 def phone_identity(number: str, call_sid: str) -> str:
     """The caller's identity in the room: ``phone:+E164``.
 
@@ -429,7 +435,7 @@ class PhoneRoomBridge:
         self.room_name = profile.room
         self.record = record
         self.tuning = tuning or BridgeTuning()
-        self.identity = phone_identity(record.from_, record.call_sid)
+        self.identity = phone_identity(person_on_the_line(record), record.call_sid)
         self.stats: Counter[str] = Counter()
         self.room = rtc.Room()
         self._sources: dict[str, _Source] = {}
@@ -502,7 +508,7 @@ class PhoneRoomBridge:
             identity=self.identity,
             profile=self.profile.name,
             call_sid=self.record.call_sid,
-            phone=self.record.from_,
+            phone=person_on_the_line(self.record),
         )
         try:
             async with asyncio.timeout(self.tuning.connect_timeout_s):

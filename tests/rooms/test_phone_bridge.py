@@ -37,6 +37,7 @@ from callplane.rooms.phone import (
     decode_payload,
     encode_payload,
     join_token,
+    person_on_the_line,
     phone_identity,
 )
 from callplane.transports import twilio_protocol as tp
@@ -222,6 +223,9 @@ def test_bridge_tuning_names_the_bad_field() -> None:
 
 def test_identity_is_the_callers_number_or_the_call() -> None:
     assert phone_identity(CALLER, "CA1") == "phone:+15551234567"
+    inbound = CallRecord(call_sid="CA1", from_=CALLER, to="+15550001111")
+    outbound = CallRecord(call_sid="CA2", from_="+15550001111", to=CALLER, direction="outbound")
+    assert person_on_the_line(inbound) == person_on_the_line(outbound) == CALLER
     assert phone_identity("anonymous", "CA1") == "phone:unknown-CA1"
     assert phone_identity("", "CA2") == "phone:unknown-CA2"
 
