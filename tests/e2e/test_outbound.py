@@ -219,10 +219,10 @@ async def test_over_the_concurrency_limit_is_refused(tmp_path: Path) -> None:
 @pytest.mark.xfail(
     strict=False,
     reason="flaky in the full suite only (about 1 run in 3 before the fix below): the jobs of a "
-    "few calls never finished. Found since: status callbacks that beat Calls.create's answer "
-    "were dropped, so the attempt waited hours for a final status (fixed in the dialer, "
-    "tests/test_outbound_dialer.py); the mark stays until full-suite runs show no stall, and a "
-    "stall writes its report to tests/artifacts/fifty-calls-stall.txt",
+    "few calls never finished. One cause is fixed (status callbacks that beat Calls.create's "
+    "answer were dropped; tests/test_outbound_dialer.py); a second remains: the final "
+    "completed callback of an ended call sometimes never reaches the dialer. A stall writes "
+    "its report to tests/artifacts/fifty-calls-stall.txt",
 )
 async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
     tmp_path: Path,
