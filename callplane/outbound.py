@@ -58,6 +58,10 @@ class OutboundLimits(BaseModel):
     # Our number to call from, per destination country, with "default" as the fallback.
     caller_ids: Mapping[str, str] = Field(default_factory=dict)
     ring_timeout_s: int = Field(default=30, ge=5, le=600)
+    # A status callback can be lost (a dropped connection, a webhook host restarting); an attempt
+    # that has heard nothing for this long asks Twilio's REST API for the call's status instead
+    # of holding its concurrency slot until the attempt times out.
+    status_poll_s: float = Field(default=20.0, ge=1.0, le=3600.0)
 
     @field_validator("calling_hours")
     @classmethod
@@ -178,6 +182,9 @@ class Attempt:
     ended_at: float | None = None
     duration_s: float | None = None
     error: str | None = None
+    heard_at: float | None = None  # the last status report, callback or REST
+    # Where the final status came from: Twilio's callback, or the REST API when it was lost.
+    status_from: Literal["callback", "rest"] = "callback"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -213,6 +220,8 @@ class OutboundJob:
 PlaceCall = Callable[[OutboundJob], Awaitable[str]]  # returns the CallSid
 MAX_EARLY_CALLBACKS = 1000
 """Calls whose status callbacks are kept while their Calls.create is still returning."""
+FetchStatus = Callable[[str], Awaitable[Mapping[str, str]]]
+"""A call's status from Twilio's REST API, as callback fields (CallSid, CallStatus, ...)."""
 RecordLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
 SpentToday = Callable[[], float]
 Notify = Callable[[OutboundJob], Awaitable[None]]
@@ -230,6 +239,7 @@ class Dialer:
         spent_today: SpentToday,
         notify: Notify | None = None,
         *,
+        fetch_status: FetchStatus | None = None,
         clock: Callable[[], float] = time.time,
         attempt_timeout_s: float = 4 * 3600,
     ) -> None:
@@ -239,6 +249,7 @@ class Dialer:
         self._record_of = record_of
         self._spent_today = spent_today
         self._notify = notify
+        self._fetch_status = fetch_status
         self._clock = clock
         self._attempt_timeout_s = attempt_timeout_s
         self._slots = asyncio.Semaphore(limits.max_concurrent)
@@ -305,13 +316,22 @@ class Dialer:
                     self._early.popitem(last=False)
             return
         attempt = next((a for a in job.attempts if a.call_sid == call_sid), None)
+        self._apply(attempt, job._final.get(call_sid), fields)
+
+    def _apply(
+        self,
+        attempt: Attempt | None,
+        future: asyncio.Future[dict[str, str]] | None,
+        fields: Mapping[str, str],
+    ) -> None:
+        """Fold one status report (a callback, or the REST API's answer) into the attempt."""
         status = fields.get("CallStatus", "")
         if attempt is not None:
+            attempt.heard_at = self._clock()
             attempt.status = status or attempt.status
             attempt.answered_by = fields.get("AnsweredBy") or attempt.answered_by
             if fields.get("CallDuration", "").isdigit():
                 attempt.duration_s = float(fields["CallDuration"])
-        future = job._final.get(call_sid)
         if status in FINAL_STATUSES and future is not None and not future.done():
             future.set_result(dict(fields))
 
@@ -372,15 +392,51 @@ class Dialer:
                 for fields in self._early.pop(call_sid, []):  # what came before the SID did
                     self.on_status(fields)
                 try:
-                    final = await asyncio.wait_for(future, self._attempt_timeout_s)
+                    return await asyncio.wait_for(
+                        self._final_status(attempt, future), self._attempt_timeout_s
+                    )
                 except TimeoutError:
                     attempt.status, attempt.error = "failed", "no final status from Twilio"
                     return {"CallStatus": "failed"}
-                # Let the media stream's record land before it is looked up.
-                return final
             finally:
                 attempt.ended_at = self._clock()
                 self.live -= 1
+
+    async def _final_status(
+        self, attempt: Attempt, future: asyncio.Future[dict[str, str]]
+    ) -> dict[str, str]:
+        """The attempt's final status callback; when callbacks go quiet for ``status_poll_s``,
+        the call's status from the REST API stands in for the one that may have been lost."""
+        poll_s = self.limits.status_poll_s
+        asked_at = attempt.started_at
+        while True:
+            quiet_since = max(attempt.heard_at or attempt.started_at, asked_at)
+            wait_s = quiet_since + poll_s - self._clock()
+            if wait_s > 0:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), wait_s)
+                except TimeoutError:
+                    continue  # a report may have come in meanwhile: quiet restarts from it
+            if future.done():
+                return future.result()
+            asked_at = self._clock()
+            if self._fetch_status is None or attempt.call_sid is None:
+                continue  # nobody to ask: wait another quiet spell
+            try:
+                fields = dict(await self._fetch_status(attempt.call_sid))
+            except Exception as exc:  # Twilio unreachable too: ask again after another spell
+                log.warning("%s: the REST API's status is unavailable: %s", attempt.call_sid, exc)
+                continue
+            fields["CallSid"] = attempt.call_sid
+            if fields.get("CallStatus") in FINAL_STATUSES and not future.done():
+                log.warning(
+                    "%s: no final status callback after %.0f s of quiet; the REST API says %s",
+                    attempt.call_sid,
+                    asked_at - quiet_since,
+                    fields["CallStatus"],
+                )
+                attempt.status_from = "rest"
+            self._apply(attempt, future, fields)
 
     @staticmethod
     def _outcome(job: OutboundJob) -> Outcome:

@@ -58,6 +58,19 @@ def outbound_routes(
     async def place(job: OutboundJob) -> str:
         return await run_rest(create_call, job)
 
+    def fetch_call(call_sid: str) -> dict[str, str]:
+        """Twilio's Calls(sid).fetch, as the fields a status callback would carry."""
+        call = settings.twilio().client().calls(call_sid).fetch()
+        fields = {"CallSid": call_sid, "CallStatus": str(call.status or "")}
+        if call.answered_by:
+            fields["AnsweredBy"] = str(call.answered_by)
+        if call.duration is not None:
+            fields["CallDuration"] = str(call.duration)
+        return fields
+
+    async def fetch_status(call_sid: str) -> dict[str, str]:
+        return await run_rest(fetch_call, call_sid)
+
     async def record_of(call_sid: str) -> dict[str, Any] | None:
         # Twilio's final callback can beat the media stream's close, where the record is saved.
         for _ in range(100):
@@ -82,7 +95,15 @@ def outbound_routes(
         except httpx.HTTPError as exc:
             log.warning("outbound %s: webhook %s failed: %s", job.id, url, exc)
 
-    dialer = Dialer(settings.outbound, settings.profiles, place, record_of, spent_today, notify)
+    dialer = Dialer(
+        settings.outbound,
+        settings.profiles,
+        place,
+        record_of,
+        spent_today,
+        notify,
+        fetch_status=fetch_status,
+    )
 
     @router.post("/calls", status_code=202)
     async def create(

@@ -55,3 +55,106 @@ async def test_callbacks_for_calls_never_registered_are_bounded() -> None:
     for i in range(1500):
         dialer.on_status({"CallSid": f"CA{i}", "CallStatus": "completed"})
     assert len(dialer._early) == 1000 and "CA1499" in dialer._early and "CA0" not in dialer._early
+
+
+def _dialer_with(
+    place: Any, fetch_status: Any, *, status_poll_s: float = 1.0, attempt_timeout_s: float = 30
+) -> Dialer:
+    async def record_of(call_sid: str) -> dict[str, Any] | None:
+        return {"call_sid": call_sid}
+
+    limits = OutboundLimits(
+        allowed_countries=("US",),
+        calling_hours=(0, 24),
+        caller_ids={"default": "+15550001111"},
+        status_poll_s=status_poll_s,
+    )
+    return Dialer(
+        limits,
+        {"reminders": AgentProfile(name="reminders")},
+        place,
+        record_of,
+        lambda: 0.0,
+        fetch_status=fetch_status,
+        attempt_timeout_s=attempt_timeout_s,
+    )
+
+
+async def test_a_lost_final_callback_is_recovered_from_the_rest_api() -> None:
+    """The completed callback never comes (a dropped connection): after status_poll_s of quiet
+    the dialer asks Twilio's REST API, ends the attempt and frees its slot, instead of holding
+    the slot for the attempt's whole timeout."""
+    dialer: Dialer
+    asked: list[str] = []
+
+    async def place(job: OutboundJob) -> str:
+        sid = "CA" + "1" * 32
+        for status in ("initiated", "ringing", "in-progress"):  # and then nothing
+            dialer.on_status({"CallSid": sid, "CallStatus": status})
+        return sid
+
+    async def fetch_status(call_sid: str) -> dict[str, str]:
+        asked.append(call_sid)
+        return {"CallStatus": "completed", "AnsweredBy": "human", "CallDuration": "7"}
+
+    dialer = _dialer_with(place, fetch_status)
+    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    await asyncio.wait_for(job.done.wait(), 5)
+    (attempt,) = job.attempts
+    assert asked == [attempt.call_sid]
+    assert (attempt.status, attempt.answered_by, attempt.duration_s) == ("completed", "human", 7.0)
+    assert attempt.status_from == "rest" and job.outcome == "human" and dialer.live == 0
+    await dialer.close()
+
+
+async def test_callbacks_that_keep_coming_are_not_second_guessed() -> None:
+    """A call that reports itself (ringing, then in-progress, then completed, each under the
+    quiet limit) is never looked up over REST; an unanswered REST lookup keeps the wait going."""
+    dialer: Dialer
+    asked: list[str] = []
+    sid = "CA" + "2" * 32
+
+    async def report_later() -> None:
+        for status in ("ringing", "in-progress", "completed"):
+            await asyncio.sleep(0.6)
+            dialer.on_status({"CallSid": sid, "CallStatus": status, "CallDuration": "1"})
+
+    async def place(job: OutboundJob) -> str:
+        asyncio.get_running_loop().create_task(report_later())
+        return sid
+
+    async def fetch_status(call_sid: str) -> dict[str, str]:
+        asked.append(call_sid)
+        raise ConnectionError("Twilio unreachable")
+
+    dialer = _dialer_with(place, fetch_status)
+    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    await asyncio.wait_for(job.done.wait(), 5)
+    assert asked == []
+    assert job.attempts[0].status_from == "callback" and job.outcome == "human"
+    await dialer.close()
+
+
+async def test_a_rest_outage_does_not_end_the_attempt_early() -> None:
+    dialer: Dialer
+    asked: list[str] = []
+    sid = "CA" + "3" * 32
+
+    async def place(job: OutboundJob) -> str:
+        dialer.on_status({"CallSid": sid, "CallStatus": "in-progress"})
+        return sid
+
+    async def fetch_status(call_sid: str) -> dict[str, str]:
+        asked.append(call_sid)
+        if len(asked) == 1:
+            raise ConnectionError("Twilio unreachable")
+        return {"CallStatus": "in-progress"}  # still talking: keep waiting
+
+    dialer = _dialer_with(place, fetch_status)
+    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    await asyncio.sleep(2.5)
+    assert len(asked) == 2 and not job.done.is_set() and job.attempts[0].status == "in-progress"
+    dialer.on_status({"CallSid": sid, "CallStatus": "completed"})
+    await asyncio.wait_for(job.done.wait(), 2)
+    assert job.outcome == "human" and job.attempts[0].status_from == "callback"
+    await dialer.close()

@@ -107,6 +107,12 @@ INBOUND_STATUS_EVENTS = frozenset({"initiated", "ringing", "answered", "complete
 HungUpBy = Literal["caller", "remote", "rest"]
 
 
+WEBHOOK_RETRIES = 1
+"""Retries of a webhook whose connection failed (Twilio's default retry count)."""
+KEEPALIVE_S = 2.0
+"""How long an idle webhook connection is kept for reuse."""
+
+
 def sign(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
     """``X-Twilio-Signature`` for a request to ``url`` with form ``params``.
 
@@ -686,7 +692,7 @@ class LiveCall:
             url, method, params = item
             try:
                 await self.carrier.http_request(url, method, params, self._token)
-            except _HttpError as exc:
+            except WebhookError as exc:
                 self.error(f"15003: status callback to {url} failed: {exc}")
 
     async def _fetch_twiml(self, url: str, method: str, status: str) -> list[Instruction] | None:
@@ -694,7 +700,7 @@ class LiveCall:
         self.note("webhook", url=url, method=method)
         try:
             body = await self.carrier.http_request(url, method, params, self._token)
-        except _HttpError as exc:
+        except WebhookError as exc:
             self.error(f"11200: HTTP retrieval failure for {url}: {exc}")
             return None
         try:
@@ -1280,7 +1286,7 @@ def _dtmf_builder(stream_sid: str, digit: str) -> Callable[[str], dict[str, obje
     return build
 
 
-class _HttpError(Exception):
+class WebhookError(Exception):
     """A webhook or callback request failed (connection error, timeout or non-2xx)."""
 
 
@@ -1342,6 +1348,7 @@ class Carrier:
         self.webhook_timeout_s = webhook_timeout_s
         self.calls: dict[str, LiveCall] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._fresh_session: aiohttp.ClientSession | None = None
         self._runners: set[asyncio.Task[None]] = set()
 
     # ---- HTTP -------------------------------------------------------------------------
@@ -1355,8 +1362,14 @@ class Carrier:
         query string and signs the resulting URL alone.
         """
         if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self.webhook_timeout_s)
+            # Idle connections are dropped well before servers commonly close them (uvicorn and
+            # Node after 5 s), and a retry always opens a fresh connection.
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.webhook_timeout_s)
+                timeout=timeout, connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+            )
+            self._fresh_session = aiohttp.ClientSession(
+                timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)
             )
         method = method.upper() or "POST"
         headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
@@ -1368,14 +1381,28 @@ class Carrier:
         else:
             data = dict(params)
             headers["X-Twilio-Signature"] = sign(auth_token, url, data)
-        try:
-            async with self._session.request(method, url, data=data, headers=headers) as resp:
-                body = await resp.text()
-                if not 200 <= resp.status < 300:
-                    raise _HttpError(f"{method} {url} returned HTTP {resp.status}: {body[:200]!r}")
-                return body
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise _HttpError(f"{method} {url} failed: {exc!r}") from exc
+        # Twilio retries a webhook once when the connection fails (connection overrides: retry
+        # count ``rc`` defaults to 1), never on a timeout or an HTTP error. It matters on a
+        # keep-alive connection the server closes just as the next request goes out: without
+        # the retry, a status callback sent after ~5 s of quiet (uvicorn's keep-alive) is lost.
+        for attempt in range(1 + WEBHOOK_RETRIES):
+            try:
+                session = self._session if attempt == 0 else self._fresh_session
+                assert session is not None
+                async with session.request(method, url, data=data, headers=headers) as resp:
+                    body = await resp.text()
+                    if not 200 <= resp.status < 300:
+                        raise WebhookError(
+                            f"{method} {url} returned HTTP {resp.status}: {body[:200]!r}"
+                        )
+                    return body
+            except aiohttp.ClientConnectionError as exc:
+                if isinstance(exc, TimeoutError) or attempt == WEBHOOK_RETRIES:
+                    raise WebhookError(f"{method} {url} failed: {exc!r}") from exc
+                log.info("webhook %s %s: connection failed (%r), retrying once", method, url, exc)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise WebhookError(f"{method} {url} failed: {exc!r}") from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # ---- calls ------------------------------------------------------------------------
 
@@ -1488,6 +1515,7 @@ class Carrier:
             await asyncio.wait(set(self._runners), timeout=10)
         for task in list(self._runners):
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh_session):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh_session = None
