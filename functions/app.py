@@ -115,6 +115,7 @@ MEDIA_PACKAGES = (
     "numpy>=2.0",
     "soxr>=1.0",
     "websockets>=15.0",
+    "picows>=2.3",
     "pydantic>=2.10",
     "twilio>=9.0",
     "fastapi>=0.115",

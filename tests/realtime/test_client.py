@@ -1,0 +1,116 @@
+"""The Realtime client's socket handling against a real WebSocket server on loopback: whole
+and fragmented messages, the server's close code, a refused handshake, and sends in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSettings
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@asynccontextmanager
+async def server(handler: Handler, refuse: int | None = None) -> AsyncIterator[str]:
+    def check(conn: ServerConnection, request: Request) -> Response | None:
+        assert request.headers["Authorization"] == "Bearer sk-test"
+        return conn.respond(refuse, "no\n") if refuse else None
+
+    async with serve(handler, "127.0.0.1", 0, process_request=check) as srv:
+        port = next(iter(srv.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/v1/realtime"
+
+
+def settings(url: str) -> RealtimeSettings:
+    return RealtimeSettings(url=url, api_key="sk-test")
+
+
+async def collect(client: RealtimeClient) -> tuple[list[dict[str, object]], RealtimeClosed]:
+    got: list[dict[str, object]] = []
+    try:
+        async for event in client.events():
+            got.append(event)
+    except RealtimeClosed as closed:
+        return got, closed
+    raise AssertionError("events() ended without RealtimeClosed")
+
+
+async def test_whole_and_fragmented_messages_arrive_in_order_then_the_close_code() -> None:
+    big = {"type": "session.updated", "session": {"instructions": "x" * 200_000}}
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "session.created"}))
+        text = json.dumps(big)
+        await ws.send([text[:1000], text[1000:150_000], text[150_000:]])  # three frames
+        await ws.send(json.dumps({"type": "response.done"}))
+        await ws.close(4000, "session expired")
+
+    async with server(handler) as url:
+        client = RealtimeClient(settings(url))
+        await client.connect()
+        got, closed = await collect(client)
+        await client.close()
+    assert [e["type"] for e in got] == ["session.created", "session.updated", "response.done"]
+    assert got[1] == big
+    assert closed.code == 4000 and "session expired" in str(closed)
+
+
+async def test_sends_arrive_in_order_and_a_send_after_the_close_raises() -> None:
+    received: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            received.append(message)
+            if len(received) == 1001:
+                done.set()
+                await ws.close(1000)
+
+    async with server(handler) as url:
+        client = RealtimeClient(settings(url))
+        await client.connect()
+        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        for i in range(1000):
+            await client.append_audio(f"AAAA{i:04d}")
+        await asyncio.wait_for(done.wait(), 5)
+        _, closed = await collect(client)
+        assert closed.code == 1000
+        with pytest.raises(RealtimeClosed):
+            await client.append_audio("AAAA")
+        await client.close()
+    assert json.loads(received[0])["type"] == "session.update"
+    appends = [json.loads(m) for m in received[1:]]
+    assert [a["audio"] for a in appends] == [f"AAAA{i:04d}" for i in range(1000)]
+    assert {a["type"] for a in appends} == {"input_audio_buffer.append"}
+
+
+async def test_a_refused_handshake_is_a_realtime_closed_naming_the_url() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        raise AssertionError("never upgraded")
+
+    async with server(handler, refuse=401) as url:
+        client = RealtimeClient(settings(url))
+        refused = r"handshake with ws://127\.0\.0\.1:\d+/v1/realtime failed"
+        with pytest.raises(RealtimeClosed, match=refused):
+            await client.connect()
+        assert not client.connected
+
+
+async def test_nobody_listening_is_an_os_error_the_reconnect_loop_retries() -> None:
+    async with server(lambda ws: asyncio.sleep(0)) as url:
+        pass  # the port is free again
+    with pytest.raises(ConnectionRefusedError):
+        await RealtimeClient(settings(url)).connect()
+
+
+async def test_an_empty_key_is_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match="api_key is empty"):
+        await RealtimeClient(RealtimeSettings(url="ws://127.0.0.1:9/")).connect()
