@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import pydantic
+from websockets.exceptions import ConnectionClosed
 
 from callplane.audio import AudioFormat
 from callplane.local.engine.context import (
@@ -566,6 +567,16 @@ class RealtimeSession:
         run = ResponseRun(id=new_id("resp"), options=options, in_conversation=in_conversation)
         self.response = run
         run.task = asyncio.ensure_future(self._run_response(run))
+        run.task.add_done_callback(self._response_done)
+
+    def _response_done(self, task: asyncio.Future[None]) -> None:
+        """A response whose client went away mid-stream ends quietly; anything else is a bug."""
+        if task.cancelled() or task.exception() is None:
+            return
+        if isinstance(task.exception(), ConnectionClosed):
+            log.debug("session %s: the client left during a response", self.id)
+        else:
+            log.error("session %s: response failed", self.id, exc_info=task.exception())
 
     def _effective(self, run: ResponseRun, key: str) -> Any:
         return run.options[key] if run.options.get(key) is not None else self.config.get(key)
