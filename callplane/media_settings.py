@@ -30,6 +30,10 @@ class MediaSettings(BaseModel):
     # The public wss:// URL of this app's /twilio/media, exactly as the edge puts it in the
     # TwiML: Twilio signs the WebSocket upgrade over it, whatever host the server sees.
     public_media_url: str
+    # This app's public http(s) origin, where Twilio's status callbacks go. None: derived from
+    # public_media_url, when one server takes both the streams and the HTTP routes (the ASGI
+    # app alone); set it when the picows stream server takes the streams on its own address.
+    public_http_url: str | None = None
     stream_secret: str = Field(min_length=16)
     api_key: str = Field(min_length=8, description="Bearer key for GET /calls")
     twilio_account_sid: str
@@ -69,7 +73,10 @@ class MediaSettings(BaseModel):
 
     @property
     def public_base_url(self) -> str:
-        """This app's public http(s) origin, from ``public_media_url`` (for callbacks)."""
+        """This app's public http(s) origin (for callbacks): ``public_http_url``, or else
+        derived from ``public_media_url``."""
+        if self.public_http_url:
+            return self.public_http_url.rstrip("/")
         base = self.public_media_url.removesuffix("/twilio/media")
         return "http" + base.removeprefix("ws") if base.startswith("ws") else base
 

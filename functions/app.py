@@ -156,6 +156,37 @@ def media() -> Any:
     return create_app_from_env(launcher=ModalLauncher(APP_NAME))
 
 
+STREAM_PORT = 8000
+"""The port the stream server listens on inside its container (Modal's web_server routes to it)."""
+STREAMS_LABEL = f"{APP_NAME}-{STACK}-streams"
+"""The stream function's web label: its URL is ``https://<workspace>--<label>.modal.run``."""
+
+
+@app.function(**_scaling.function_options())
+@modal.concurrent(max_inputs=_scaling.max_inputs, target_inputs=_scaling.target_inputs)
+@modal.web_server(STREAM_PORT, startup_timeout=60, label=STREAMS_LABEL)
+def media_streams() -> None:
+    """Twilio's media streams on the picows stream server (``functions.stream_server``): the
+    same stream handling as the media app's ``/twilio/media`` route at about half the CPU per
+    frame (docs/performance.md). The edge's TwiML points Twilio here; the HTTP routes stay on
+    ``media``. Modal's web_server needs the server to listen on all interfaces of the container.
+    """
+    import subprocess
+    import sys
+
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions.stream_server",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(STREAM_PORT),
+        ]
+    )
+
+
 AGENT_JOB_OPTIONS: dict[str, Any] = {
     "region": _scaling.region,
     # One room per container: a crash or a busy room never takes another room's agent with it,

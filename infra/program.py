@@ -113,7 +113,8 @@ class MediaPlane(pulumi.ComponentResource):
     """The media functions: a ModalApp on cloud stacks; on the local stack the local media app
     (``callplane dev``) at ``callplane:media.urls``, so nothing is declared."""
 
-    urls: dict[str, str]
+    urls: dict[str, str]  # region -> where Twilio's media streams go (the edge's TwiML)
+    http_urls: dict[str, str]  # region -> the media app's HTTP routes (callbacks, dispatch)
     app: ModalApp | None
 
     def __init__(
@@ -121,14 +122,19 @@ class MediaPlane(pulumi.ComponentResource):
     ) -> None:
         super().__init__("callplane:index:MediaPlane", name, None, opts)
         self.app = None
+        # Configured URLs (the local stack's, or a cloud stack's own front) take both roles.
         self.urls = dict(config.media.urls)
+        self.http_urls = dict(config.media.urls)
         if config.kind == "cloud":
             modal = config.modal
             assert modal is not None
             label = f"{modal.app_name}-{modal.scaling}"
             web = expected_web_url(modal.workspace, label, modal.web_suffix)
+            # functions/app.py's media_streams (picows) takes the streams, media the HTTP.
+            streams = expected_web_url(modal.workspace, f"{label}-streams", modal.web_suffix)
             region = config.default_region if config.media.urls else "default"
-            self.urls.setdefault(region, _ws(web))
+            self.urls.setdefault(region, _ws(streams))
+            self.http_urls.setdefault(region, web)
             self.app = ModalApp(
                 f"{name}-modal",
                 {
@@ -139,15 +145,15 @@ class MediaPlane(pulumi.ComponentResource):
                     "web_suffix": modal.web_suffix,
                     "source_hash": source_hash(),
                     "media_config": pulumi.Output.secret(
-                        media_settings_json(config, self.urls[region])
+                        media_settings_json(config, self.urls[region], self.http_urls[region])
                     ),
                 },
                 pulumi.ResourceOptions(parent=self),
             )
-        self.register_outputs({"urls": self.urls})
+        self.register_outputs({"urls": self.urls, "http_urls": self.http_urls})
 
 
-def media_settings_json(config: StackConfig, media_base: str) -> str:
+def media_settings_json(config: StackConfig, media_base: str, http_base: str | None = None) -> str:
     """The media function's settings (``CALLPLANE_MEDIA_CONFIG``), validated here so that a bad
     profile or URL fails at preview, not in the container.
 
@@ -170,6 +176,8 @@ def media_settings_json(config: StackConfig, media_base: str) -> str:
         "profiles": {n: {"name": n, **p} for n, p in config.profiles.items()},
         "records_path": "/tmp/callplane-records.sqlite3",
     }
+    if http_base and http_base != media_base:  # the streams are served apart from the HTTP
+        doc["public_http_url"] = _http(http_base)
     if config.kind == "local":
         doc.update(
             twilio_api_base_url=config.twilio.api_base_url,
@@ -283,6 +291,7 @@ class EdgeWorker(pulumi.ComponentResource):
         config: StackConfig,
         numbers: Sequence[OwnedNumber],
         media_urls: Mapping[str, str],
+        http_urls: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("callplane:index:EdgeWorker", name, None, opts)
@@ -294,7 +303,7 @@ class EdgeWorker(pulumi.ComponentResource):
             ]
         )
         self.config_json = pulumi.Output.secret(
-            routes.apply(lambda rows: edge_config_json(config, rows, media_urls))
+            routes.apply(lambda rows: edge_config_json(config, rows, media_urls, http_urls))
         )
         if config.kind == "cloud":
             self.script = _cloudflare_worker(name, config, self.config_json, self)
@@ -302,7 +311,10 @@ class EdgeWorker(pulumi.ComponentResource):
 
 
 def edge_config_json(
-    config: StackConfig, rows: Sequence[Sequence[str | None]], media_urls: Mapping[str, str]
+    config: StackConfig,
+    rows: Sequence[Sequence[str | None]],
+    media_urls: Mapping[str, str],
+    http_urls: Mapping[str, str] | None = None,
 ) -> str:
     """The edge config document (``CALLPLANE_EDGE_CONFIG``), validated by the edge's own
     parser. Rows are ``(phone_number, profile, region)``; unknown numbers (preview) are left out."""
@@ -323,7 +335,7 @@ def edge_config_json(
         },
         "default_region": default_region,
     }
-    livekit = edge_livekit(config, media_urls[default_region])
+    livekit = edge_livekit(config, (http_urls or media_urls)[default_region])
     if livekit is not None:
         doc["livekit"] = livekit
     EdgeConfig.from_mapping(doc, source="edge config built by infra")
@@ -445,7 +457,9 @@ class Stack:
                 },
                 pulumi.ResourceOptions(additional_secret_outputs=["api_secret"]),
             )
-        self.edge = EdgeWorker("edge", config, self.telephony.numbers, self.media.urls)
+        self.edge = EdgeWorker(
+            "edge", config, self.telephony.numbers, self.media.urls, self.media.http_urls
+        )
         self.export()
 
     def export(self) -> None:
@@ -460,6 +474,7 @@ class Stack:
         pulumi.export("voiceWebhook", f"{config.edge.url}/twilio/voice")
         pulumi.export("statusWebhook", f"{config.edge.url}/twilio/status")
         pulumi.export("mediaUrls", self.media.urls)
+        pulumi.export("mediaHttpUrls", self.media.http_urls)
         pulumi.export("edgeConfig", self.edge.config_json)
         playground = f"{config.edge.url}/playground/"
         pulumi.export("playground", {"url": playground, "access": playground_access(config)})

@@ -47,6 +47,7 @@ from callplane.tools import Tool
 from edge_worker.asgi import create_app as create_edge_app
 from edge_worker.config import EdgeConfig, LiveKitEdgeConfig, NumberRoute
 from functions.media import create_app as create_media_app
+from functions.stream_server import StreamServer
 
 __all__ = ["DEFAULT_NUMBERS", "DEV_FILE", "LocalStack", "NumberPlan", "StackOptions"]
 
@@ -89,6 +90,7 @@ class StackOptions:
     twilio_port: int = 0
     edge_port: int = 0
     media_port: int = 0
+    stream_port: int = 0
     pace: float = 4.0
     numbers: Sequence[NumberPlan] = DEFAULT_NUMBERS
     profiles: Mapping[str, AgentProfile] = field(default_factory=lambda: dict(SAMPLE_PROFILES))
@@ -207,6 +209,8 @@ class LocalStack:
         self.livekit: LocalLiveKit | None = None
         self._edge: EmbeddedServer | None = None
         self._media: EmbeddedServer | None = None
+        self._streams: StreamServer | None = None
+        self.stream_url = ""  # where Twilio's media streams go (the picows stream server)
         self._sockets: list[socket.socket] = []
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -218,15 +222,21 @@ class LocalStack:
             self._sockets.append(edge_sock)
             media_sock = bind_loopback(o.media_port)
             self._sockets.append(media_sock)
+            stream_sock = bind_loopback(o.stream_port)
+            self._sockets.append(stream_sock)
             await self.engine.start(port=o.engine_port)
             await self.simulator.start(port=o.twilio_port)
             edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
             media_base = f"ws://127.0.0.1:{media_sock.getsockname()[1]}"
+            # Twilio's media streams go to the picows stream server, as in the cloud; the media
+            # app's HTTP routes (records, outbound, dispatch, status callbacks) stay on uvicorn.
+            stream_base = f"ws://127.0.0.1:{stream_sock.getsockname()[1]}"
             self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
             media_http = "http" + media_base.removeprefix("ws")
             livekit, edge_livekit = await self._start_livekit(edge_url, media_http)
             settings = MediaSettings(
-                public_media_url=media_base + "/twilio/media",
+                public_media_url=stream_base + "/twilio/media",
+                public_http_url=media_http,
                 stream_secret=self.creds.stream_secret,
                 api_key=self.creds.media_api_key,
                 twilio_account_sid=self.creds.account_sid,
@@ -245,11 +255,12 @@ class LocalStack:
             )
             self.media_app = create_media_app(settings, dict(o.tools))
             self._media = EmbeddedServer(self.media_app, media_sock)
+            self._streams = StreamServer(self.media_app.state.streams)
             edge = EdgeConfig(
                 public_url=edge_url,
                 twilio_auth_token=self.creds.auth_token,
                 stream_secret=self.creds.stream_secret,
-                media_urls={LOCAL_REGION: media_base},
+                media_urls={LOCAL_REGION: stream_base},
                 numbers={n: NumberRoute(p, LOCAL_REGION) for n, p in self.numbers.items()},
                 default_region=LOCAL_REGION,
                 livekit=edge_livekit,
@@ -258,6 +269,8 @@ class LocalStack:
                 create_edge_app(edge, on_status=self.status_callbacks.append), edge_sock
             )
             self._sockets.clear()  # the servers own them now
+            await self._streams.start(stream_sock)
+            self.stream_url = stream_base + "/twilio/media"
             await self._media.start()
             await self._edge.start()
         except BaseException:
@@ -320,6 +333,9 @@ class LocalStack:
             if self.options.write_dev_file:
                 (self.data_dir / DEV_FILE).unlink()
         await self.simulator.stop()
+        if self._streams is not None:
+            await self._streams.stop()
+            self._streams = None
         for server in (self._edge, self._media):
             if server is not None:
                 await server.stop()
@@ -368,6 +384,7 @@ class LocalStack:
             "twilio": self.simulator.base_url,
             "edge": self.edge_url,
             "media": self.media_url,
+            "streams": self.stream_url,
             "numbers": [{"number": n, "profile": p} for n, p in self.numbers.items()],
             "data_dir": str(self.data_dir),
         }

@@ -62,6 +62,17 @@ def test_the_function_is_declared_with_the_scaling_of_its_stack() -> None:
     assert info.nonpreemptible is True
 
 
+def test_the_stream_server_function_scales_like_the_media_app() -> None:
+    """Twilio's streams land on ``media_streams`` (picows); each stream is an input, so it
+    needs the media app's concurrency, timeout and region."""
+    streams, media = modal_app.media_streams.info(), modal_app.media.info()
+    assert modal_app.media_streams._is_web_endpoint()
+    for field in ("timeout", "regions", "cpu", "memory_mib", "nonpreemptible"):
+        assert getattr(streams, field) == getattr(media, field), field
+    assert streams.concurrency_info == media.concurrency_info
+    assert f"callplane-media-{modal_app.STACK}-streams" == modal_app.STREAMS_LABEL
+
+
 def test_a_bad_scaling_entry_is_refused_with_the_field() -> None:
     with pytest.raises(ValueError, match=r"target_inputs=50 must be in 1\.\.max_inputs=40"):
         modal_app.Scaling("us-east", 0, 1, 0, 60, max_inputs=40, target_inputs=50)

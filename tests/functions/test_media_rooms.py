@@ -27,7 +27,8 @@ from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.rooms.phone import PHONE_FRAME, encode_payload
 from callplane.security import mint_stream_token
-from functions.media import CLOSE_NO_LIVEKIT, create_app
+from functions.media import create_app
+from functions.media_streams import CLOSE_NO_LIVEKIT
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.servers import serve_asgi
 

@@ -1,4 +1,5 @@
-"""The media WebSocket refuses unauthenticated streams before any Realtime session opens."""
+"""The media WebSocket refuses unauthenticated streams before any Realtime session opens, on
+both servers that accept streams: the FastAPI route and the picows stream server."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callplane.local.engine.server import EngineServer
+from callplane.local.serving import bind_loopback
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.security import mint_stream_token
-from functions.media import CLOSE_BAD_TOKEN, create_app
+from functions.media import create_app
+from functions.media_streams import CLOSE_BAD_TOKEN
+from functions.stream_server import StreamServer
 from tests.servers import serve_asgi
 
 AUTH_TOKEN = "twilio-auth-token-for-tests"
@@ -24,9 +28,8 @@ SECRET = "stream-secret-for-tests-0123456789"
 PUBLIC_URL = "wss://media.example.com/twilio/media"
 
 
-@pytest.fixture
-async def media(engine: EngineServer, tmp_path: Path) -> AsyncIterator[str]:
-    settings = MediaSettings(
+def media_settings(engine: EngineServer, tmp_path: Path) -> MediaSettings:
+    return MediaSettings(
         public_media_url=PUBLIC_URL,
         stream_secret=SECRET,
         api_key="calls-api-key",
@@ -37,8 +40,24 @@ async def media(engine: EngineServer, tmp_path: Path) -> AsyncIterator[str]:
         profiles={"support": AgentProfile(name="support")},
         records_path=tmp_path / "records.sqlite3",
     )
-    async with serve_asgi(create_app(settings)) as base:
-        yield base.replace("http://", "ws://") + "/twilio/media"
+
+
+@pytest.fixture(params=["asgi", "picows"])
+async def media(
+    engine: EngineServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    app = create_app(media_settings(engine, tmp_path))
+    if request.param == "asgi":
+        async with serve_asgi(app) as base:
+            yield base.replace("http://", "ws://") + "/twilio/media"
+        return
+    server = StreamServer(app.state.streams)
+    sock = bind_loopback()
+    await server.start(sock)
+    try:
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/twilio/media"
+    finally:
+        await server.stop()
 
 
 def signed() -> dict[str, str]:
@@ -122,3 +141,20 @@ async def test_a_replayed_token_is_refused(media: str, engine: EngineServer) -> 
             json.dumps({"event": "stop", "stop": {"callSid": "CA_replay"}, "streamSid": "MZ1"})
         )
     assert engine.sessions_opened == 1
+
+
+async def test_the_stream_server_serves_only_the_media_path(
+    engine: EngineServer, tmp_path: Path
+) -> None:
+    server = StreamServer(create_app(media_settings(engine, tmp_path)).state.streams)
+    sock = bind_loopback()
+    await server.start(sock)
+    other = f"ws://127.0.0.1:{sock.getsockname()[1]}/other"
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(other, additional_headers=signed()):
+                pass
+        assert info.value.response.status_code == 404
+        assert b"/twilio/media" in info.value.response.body
+    finally:
+        await server.stop()

@@ -173,9 +173,11 @@ def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
         (modal,) = engine.of("modal:App")
         assert modal.inputs["environment"] == "prod" and modal.inputs["scaling"] == "prod"
         media = json.loads(unsecret(modal.inputs["media_config"]))
+        # Twilio's streams go to the picows stream function; status callbacks to the media app
         assert media["public_media_url"] == (
-            "wss://team--callplane-media-prod.modal.run/twilio/media"
+            "wss://team--callplane-media-prod-streams.modal.run/twilio/media"
         )
+        assert media["public_http_url"] == "https://team--callplane-media-prod.modal.run"
         assert set(media["profiles"]) == {"support", "sales"}
         (trunk,) = engine.of("twilio:SipTrunk")
         assert trunk.inputs["origination_sip_url"] == "sip:abc.sip.livekit.cloud"
@@ -189,8 +191,9 @@ def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
         assert "edge_worker/core.py" in script.inputs["files"]
         (binding,) = unsecret(script.inputs["bindings"])
         assert binding["name"] == "CALLPLANE_EDGE_CONFIG" and binding["type"] == "secret_text"
-        assert json.loads(unsecret(binding["text"]))["media_urls"] == {
-            "default": "wss://team--callplane-media-prod.modal.run"
+        edge = json.loads(unsecret(binding["text"]))
+        assert edge["media_urls"] == {
+            "default": "wss://team--callplane-media-prod-streams.modal.run"
         }
 
     assert stack.media.app is not None

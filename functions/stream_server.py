@@ -1,0 +1,151 @@
+"""The media-stream server: Twilio's media-stream WebSockets on picows, without ASGI.
+
+    python -m functions.stream_server --port 8765     # settings from CALLPLANE_MEDIA_CONFIG
+
+Why a second server for the same streams: a call is 50 media frames a second each way, and
+under uvicorn every frame passes the ASGI message dicts, Starlette's WebSocket and a coroutine
+per send. ``bench/ws_stacks.py`` measured a paced relay at 57 µs of CPU per frame with the
+Starlette server and 26 µs with picows on both sides. The HTTP routes (records, outbound calls,
+agent dispatch) stay on the FastAPI app; this server accepts only ``/twilio/media`` and hands
+each stream to the same :class:`functions.media_streams.MediaStreams`, so authentication,
+profiles and records are the same code whichever server took the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from http import HTTPStatus
+
+from picows import (
+    WSListener,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from callplane.transports.picows_socket import PicowsSocket
+from functions.media_streams import MediaStreams
+
+log = logging.getLogger("callplane.media")
+
+STREAM_PATH = b"/twilio/media"
+MAX_FRAME_BYTES = 1024 * 1024  # Twilio's frames are a few hundred bytes; a start is < 4 KiB
+
+
+class _Stream(PicowsSocket):
+    """One accepted media stream: served by :meth:`MediaStreams.serve` in its own task."""
+
+    def __init__(self, server: StreamServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        super().on_ws_connected(transport)
+        self._server._spawn(self)
+
+
+class StreamServer:
+    """Serves ``/twilio/media`` for ``streams`` until :meth:`stop`."""
+
+    def __init__(self, streams: MediaStreams) -> None:
+        self.streams = streams
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, sock: socket.socket) -> None:
+        """Listen on ``sock`` (already bound; the caller picks the address)."""
+        self._server = await ws_create_server(
+            self._upgrade, sock=sock, max_frame_size=MAX_FRAME_BYTES
+        )
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop listening; calls still running get ``timeout_s`` to end, then are cancelled."""
+        if self._server is not None:
+            self._server.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def _upgrade(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
+        path = request.path.split(b"?", 1)[0]
+        if path != STREAM_PATH:
+            return _refuse(HTTPStatus.NOT_FOUND, f"only {STREAM_PATH.decode()} is served here")
+        signature = request.headers.get("x-twilio-signature", "")
+        peer = request.headers.get("x-forwarded-for", "a direct peer")
+        if not self.streams.upgrade_allowed(signature, peer):
+            return _refuse(HTTPStatus.FORBIDDEN, "bad or missing X-Twilio-Signature")
+        return _Stream(self)
+
+    def _spawn(self, stream: _Stream) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, stream: _Stream) -> None:
+        try:
+            await self.streams.serve(stream)
+        except Exception:
+            log.exception("media stream failed")
+        finally:
+            await stream.close()
+
+
+def _refuse(status: HTTPStatus, why: str) -> WSUpgradeResponseWithListener:
+    body = f"{why}\n".encode()
+    return WSUpgradeResponseWithListener(
+        WSUpgradeResponse.create_error_response(status, body), None
+    )
+
+
+async def serve_from_env(host: str, port: int) -> None:
+    """The stream server for the settings in ``CALLPLANE_MEDIA_CONFIG``, until cancelled."""
+    from callplane.media_settings import MediaSettings
+    from callplane.records import RecordStore
+
+    settings = MediaSettings.from_env()
+    store = RecordStore(settings.records_path)
+    # No dialer in a process of its own: outbound calls get the profile their stream token
+    # names, but not the request's context (that lives with the media app that placed them).
+    server = StreamServer(MediaStreams(settings, store, None, settings.load_tools()))
+    sock = socket.create_server((host, port))
+    await server.start(sock)
+    log.info("media streams on ws://%s:%d%s", host, port, STREAM_PATH.decode())
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="callplane's media-stream server (picows)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+
+        uvloop.run(serve_from_env(args.host, args.port))
+    except ImportError:
+        asyncio.run(serve_from_env(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
