@@ -22,8 +22,8 @@ def main() -> None:
     plt: Any = importlib.import_module("matplotlib.pyplot")
     data = json.loads(source.read_text())
     fig, (lat, cpu) = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"media": "-", "noop": ":"}
-    for bridge in ("media", "noop"):
+    styles = {"streams": "-", "media": "--", "noop": ":"}
+    for bridge in styles:
         runs = [r for r in data["runs"] if r["bridge"] == bridge]
         if not runs:
             continue
