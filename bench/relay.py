@@ -40,10 +40,12 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -105,6 +107,16 @@ class Totals:
     out_reordered: int = 0
     out_received: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+@dataclass
+class StreamResult:
+    """What one stream measured, whichever generator ran it."""
+
+    index: int
+    sent: int
+    out_unique: int
+    clears_ns: list[int]
 
 
 class Stream(asyncio.Protocol):
@@ -314,25 +326,66 @@ class Procs:
 
 
 WS_IMPL = "auto"  # uvicorn's WebSocket implementation for the media bridge (--ws)
+LOAD = "go"  # --load: which harness plays Twilio and the engine
+LOADGEN_DIR = ROOT / "bench" / "loadgen"
+LOADGEN_BIN = Path.home() / ".cache" / "callplane" / "bench" / "loadgen"
+
+
+def pin_to(core: int) -> Any:
+    """A ``preexec_fn`` pinning the child to one core before it starts: a Go runtime sizes
+    itself from the affinity it sees at start (GOMAXPROCS=1 is set as well)."""
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def loadgen_binary() -> Path:
+    """Build ``bench/loadgen`` (Go) when its sources are newer than the binary; return it."""
+    sources = [*LOADGEN_DIR.glob("*.go"), LOADGEN_DIR / "go.mod", LOADGEN_DIR / "go.sum"]
+    newest = max(p.stat().st_mtime for p in sources)
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= newest:
+        return LOADGEN_BIN
+    go = shutil.which("go") or (
+        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+    )
+    if go is None:
+        sys.exit(
+            "relay.py --load go needs the Go toolchain (go 1.26+) on PATH to build bench/loadgen; "
+            "install it, or run the Python harness with --load python"
+        )
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    print(f"building {LOADGEN_BIN} from bench/loadgen", file=sys.stderr, flush=True)
+    subprocess.run([go, "build", "-o", str(LOADGEN_BIN), "."], cwd=LOADGEN_DIR, check=True)
+    return LOADGEN_BIN
+
+
 ENGINE_PROFILE: Path | None = None  # --profile-engine: cProfile output of the engine process
 
 
 def start_processes(bridge: str, profile_out: Path | None) -> Procs:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GOMAXPROCS": "1"}
     engine_port = free_port()
-    engine_cmd = [str(ROOT / "bench" / "relay_engine.py"), str(engine_port)]
-    if ENGINE_PROFILE is not None:
-        engine_cmd = ["-m", "cProfile", "-o", str(ENGINE_PROFILE), *engine_cmd]
+    if LOAD == "go":
+        engine_cmd = [str(loadgen_binary()), "engine", str(engine_port)]
+    else:
+        engine_cmd = [sys.executable, str(ROOT / "bench" / "relay_engine.py"), str(engine_port)]
+        if ENGINE_PROFILE is not None:
+            engine_cmd = [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(ENGINE_PROFILE),
+                *engine_cmd[1:],
+            ]
     engine = subprocess.Popen(
-        [sys.executable, *engine_cmd],
+        engine_cmd,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env=env,
+        preexec_fn=pin_to(1),
     )
-    os.sched_setaffinity(engine.pid, {1})
     assert engine.stdout is not None
     engine.stdout.readline()  # the port, once listening
     engine_url = f"ws://127.0.0.1:{engine_port}/v1/realtime"
@@ -376,8 +429,12 @@ def start_processes(bridge: str, profile_out: Path | None) -> Procs:
         command = [str(ROOT / "bench" / "noop_bridge.py"), str(port), engine_url]
     if profile_out is not None:
         command = ["-m", "cProfile", "-o", str(profile_out), *command]
-    proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env)
-    os.sched_setaffinity(proc.pid, {0})
+    argv = [sys.executable, *command]
+    if bridge == "noop" and LOAD == "go":  # the compiled no-op bridge: the Go harness's ceiling
+        argv = [str(loadgen_binary()), "noop", str(port), engine_url]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, preexec_fn=pin_to(0)
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -490,8 +547,11 @@ async def drive(
 
     cpu_s = used(cpu0, cpu1)
     return {
+        "system_share": (cpu1.system - cpu0.system) / wall,
+        "engine_system_share": (ecpu1.system - ecpu0.system) / wall,
+        "generator_system_share": (gcpu1.system - gcpu0.system) / wall,
         "totals": totals,
-        "streams": streams,
+        "streams": [StreamResult(s.index, s.sent, len(s.out_seen), s.clears_ns) for s in streams],
         "setup_s": setup_s,
         "wall_s": wall,
         "cpu_share": cpu_s / wall,
@@ -504,8 +564,122 @@ async def drive(
     }
 
 
+def drive_go(
+    procs: Procs, calls: int, seconds: float, bridge_proc: psutil.Process
+) -> dict[str, Any]:
+    """The same load as :func:`drive`, played by ``loadgen twilio`` (Go) on core 1."""
+    path = "/twilio/media"
+    url = f"ws://127.0.0.1:{procs.bridge_port}{path}"
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, {})
+    streams = []
+    for _ in range(calls):
+        call_sid = "CA" + secrets.token_hex(16)
+        token = mint_stream_token(
+            STREAM_SECRET, call_sid, PROFILE, "us", now=time.time(), ttl_s=300
+        )
+        streams.append(
+            {"call_sid": call_sid, "stream_sid": "MZ" + secrets.token_hex(16), "token": token}
+        )
+    config = {
+        "url": url,
+        "signature": signature,
+        "account_sid": ACCOUNT_SID,
+        "streams": streams,
+        "seconds": seconds,
+        "slots": SLOTS,
+        "cycle_ticks": CYCLE_TICKS,
+        "speech_ticks": SPEECH_TICKS,
+        "phase_step": 7,
+        "settle_s": 1.5,
+        "connect_parallel": 20,
+    }
+    config_path = procs.workdir / "twilio.json"
+    out_path = procs.workdir / "twilio-out.json"
+    config_path.write_text(json.dumps(config))
+    rss_idle = bridge_proc.memory_info().rss
+    gen = subprocess.Popen(
+        [str(loadgen_binary()), "twilio", str(config_path), str(out_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GOMAXPROCS": "1"},
+        preexec_fn=pin_to(1),
+    )
+    assert gen.stdout is not None
+    gen_proc = psutil.Process(gen.pid)
+    engine_proc = psutil.Process(procs.engine.pid)
+
+    def expect(word: str) -> str:
+        assert gen.stdout is not None
+        line = gen.stdout.readline()
+        if not line.startswith(word):
+            gen.wait(30)
+            raise RuntimeError(
+                f"loadgen twilio: expected {word!r}, got {line!r} (exit {gen.returncode})"
+            )
+        return line
+
+    cpu_samples: list[float] = []
+    rss_peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal rss_peak
+        bridge_proc.cpu_percent(None)
+        while not stop.wait(1.0):
+            cpu_samples.append(bridge_proc.cpu_percent(None) / 100)
+            rss_peak = max(rss_peak, bridge_proc.memory_info().rss)
+
+    setup_s = float(expect("connected").split()[1])
+    expect("sending")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu0, ecpu0, gcpu0 = bridge_proc.cpu_times(), engine_proc.cpu_times(), gen_proc.cpu_times()
+    wall0 = time.monotonic()
+    expect("sent")
+    cpu1, ecpu1, gcpu1 = bridge_proc.cpu_times(), engine_proc.cpu_times(), gen_proc.cpu_times()
+    wall = time.monotonic() - wall0
+    stop.set()
+    sampler.join()
+    expect("done")
+    rss_end = bridge_proc.memory_info().rss
+    if gen.wait(30) != 0:
+        raise RuntimeError(f"loadgen twilio exited with {gen.returncode}")
+    result = json.loads(out_path.read_text())
+    totals = Totals(
+        out_ms=result["out_ms"],
+        lag_ms=result["lag_ms"],
+        out_dup=result["out_dup"],
+        out_reordered=result["out_reordered"],
+        out_received=result["out_received"],
+        errors=collections.Counter(result["errors"]),
+    )
+
+    def used(a: Any, b: Any) -> float:
+        return float((b.user + b.system) - (a.user + a.system))
+
+    return {
+        "system_share": (cpu1.system - cpu0.system) / wall,
+        "engine_system_share": (ecpu1.system - ecpu0.system) / wall,
+        "generator_system_share": (gcpu1.system - gcpu0.system) / wall,
+        "totals": totals,
+        "streams": [
+            StreamResult(r["index"], r["sent"], r["out_unique"], r["clears_ns"] or [])
+            for r in result["streams"]
+        ],
+        "setup_s": setup_s,
+        "wall_s": wall,
+        "cpu_share": used(cpu0, cpu1) / wall,
+        "engine_cpu_share": used(ecpu0, ecpu1) / wall,
+        "generator_cpu_share": used(gcpu0, gcpu1) / wall,
+        "cpu_samples": cpu_samples,
+        "rss_idle": rss_idle,
+        "rss_peak": max(rss_peak, rss_end),
+        "closed_early": result["closed_early"],
+    }
+
+
 def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) -> dict[str, Any]:
-    streams: list[Stream] = run["streams"]
+    streams: list[StreamResult] = run["streams"]
     totals: Totals = run["totals"]
     in_stream = np.asarray(engine_dump["in_stream"], dtype=np.int64)
     in_seq = np.asarray(engine_dump["in_seq"], dtype=np.int64)
@@ -528,7 +702,7 @@ def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) 
             running = np.maximum.accumulate(seqs)
             reordered += int((seqs[1:] < running[:-1]).sum()) - 0
     out_sent = dict(zip(engine_dump["out_stream"], engine_dump["out_sent"], strict=True))
-    out_lost = sum(max(0, out_sent.get(s.index, 0) - len(s.out_seen)) for s in streams)
+    out_lost = sum(max(0, out_sent.get(s.index, 0) - s.out_unique) for s in streams)
     ss_stream = np.asarray(engine_dump["ss_stream"], dtype=np.int64)
     ss_ns = np.asarray(engine_dump["ss_sent_ns"], dtype=np.int64)
     barge: list[float] = []
@@ -562,6 +736,8 @@ def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) 
         "bridge_process": {
             "cpu_share_of_core": round(run["cpu_share"], 3),
             "cpu_share_max_1s": round(max(run["cpu_samples"], default=0.0), 3),
+            # the kernel's part of cpu_share: loopback TCP, epoll and wakeups
+            "system_share_of_core": round(run["system_share"], 3),
             "rss_idle_mib": round(run["rss_idle"] / 2**20, 1),
             "rss_peak_mib": round(run["rss_peak"] / 2**20, 1),
             "rss_per_call_kib": round(rss_per_call / 1024, 1),
@@ -578,6 +754,8 @@ def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) 
         "core1_cpu_share": {
             "engine": round(run["engine_cpu_share"], 3),
             "generator": round(run["generator_cpu_share"], 3),
+            "engine_system": round(run["engine_system_share"], 3),
+            "generator_system": round(run["generator_system_share"], 3),
         },
         "setup_s": round(run["setup_s"], 2),
         "send_wall_s": round(run["wall_s"], 2),
@@ -602,7 +780,10 @@ def run_once(
     try:
         os.sched_setaffinity(0, {1})
         bridge_proc = psutil.Process(procs.bridge.pid)
-        run = _run_loop(drive(procs, calls, seconds, bridge_proc))
+        if LOAD == "go":
+            run = drive_go(procs, calls, seconds, bridge_proc)
+        else:
+            run = _run_loop(drive(procs, calls, seconds, bridge_proc))
         dump_path = procs.workdir / "engine.json"
         assert procs.engine.stdin is not None and procs.engine.stdout is not None
         procs.engine.stdin.write(f"dump {dump_path}\n")
@@ -611,7 +792,7 @@ def run_once(
         engine_dump = json.loads(dump_path.read_text())
     finally:
         stop_processes(procs)
-    result = {"calls": calls, "seconds": seconds, "bridge": bridge, "ws": WS_IMPL}
+    result = {"calls": calls, "seconds": seconds, "bridge": bridge, "ws": WS_IMPL, "load": LOAD}
     result.update(analyse(engine_dump, run, calls))
     result["loadavg_before"] = [round(x, 2) for x in load_before]
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -671,9 +852,18 @@ def main() -> None:
     parser.add_argument(
         "--profile-engine", type=Path, help="run the engine under cProfile, to this file"
     )
+    parser.add_argument(
+        "--load",
+        choices=("go", "python"),
+        default="go",
+        help="the harness: bench/loadgen (Go, default) or the Python generator and local engine",
+    )
     args = parser.parse_args()
-    global WS_IMPL, ENGINE_PROFILE
+    global WS_IMPL, ENGINE_PROFILE, LOAD
     WS_IMPL = args.ws
+    LOAD = args.load
+    if args.profile_engine is not None and LOAD != "python":
+        parser.error("--profile-engine profiles the Python engine: add --load python")
     ENGINE_PROFILE = args.profile_engine
     if (os.cpu_count() or 1) < 2:
         sys.exit("relay.py pins the bridge and the load to different cores: it needs two")

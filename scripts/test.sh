@@ -12,4 +12,7 @@ export UV_PYTHON_DOWNLOADS=never
 echo "== ruff check" >&2;   uv run --frozen ruff check .
 echo "== ruff format" >&2;  uv run --frozen ruff format --check .
 echo "== mypy" >&2;         uv run --frozen mypy
+echo "== go vet, gofmt (bench/loadgen)" >&2
+(cd bench/loadgen && go vet ./... && unformatted=$(gofmt -l .) && [ -z "$unformatted" ]) \
+  || { echo "bench/loadgen: go vet failed or gofmt would change: ${unformatted:-}" >&2; exit 1; }
 echo "== pytest" >&2;       uv run --frozen pytest "$@"
