@@ -4,9 +4,8 @@
     uv run python bench/relay.py --sweep --seconds 15 --json bench/results/relay_sweep.json
     uv run --with matplotlib python bench/plot_relay.py bench/results/relay_sweep.json
 
-Three processes on loopback: the media app (``functions.media:create_app_from_env``) under
-uvicorn, one worker, pinned to core 0; the local engine in ``--mode load`` with its load probe
-(``bench/relay_engine.py``) and this process, the simulated Twilio, pinned to core 1.
+Three processes on loopback: the bridge, pinned to core 0; the load engine and the simulated
+Twilio, pinned to core 1.
 
 Each simulated stream is authenticated like Twilio's (signed upgrade, edge-minted stream token)
 and sends 20 ms µ-law frames on an absolute schedule. Every frame carries a stamp (stream,
@@ -25,8 +24,12 @@ FastAPI ``/twilio/media`` route); ``--bridge streams`` is the picows stream serv
 (``functions.stream_server``) handing the same streams to the same code; ``--bridge noop``
 (``bench/noop_bridge.py``) measures the harness's own ceiling. The sweep runs all three at each N.
 
-The client side speaks WebSocket over raw asyncio transports with pre-built frames (a zero
-masking key), so that one core can drive hundreds of streams.
+The harness (``--load``): by default ``bench/loadgen`` (Go, built on first use into
+``~/.cache/callplane/bench``) plays both the engine, event for event like the local engine in
+``--mode load``, and the simulated Twilio; ``--bridge noop`` is then its compiled no-op relay.
+``--load python`` runs the Python generator below (WebSocket over raw asyncio transports with
+pre-built frames) and ``bench/relay_engine.py``, which saturate core 1 near 150 calls but
+remain a cross-check of the Go harness at low N.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ TICK_S = 0.02
 SLOTS = 10  # streams are spread over 10 sub-slots of the 20 ms tick
 CYCLE_TICKS = 75  # 1.5 s
 SPEECH_TICKS = 15  # 300 ms of "speech" per cycle
-SWEEP = (1, 50, 100, 200, 400, 800)
+SWEEP = (1, 50, 100, 200, 300, 400, 500, 800)
 KNEE_MS = 100.0
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 STREAM_SECRET = "bench-stream-secret-0123456789abcdef"
@@ -799,6 +802,12 @@ def run_once(
     return result
 
 
+def _go_version() -> str:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    done = subprocess.run([go, "version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
 def machine() -> dict[str, Any]:
     versions = {}
     for dist in ("uvicorn", "websockets", "fastapi", "starlette"):
@@ -819,6 +828,8 @@ def machine() -> dict[str, Any]:
         "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "versions": versions,
         "pinning": {"bridge": [0], "engine": [1], "generator": [1]},
+        "load": LOAD,
+        "go": _go_version() if LOAD == "go" else None,
     }
 
 
