@@ -6,7 +6,8 @@ was heard, cancel), runs tools without blocking audio, maps DTMF, renews the ses
 time limit and reconnects after an unexpected close without dropping the caller, and fills the
 call record.
 
-Hot path: caller audio goes to ``RealtimeClient.append_audio`` untouched; agent audio goes to
+Hot path: caller audio goes to ``RealtimeClient.append_audio`` untouched (on a transport that
+can, synchronously from its socket's callback: ``DirectAudio``); agent audio goes to
 ``Transport.play`` untouched. No validation or logging per frame.
 """
 
@@ -25,7 +26,15 @@ from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSe
 from callplane.realtime.directives import say_exactly
 from callplane.records import CallRecord
 from callplane.tools import CallContext, ToolSet
-from callplane.transports.base import AudioIn, CallEnded, DtmfIn, MarkIn, Transport
+from callplane.transports.base import (
+    AudioIn,
+    CallEnded,
+    DirectAudio,
+    DtmfIn,
+    MarkIn,
+    Transport,
+    TransportEvent,
+)
 from callplane.transports.playback import PlaybackTracker
 
 log = logging.getLogger("callplane.conversation")
@@ -112,6 +121,8 @@ class Conversation:
         # Twilio's AnsweredBy on outbound calls: "human", "machine_end_beep", ... (None inbound)
         self.answered_by = answered_by
         self.playback = PlaybackTracker(transport.bytes_per_ms)
+        # the transport's synchronous side, if it has one (the per-frame fast paths)
+        self._direct = transport if isinstance(transport, DirectAudio) else None
         self.rt = RealtimeClient(realtime)
         self._ctx = _Context(self, self.context)
         self._response_active = False
@@ -140,9 +151,12 @@ class Conversation:
 
     async def run(self) -> CallRecord:
         reason = "caller_hung_up"
+        direct = self._direct
         try:
             await self._open_realtime(greet=True)
             self._set_state("listening")
+            if direct is not None:
+                direct.set_sinks(self._audio_now, self._transport_event_now)
             realtime = asyncio.create_task(self._pump_realtime())
             transport = asyncio.create_task(self._pump_transport())
             renew = asyncio.create_task(self._renewal_timer())
@@ -161,6 +175,8 @@ class Conversation:
             with contextlib.suppress(Exception):
                 await self.transport.hang_up()
         finally:
+            if direct is not None:
+                direct.set_sinks(None, None)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -330,11 +346,7 @@ class Conversation:
                 except RealtimeClosed:
                     self.dropped_audio_frames += 1  # the realtime pump is reconnecting
             elif isinstance(event, MarkIn):
-                self.playback.echoed(event.name, time.monotonic())
-                if not self.playback.playing:
-                    self._idle.set()
-                    self._turn_changed.set()
-                    self._settle_state()
+                self._on_mark(event)
             elif isinstance(event, DtmfIn):
                 await self._on_dtmf(event.digit)
             elif isinstance(event, CallEnded):
@@ -342,9 +354,39 @@ class Conversation:
                     self._end_requested = event.reason
                 return
 
+    def _on_mark(self, event: MarkIn) -> None:
+        self.playback.echoed(event.name, time.monotonic())
+        if not self.playback.playing:
+            self._idle.set()
+            self._turn_changed.set()
+            self._settle_state()
+
+    # The fast paths: a DirectAudio transport and the Realtime client offer what arrives to
+    # these from their sockets' callbacks, while the pump that would handle it is idle, and
+    # they handle it there and then unless that needs a wait (a congested socket) or is rare
+    # (barge-in, DTMF, the end of the call); what they decline reaches the pumps, in order.
+    # Waking a pump costs more than most events' handling does.
+
+    def _audio_now(self, payload: bytes) -> bool:
+        """Caller audio: what :meth:`_pump_transport` does with an ``AudioIn``. Declines only
+        when the append would have to wait for the Realtime socket to drain."""
+        try:
+            return self.rt.append_audio_now(payload)
+        except RealtimeClosed:
+            self.dropped_audio_frames += 1  # the realtime pump is reconnecting
+            return True
+
+    def _transport_event_now(self, event: TransportEvent) -> bool:
+        """A mark's echo; anything else is left to :meth:`_pump_transport`."""
+        if isinstance(event, MarkIn):
+            self._on_mark(event)
+            return True
+        return False
+
     async def _pump_realtime(self) -> None:
         while True:
             client = self.rt
+            client.set_event_sink(self._on_event_now)
             try:
                 async for event in client.events():
                     await self._on_event(event)
@@ -354,20 +396,45 @@ class Conversation:
                 if self._end_requested is not None:
                     return
                 await self._reconnect(f"close code {exc.code}")
+            finally:
+                client.set_event_sink(None)
 
     async def _on_event(self, event: dict[str, Any]) -> None:
+        """One Realtime event, in the pump: the two kinds whose handling may wait for a
+        socket, then everything else (:meth:`_on_event_now`)."""
         etype = event.get("type")
         if etype == "response.output_audio.delta":
             payload = event["delta"]
-            nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
-            mark = self.playback.sent(event["item_id"], nbytes, time.monotonic())
-            self._idle.clear()
-            self._set_state("speaking")
+            mark = self._sent(payload, event["item_id"])
             await self.transport.play(payload, mark)
         elif etype == "input_audio_buffer.speech_started":
             self._caller_turn_since = time.monotonic()
             await self._barge_in()
             self._set_state("listening")
+        else:
+            self._on_event_now(event)
+
+    def _sent(self, payload: str, item_id: str) -> str:
+        """Account for an audio delta about to be played; its mark's name."""
+        nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
+        mark = self.playback.sent(item_id, nbytes, time.monotonic())
+        self._idle.clear()
+        self._set_state("speaking")
+        return mark
+
+    def _on_event_now(self, event: dict[str, Any]) -> bool:
+        """Handle a Realtime event without waiting; False (nothing done) for an audio delta
+        the transport cannot play at once and for speech_started (barge-in), which
+        :meth:`_on_event` handles."""
+        etype = event.get("type")
+        if etype == "response.output_audio.delta":
+            transport = self._direct
+            if transport is None or not transport.play_ready():
+                return False
+            payload = event["delta"]
+            transport.play_now(payload, self._sent(payload, event["item_id"]))
+        elif etype == "input_audio_buffer.speech_started":
+            return False
         elif etype == "input_audio_buffer.speech_stopped":
             self._set_state("thinking")
         elif etype == "response.created":
@@ -407,6 +474,7 @@ class Conversation:
                     error.get("code"),
                     error.get("message"),
                 )
+        return True
 
     # --- observer ------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +29,8 @@ from callplane.transports.picows_socket import PicowsSocket
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # a session.update with long instructions is the biggest
 HANDSHAKE_TIMEOUT_S = 10.0
+_APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
+_APPEND_TAIL = b'"}'
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,20 @@ class RealtimeClient:
         """Hot path: base64 audio straight into an append event, no JSON encoder."""
         await self._send('{"type":"input_audio_buffer.append","audio":"' + payload_b64 + '"}')
 
+    def append_audio_now(self, payload_b64: bytes) -> bool:
+        """The fast path of :meth:`append_audio`, for a caller that cannot wait (a socket
+        callback): send the append unless the socket's buffer is full, in which case return
+        False and send nothing (the caller then uses :meth:`append_audio`, which waits).
+        ``payload_b64`` is base64 as ASCII bytes, checked by the caller."""
+        socket = self._socket
+        if socket is None:
+            raise RealtimeClosed(None, "not connected")
+        if not socket.writable.is_set():
+            return False
+        if not socket.send_now(_APPEND_HEAD + payload_b64 + _APPEND_TAIL):
+            raise RealtimeClosed(socket.close_code, socket.close_reason or "disconnected")
+        return True
+
     async def _send(self, frame: str) -> None:
         socket = self._socket
         if socket is None:
@@ -101,6 +117,25 @@ class RealtimeClient:
             raise RealtimeClosed(socket.close_code, socket.close_reason or "disconnected")
         if not socket.writable.is_set():  # the kernel's buffer is full: wait for it to drain
             await socket.writable.wait()
+
+    def set_event_sink(self, sink: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Offer each server event to ``sink`` as it arrives, from the socket's callback, while
+        the reader of :meth:`events` waits for the next one (waking that reader per event costs
+        more than handling most events). ``sink`` returns False for an event it leaves to
+        :meth:`events`; an event it declines and everything after it come from there, in
+        order. None stops it."""
+        socket = self._socket
+        if socket is None:
+            return
+        if sink is None:
+            socket.on_text_now = None
+            return
+
+        def event_now(data: bytes) -> bool:
+            event = json.loads(data.decode("utf-8"))  # exactly what events() would decode
+            return not isinstance(event, dict) or sink(event)  # events() skips non-objects
+
+        socket.on_text_now = event_now
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Server events until the socket closes; then RealtimeClosed."""

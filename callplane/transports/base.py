@@ -7,9 +7,9 @@ sessions from rooms.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +65,31 @@ class Transport(Protocol):
     async def hang_up(self) -> None: ...
 
     async def transfer(self, to: str) -> None: ...
+
+
+# Take one frame of caller audio (base64, as ASCII bytes) or another inbound event at once;
+# False if it cannot be handled now (it then comes from Transport.events()).
+AudioSink = Callable[[bytes], bool]
+EventSink = Callable[[TransportEvent], bool]
+
+
+@runtime_checkable
+class DirectAudio(Protocol):
+    """A transport that can also be driven synchronously, from its socket's callbacks: the
+    per-frame fast path of a phone call (optional; see ``Conversation``)."""
+
+    def set_sinks(self, audio: AudioSink | None, event: EventSink | None) -> None:
+        """From now on offer each inbound audio frame to ``audio`` and each other event to
+        ``event`` as it arrives, while the reader of :meth:`Transport.events` waits for the
+        next one; what they decline comes from ``events()`` as usual, in order. None stops
+        it."""
+        ...
+
+    def play_ready(self) -> bool:
+        """True when :meth:`play_now` can send at once (the socket is not congested)."""
+        ...
+
+    def play_now(self, payload_b64: str, mark: str) -> None:
+        """:meth:`Transport.play` without the wait for a congested socket to drain; call it
+        only after :meth:`play_ready`."""
+        ...

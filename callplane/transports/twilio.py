@@ -20,7 +20,16 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from callplane.transports import twilio_protocol as tp
-from callplane.transports.base import AudioIn, CallEnded, DtmfIn, MarkIn, TransportEvent
+from callplane.transports.base import (
+    AudioIn,
+    AudioSink,
+    CallEnded,
+    DtmfIn,
+    EventSink,
+    MarkIn,
+    TransportEvent,
+)
+from callplane.transports.picows_socket import PicowsSocket
 
 log = logging.getLogger("callplane.twilio")
 T = TypeVar("T")
@@ -123,6 +132,48 @@ class TwilioMediaStream:
                 return
             elif isinstance(parsed, tp.Invalid):
                 self._drop(parsed.reason)
+
+    def set_sinks(self, audio: AudioSink | None, event: EventSink | None) -> None:
+        """Frames straight to the sinks from the socket's callback (see
+        :class:`~callplane.transports.base.DirectAudio`): on a picows socket only; on any
+        other socket everything keeps coming from :meth:`events`."""
+        socket = self.socket
+        if isinstance(socket, PicowsSocket):
+            socket.on_text_now = None if audio is None else self._frame_now(audio, event)
+
+    @staticmethod
+    def _frame_now(audio: AudioSink, event: EventSink | None) -> Callable[[bytes], bool]:
+        media_payload = tp.media_payload
+
+        def frame_now(data: bytes) -> bool:
+            # What events() would do with this frame, minus waking its reader: a compact
+            # media frame (nearly all of them) is audio for the sink, read from the bytes;
+            # a mark is offered as MarkIn. Anything else (DTMF, stop, an invalid frame or
+            # one the sinks decline) is queued and parsed again in events().
+            payload = media_payload(data)
+            if payload is not None:
+                return audio(payload)
+            if event is None:
+                return False
+            frame = tp.parse(data.decode("utf-8"))
+            return isinstance(frame, tp.Mark) and event(MarkIn(frame.name))
+
+        return frame_now
+
+    def play_ready(self) -> bool:
+        socket = self.socket
+        return (
+            isinstance(socket, PicowsSocket)
+            and not socket.disconnected
+            and socket.writable.is_set()
+        )
+
+    def play_now(self, payload_b64: str, mark: str) -> None:
+        socket = self.socket
+        assert isinstance(socket, PicowsSocket)
+        sid = self._sid
+        socket.send_now(tp.media_frame(sid, payload_b64))
+        socket.send_now(tp.mark_frame(sid, mark))
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1

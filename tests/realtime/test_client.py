@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -114,3 +115,60 @@ async def test_nobody_listening_is_an_os_error_the_reconnect_loop_retries() -> N
 async def test_an_empty_key_is_refused_before_connecting() -> None:
     with pytest.raises(ValueError, match="api_key is empty"):
         await RealtimeClient(RealtimeSettings(url="ws://127.0.0.1:9/")).connect()
+
+
+async def test_the_event_sink_takes_events_while_the_reader_waits_and_the_rest_keep_order() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await asyncio.sleep(0.05)  # the client is reading by then
+        for i in range(6):
+            await ws.send(json.dumps({"type": "keep" if i in (2, 4) else "take", "i": i}))
+            await asyncio.sleep(0.02)  # the client's reader is waiting again by the next one
+        await ws.close(1000)
+
+    async with server(handler) as url:
+        client = RealtimeClient(settings(url))
+        await client.connect()
+        taken: list[int] = []
+
+        def sink(event: dict[str, object]) -> bool:
+            if event["type"] != "take":
+                return False
+            taken.append(cast(int, event["i"]))
+            return True
+
+        client.set_event_sink(sink)
+        got, closed = await collect(client)
+        await client.close()
+    read = [cast(int, e["i"]) for e in got]
+    # each event exactly once; the declined ones (and any that came while the reader was
+    # busy) through events(), in order
+    assert sorted([*taken, *read]) == list(range(6))
+    assert {2, 4} <= set(read) and read == sorted(read)
+    assert taken == sorted(taken) and taken
+    assert closed.code == 1000
+
+
+async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -> None:
+    received: list[str] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            received.append(message)
+            if len(received) == 2:
+                await ws.close(1000)
+
+    async with server(handler) as url:
+        client = RealtimeClient(settings(url))
+        await client.connect()
+        assert client.append_audio_now(b"AAAA")
+        await client.append_audio("BBBB")
+        _, closed = await collect(client)
+        assert closed.code == 1000
+        with pytest.raises(RealtimeClosed):
+            client.append_audio_now(b"CCCC")
+        await client.close()
+    assert [json.loads(m) for m in received] == [
+        {"type": "input_audio_buffer.append", "audio": "AAAA"},
+        {"type": "input_audio_buffer.append", "audio": "BBBB"},
+    ]

@@ -87,3 +87,39 @@ def test_the_media_fast_path_agrees_with_the_full_parser() -> None:
     assert tp.parse(odd) == tp.Invalid("bad_base64")
     bad_ts = compact.replace('"timestamp":"40"', '"timestamp":"x"')
     assert tp.parse(bad_ts) == tp.Invalid("malformed_media")
+
+
+def test_the_bytes_fast_path_takes_exactly_what_parse_takes_as_compact_media() -> None:
+    """``media_payload`` (the stream server's per-frame path, on the frame's bytes) returns
+    the payload the full parser would, and declines whatever the full parser must judge."""
+    payload = "f39/f3+A/w=="
+    compact = (
+        '{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"1",'
+        '"timestamp":"40","payload":"' + payload + '"},"streamSid":"MZ1"}'
+    )
+    assert tp.media_payload(compact.encode()) == payload.encode()
+    declined = [
+        json.dumps(json.loads(compact)),  # spaced: not Twilio's compact shape
+        compact.replace("f39/", "f39\\/"),  # a JSON escape in the payload
+        compact[:-1],  # truncated
+        compact.replace('"streamSid"', '"payload":"AAAA","streamSid"'),  # a second payload
+        compact.replace(payload, "f39/f3+A/w="),  # not a multiple of 4
+        compact.replace(payload, "f39=f3+A/w=="),  # padding inside
+        compact.replace(payload, "f39/f3+A/==="),  # three padding characters
+        compact.replace(payload, "f39/f3+A/wA\n"),  # a raw newline
+        compact.replace('"timestamp":"40"', '"timestamp":"x"'),
+        compact.replace('"timestamp":"40"', '"timestamp":"²"'),  # a digit, but not ASCII
+        compact.replace('"MZ1"', '"MZ\u00e91"'),  # not ASCII outside the payload
+    ]
+    for text in declined:
+        assert tp.media_payload(text.encode()) is None, text
+    # not UTF-8 at all: the fast path never takes it
+    assert tp.media_payload(compact.encode().replace(b"MZ1", b"MZ\xff")) is None
+
+
+def test_a_payload_ending_in_a_newline_is_bad_base64_in_the_full_parser() -> None:
+    """``$`` in a regex also matches before a final newline; the check must not let one
+    through to the append event, where it would be raw in a JSON string."""
+    frame = '{"event":"media","media":{"payload":"AAA\\n"}}'
+    assert tp.parse(frame) == tp.Invalid("bad_base64")
+    assert tp.parse('{"event":"media","media":{"payload":"AAA="}}') == tp.Media("AAA=", 0)
