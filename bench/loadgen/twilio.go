@@ -5,10 +5,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -52,6 +54,7 @@ type twilioResult struct {
 	WallS        float64        `json:"wall_s"`
 	ClosedEarly  int            `json:"closed_early"`
 	OutMs        []float64      `json:"out_ms"`
+	OutSetupMs   []float64      `json:"out_setup_ms"`
 	LagMs        []float64      `json:"lag_ms"`
 	OutReceived  int            `json:"out_received"`
 	OutDup       int            `json:"out_dup"`
@@ -61,6 +64,14 @@ type twilioResult struct {
 }
 
 const tick = 20 * time.Millisecond
+
+// windowStartNs is when the sending phase starts (CLOCK_MONOTONIC). Outbound latency counts
+// only chunks the engine stamped from then on, as inbound counts only frames sent from then
+// on: the greetings of all N calls answered within the setup second are a burst no steady
+// state has. Until the phase starts it is the largest int64, so nothing counts.
+var windowStartNs atomic.Int64
+
+func init() { windowStartNs.Store(math.MaxInt64) }
 
 var (
 	silentFrame = bytes.Repeat([]byte{0xff}, stampFrameBytes)
@@ -81,6 +92,7 @@ type twilioStream struct {
 
 	// reader goroutine only
 	outMs        []float64
+	outSetupMs   []float64
 	seen         []bool
 	outMax       int
 	outDup       int
@@ -235,7 +247,11 @@ func (t *twilioStream) onMedia(payload []byte, now time.Time, nowNs int64) {
 	if len(payload) >= 48 { // 48 base64 characters are exactly the 36 bytes of a stamp
 		if _, err := base64.StdEncoding.Decode(head[:], payload[:48]); err == nil {
 			if _, seq, sent, ok := decodeStamp(head[:]); ok {
-				t.outMs = append(t.outMs, float64(nowNs-sent)/1e6)
+				if sent >= windowStartNs.Load() { // the steady state, as inbound
+					t.outMs = append(t.outMs, float64(nowNs-sent)/1e6)
+				} else { // the greetings, while the calls were being set up
+					t.outSetupMs = append(t.outSetupMs, float64(nowNs-sent)/1e6)
+				}
 				s := int(seq)
 				for len(t.seen) <= s {
 					t.seen = append(t.seen, false)
@@ -330,6 +346,7 @@ func runTwilio(configPath, outPath string) error {
 
 	ticks := int(cfg.Seconds / tick.Seconds())
 	start := time.Now().Add(50 * time.Millisecond)
+	windowStartNs.Store(monoNs() + int64(50*time.Millisecond))
 	fmt.Println("sending")
 	lags := make([][]float64, cfg.Slots)
 	var send sync.WaitGroup
@@ -356,7 +373,7 @@ func runTwilio(configPath, outPath string) error {
 	fmt.Println("sent")
 	time.Sleep(time.Duration(cfg.SettleS * float64(time.Second))) // let frames in flight land
 
-	result := twilioResult{SetupS: setup, WallS: wall, Errors: map[string]int{}, OutMs: []float64{}, LagMs: []float64{}}
+	result := twilioResult{SetupS: setup, WallS: wall, Errors: map[string]int{}, OutMs: []float64{}, OutSetupMs: []float64{}, LagMs: []float64{}}
 	for _, t := range streams {
 		if t.isClosed() {
 			result.ClosedEarly++
@@ -388,7 +405,8 @@ func runTwilio(configPath, outPath string) error {
 			}
 		}
 		result.OutMs = append(result.OutMs, t.outMs...)
-		result.OutReceived += len(t.outMs)
+		result.OutSetupMs = append(result.OutSetupMs, t.outSetupMs...)
+		result.OutReceived += len(t.outMs) + len(t.outSetupMs)
 		result.OutDup += t.outDup
 		result.OutReordered += t.outReordered
 		for k, v := range t.errors {
