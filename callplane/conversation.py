@@ -424,8 +424,8 @@ class Conversation:
 
     def _on_event_now(self, event: dict[str, Any]) -> bool:
         """Handle a Realtime event without waiting; False (nothing done) for an audio delta
-        the transport cannot play at once and for speech_started (barge-in), which
-        :meth:`_on_event` handles."""
+        or a speech_started (barge-in) that would have to wait for a congested socket, which
+        :meth:`_on_event` then handles."""
         etype = event.get("type")
         if etype == "response.output_audio.delta":
             transport = self._direct
@@ -434,7 +434,12 @@ class Conversation:
             payload = event["delta"]
             transport.play_now(payload, self._sent(payload, event["item_id"]))
         elif etype == "input_audio_buffer.speech_started":
-            return False
+            transport = self._direct
+            if transport is None or not transport.play_ready() or not self.rt.can_send_now():
+                return False
+            self._caller_turn_since = time.monotonic()
+            self._barge_in_now(transport)
+            self._set_state("listening")
         elif etype == "input_audio_buffer.speech_stopped":
             self._set_state("thinking")
         elif etype == "response.created":
@@ -525,14 +530,36 @@ class Conversation:
 
     async def _barge_in(self) -> None:
         """The caller speaks over the agent: stop the audio, remember only what was heard."""
+        clear, events = self._interrupt()
+        if clear:
+            await self.transport.clear()
+        for event in events:
+            await self.rt.send(event)
+
+    def _barge_in_now(self, transport: DirectAudio) -> None:
+        """:meth:`_barge_in` without a wait, from the Realtime socket's callback: ``clear``
+        reaches Twilio within the callback that brought ``speech_started``, not after the pump
+        has been woken behind every other ready callback of a busy loop. Call it only when
+        both sockets can send at once (``play_ready``, ``can_send_now``)."""
+        clear, events = self._interrupt()
+        if clear:
+            transport.clear_now()
+        for event in events:
+            self.rt.send_now(event)
+
+    def _interrupt(self) -> tuple[bool, list[dict[str, Any]]]:
+        """The bookkeeping of a barge-in, done at once: whether to clear the caller's audio,
+        and the Realtime events to send (truncate what was not heard, cancel the response)."""
+        events: list[dict[str, Any]] = []
+        clear = False
         item_id = self.playback.playing_item()
         if item_id is not None and item_id != "filler":
+            clear = True
             audio_end_ms = self.playback.truncate_at_ms(item_id, time.monotonic())
-            await self.transport.clear()
             self.playback.clear()
             self._idle.set()
             self._turn_changed.set()
-            await self.rt.send(
+            events.append(
                 {
                     "type": "conversation.item.truncate",
                     "item_id": item_id,
@@ -548,7 +575,8 @@ class Conversation:
                 }
             )
         if self._response_active:
-            await self.rt.send({"type": "response.cancel"})
+            events.append({"type": "response.cancel"})
+        return clear, events
 
     def _start_tool(self, name: str, call_id: str, arguments: str) -> None:
         tool = self.tools.get(name)

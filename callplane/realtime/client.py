@@ -109,6 +109,21 @@ class RealtimeClient:
             raise RealtimeClosed(socket.close_code, socket.close_reason or "disconnected")
         return True
 
+    def can_send_now(self) -> bool:
+        """True when :meth:`send_now` would not outrun a congested socket."""
+        socket = self._socket
+        return socket is not None and not socket.disconnected and socket.writable.is_set()
+
+    def send_now(self, event: dict[str, Any]) -> None:
+        """:meth:`send` without the wait for a congested socket to drain, for a caller that
+        cannot wait (a socket callback); check :meth:`can_send_now` first."""
+        socket = self._socket
+        if socket is None or not socket.send_now(json.dumps(event)):
+            raise RealtimeClosed(
+                None if socket is None else socket.close_code,
+                "not connected" if socket is None else socket.close_reason or "disconnected",
+            )
+
     async def _send(self, frame: str) -> None:
         socket = self._socket
         if socket is None:

@@ -93,3 +93,7 @@ class DirectAudio(Protocol):
         """:meth:`Transport.play` without the wait for a congested socket to drain; call it
         only after :meth:`play_ready`."""
         ...
+
+    def clear_now(self) -> None:
+        """:meth:`Transport.clear` without the wait; call it only after :meth:`play_ready`."""
+        ...

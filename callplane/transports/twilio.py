@@ -175,6 +175,11 @@ class TwilioMediaStream:
         socket.send_now(tp.media_frame(sid, payload_b64))
         socket.send_now(tp.mark_frame(sid, mark))
 
+    def clear_now(self) -> None:
+        socket = self.socket
+        assert isinstance(socket, PicowsSocket)
+        socket.send_now(tp.clear_frame(self._sid))
+
     def _drop(self, reason: str) -> None:
         self.dropped[reason] += 1
         if self._on_invalid is not None:

@@ -172,3 +172,34 @@ async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -
         {"type": "input_audio_buffer.append", "audio": "AAAA"},
         {"type": "input_audio_buffer.append", "audio": "BBBB"},
     ]
+
+
+async def test_send_now_sends_in_order_with_awaited_sends_and_raises_once_closed() -> None:
+    received: list[str] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, str)
+            received.append(message)
+            if len(received) == 3:
+                await ws.close(1000)
+
+    async with server(handler) as url:
+        client = RealtimeClient(settings(url))
+        assert not client.can_send_now()  # not connected yet
+        await client.connect()
+        assert client.can_send_now()
+        client.send_now({"type": "conversation.item.truncate", "item_id": "item_1"})
+        await client.send({"type": "response.cancel"})
+        client.send_now({"type": "response.create"})
+        _, closed = await collect(client)
+        assert closed.code == 1000
+        assert not client.can_send_now()
+        with pytest.raises(RealtimeClosed):
+            client.send_now({"type": "response.cancel"})
+        await client.close()
+    assert [json.loads(m)["type"] for m in received] == [
+        "conversation.item.truncate",
+        "response.cancel",
+        "response.create",
+    ]
