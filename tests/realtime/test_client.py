@@ -148,17 +148,23 @@ async def test_the_event_sink_takes_events_while_the_reader_waits_and_the_rest_k
     assert closed.code == 1000
 
 
-async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -> None:
-    received: list[str] = []
+def recorder(received: list[str], close_after: int) -> Handler:
+    """A server that records the text messages it gets and closes after ``close_after``."""
 
     async def handler(ws: ServerConnection) -> None:
         async for message in ws:
             assert isinstance(message, str)
             received.append(message)
-            if len(received) == 2:
+            if len(received) == close_after:
                 await ws.close(1000)
 
-    async with server(handler) as url:
+    return handler
+
+
+async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -> None:
+    received: list[str] = []
+
+    async with server(recorder(received, close_after=2)) as url:
         client = RealtimeClient(settings(url))
         await client.connect()
         assert client.append_audio_now(b"AAAA")
@@ -177,14 +183,7 @@ async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -
 async def test_send_now_sends_in_order_with_awaited_sends_and_raises_once_closed() -> None:
     received: list[str] = []
 
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            assert isinstance(message, str)
-            received.append(message)
-            if len(received) == 3:
-                await ws.close(1000)
-
-    async with server(handler) as url:
+    async with server(recorder(received, close_after=3)) as url:
         client = RealtimeClient(settings(url))
         assert not client.can_send_now()  # not connected yet
         await client.connect()
