@@ -24,8 +24,8 @@ FastAPI ``/twilio/media`` route); ``--bridge streams`` is the picows stream serv
 (``functions.stream_server``) handing the same streams to the same code; ``--bridge noop``
 (``bench/noop_bridge.py``) measures the harness's own ceiling. The sweep runs all three at each N.
 
-The harness (``--load``): by default ``bench/loadgen`` (Go, built on first use into
-``~/.cache/callplane/bench``) plays both the engine, event for event like the local engine in
+The harness (``--load``): by default ``bench/loadgen`` (Go, built at the start of each run
+into ``~/.cache/callplane/bench``) plays both the engine, event for event like the local engine in
 ``--mode load``, and the simulated Twilio; ``--bridge noop`` is then its compiled no-op relay.
 ``--load python`` runs the Python generator below (WebSocket over raw asyncio transports with
 pre-built frames) and ``bench/relay_engine.py``, which saturate core 1 near 150 calls but
@@ -39,6 +39,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -347,23 +348,26 @@ def pin_to(core: int) -> Any:
     return lambda: os.sched_setaffinity(0, {core})
 
 
-def loadgen_binary() -> Path:
-    """Build ``bench/loadgen`` (Go) when its sources are newer than the binary; return it."""
-    sources = [*LOADGEN_DIR.glob("*.go"), LOADGEN_DIR / "go.mod", LOADGEN_DIR / "go.sum"]
-    newest = max(p.stat().st_mtime for p in sources)
-    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= newest:
-        return LOADGEN_BIN
-    go = shutil.which("go") or (
-        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
-    )
-    if go is None:
+def go_command() -> str:
+    """The ``go`` command: on PATH, or where the machine's Go lives."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not Path(go).exists():
         sys.exit(
             "relay.py --load go needs the Go toolchain (go 1.26+) on PATH to build bench/loadgen; "
             "install it, or run the Python harness with --load python"
         )
+    return go
+
+
+@functools.cache
+def loadgen_binary() -> Path:
+    """``bench/loadgen`` (Go), built once per run of this script: Go's build cache makes an
+    unchanged build take a moment and rebuilds exactly what changed."""
     LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
     print(f"building {LOADGEN_BIN} from bench/loadgen", file=sys.stderr, flush=True)
-    subprocess.run([go, "build", "-o", str(LOADGEN_BIN), "."], cwd=LOADGEN_DIR, check=True)
+    subprocess.run(
+        [go_command(), "build", "-o", str(LOADGEN_BIN), "."], cwd=LOADGEN_DIR, check=True
+    )
     return LOADGEN_BIN
 
 
@@ -480,6 +484,16 @@ def stop_processes(procs: Procs) -> None:
         procs.engine.wait()
 
 
+def cpu_shares(before: list[Any], after: list[Any], wall: float) -> dict[str, float]:
+    """Shares of one core over ``wall`` seconds for the bridge, the engine and the generator
+    (psutil ``cpu_times`` taken before and after, in that order), and the kernel's part."""
+    out: dict[str, float] = {}
+    for name, a, b in zip(("", "engine_", "generator_"), before, after, strict=True):
+        out[f"{name}cpu_share"] = ((b.user + b.system) - (a.user + a.system)) / wall
+        out[f"{name}system_share"] = (b.system - a.system) / wall
+    return out
+
+
 async def drive(
     procs: Procs, calls: int, seconds: float, bridge_proc: psutil.Process
 ) -> dict[str, Any]:
@@ -553,21 +567,12 @@ async def drive(
         if stream.transport is not None:
             stream.transport.close()
 
-    def used(a: Any, b: Any) -> float:
-        return float((b.user + b.system) - (a.user + a.system))
-
-    cpu_s = used(cpu0, cpu1)
     return {
-        "system_share": (cpu1.system - cpu0.system) / wall,
-        "engine_system_share": (ecpu1.system - ecpu0.system) / wall,
-        "generator_system_share": (gcpu1.system - gcpu0.system) / wall,
+        **cpu_shares([cpu0, ecpu0, gcpu0], [cpu1, ecpu1, gcpu1], wall),
         "totals": totals,
         "streams": [StreamResult(s.index, s.sent, len(s.out_seen), s.clears_ns) for s in streams],
         "setup_s": setup_s,
         "wall_s": wall,
-        "cpu_share": cpu_s / wall,
-        "engine_cpu_share": used(ecpu0, ecpu1) / wall,
-        "generator_cpu_share": used(gcpu0, gcpu1) / wall,
         "cpu_samples": cpu_samples,
         "rss_idle": rss_idle,
         "rss_peak": max(rss_peak, rss_end),
@@ -666,13 +671,8 @@ def drive_go(
         errors=collections.Counter(result["errors"]),
     )
 
-    def used(a: Any, b: Any) -> float:
-        return float((b.user + b.system) - (a.user + a.system))
-
     return {
-        "system_share": (cpu1.system - cpu0.system) / wall,
-        "engine_system_share": (ecpu1.system - ecpu0.system) / wall,
-        "generator_system_share": (gcpu1.system - gcpu0.system) / wall,
+        **cpu_shares([cpu0, ecpu0, gcpu0], [cpu1, ecpu1, gcpu1], wall),
         "totals": totals,
         "streams": [
             StreamResult(r["index"], r["sent"], r["out_unique"], r["clears_ns"] or [])
@@ -680,9 +680,6 @@ def drive_go(
         ],
         "setup_s": setup_s,
         "wall_s": wall,
-        "cpu_share": used(cpu0, cpu1) / wall,
-        "engine_cpu_share": used(ecpu0, ecpu1) / wall,
-        "generator_cpu_share": used(gcpu0, gcpu1) / wall,
         "cpu_samples": cpu_samples,
         "rss_idle": rss_idle,
         "rss_peak": max(rss_peak, rss_end),
@@ -815,8 +812,7 @@ def run_once(
 
 
 def _go_version() -> str:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    done = subprocess.run([go, "version"], capture_output=True, text=True, check=False)
+    done = subprocess.run([go_command(), "version"], capture_output=True, text=True, check=False)
     return done.stdout.strip()
 
 
