@@ -66,9 +66,9 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
-from callplane.local.engine.context import Direction
-from callplane.local.livekit import find_tool
-from callplane.local.stack import LocalStack, StackOptions
+from callplane_dev.livekit_server import find_tool
+from callplane_dev.stack import LocalStack, StackOptions
+from callplane_standins.realtime_engine.context import Direction
 from functions.dispatch import AgentJob, AgentJobs, JobHandle, Launcher, LocalProcessLauncher
 
 ROOT = Path(__file__).resolve().parent.parent

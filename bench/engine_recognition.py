@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 
 from callplane.audio import ulaw_decode, ulaw_encode
-from callplane.local.engine.recognition import PhraseRecognizer
-from callplane.local.engine.speech import speak
+from callplane_standins.realtime_engine.recognition import PhraseRecognizer
+from callplane_standins.realtime_engine.speech import speak
 
 #: The local engine's default script phrases.
 DEFAULT_PATTERNS: tuple[str, ...] = (

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-import callplane.local.engine.recognition as recognition
+import callplane_standins.realtime_engine.recognition as recognition
 from callplane.audio import resample, ulaw_decode, ulaw_encode
-from callplane.local.engine.recognition import PhraseRecognizer
-from callplane.local.engine.speech import parse_wav
+from callplane_standins.realtime_engine.recognition import PhraseRecognizer
+from callplane_standins.realtime_engine.speech import parse_wav
 
 #: (label, espeak-ng voice spec, words per minute or None, pitch 0-99 or None).
 TUNING_VOICES: tuple[tuple[str, str, int | None, int | None], ...] = (

@@ -61,8 +61,8 @@ import numpy as np
 import psutil
 from twilio.request_validator import RequestValidator
 
-from callplane.local.engine.context import STAMP_BYTES, decode_stamp, encode_stamp
 from callplane.security import mint_stream_token
+from callplane_standins.realtime_engine.context import STAMP_BYTES, decode_stamp, encode_stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = 160  # 20 ms of µ-law

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from callplane.local.engine.context import EngineSettings
-from callplane.local.engine.server import EngineServer
+from callplane_standins.realtime_engine.context import EngineSettings
+from callplane_standins.realtime_engine.server import EngineServer
 
 
 async def main(port: int) -> None:

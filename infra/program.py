@@ -9,7 +9,7 @@ numbers routed over SIP) -> numbers, whose webhooks point at the edge -> LiveKit
 and dispatch rule for the numbers -> edge config (numbers to profiles and regions) -> the edge
 worker (Cloudflare on cloud stacks; the local edge reads the ``edgeConfig`` output) -> outputs
 (numbers, URLs, the playground link; on the local stack also ``mediaConfig``, the local media
-app's settings: :mod:`callplane.local.stack_outputs` turns both documents into running planes).
+app's settings: :mod:`callplane_dev.stack_outputs` turns both documents into running planes).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def media_settings_json(config: StackConfig, media_base: str, http_base: str | N
     profile or URL fails at preview, not in the container.
 
     On the local stack the same document is the ``mediaConfig`` output, which the local media
-    app is started from (:func:`callplane.local.stack_outputs.planes_from_outputs`): it then
+    app is started from (:func:`callplane_dev.stack_outputs.planes_from_outputs`): it then
     also carries the simulator's base URL and the edge's voice webhook (outbound calls), and a
     placeholder Realtime key (the local engine takes any).
     """

@@ -42,7 +42,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from callplane.local.engine.speech import speak
+from callplane_standins.realtime_engine.speech import speak
 
 __all__ = [
     "CHROMIUM",

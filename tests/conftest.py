@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from callplane.local.engine.context import Direction, EngineSettings
-from callplane.local.engine.server import EngineServer
 from callplane.realtime.conformance import (
     ConformanceError,
     validate_client_event,
     validate_server_event,
 )
+from callplane_standins.realtime_engine.context import Direction, EngineSettings
+from callplane_standins.realtime_engine.server import EngineServer
 
 
 @dataclass

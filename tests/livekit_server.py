@@ -35,7 +35,7 @@ import pytest
 from livekit import api
 
 from callplane.livekit_settings import LiveKitSettings
-from callplane.local.livekit import SETUP_HINT, find_tool, livekit_config, tools_dir
+from callplane_dev.livekit_server import SETUP_HINT, find_tool, livekit_config, tools_dir
 
 API_KEY = "devkey"
 # 32+ characters: livekit-server complains about shorter secrets outside dev mode.

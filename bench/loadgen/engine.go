@@ -28,7 +28,7 @@ import (
 
 const (
 	windowMs        = 20
-	minSpeechMs     = 60 // as callplane/local/engine/vad.py: a click is not a turn
+	minSpeechMs     = 60 // as callplane_standins/realtime_engine/vad.py: a click is not a turn
 	chunkMs         = 100
 	pace            = 4.0
 	replyTranscript = "Load test reply."
@@ -383,7 +383,7 @@ func (s *session) appendAudio(b64 []byte) {
 	s.vad(data)
 }
 
-// vad is callplane/local/engine/vad.py's EnergyVad over 20 ms windows of µ-law.
+// vad is callplane_standins/realtime_engine/vad.py's EnergyVad over 20 ms windows of µ-law.
 func (s *session) vad(data []byte) {
 	const window = 8000 * windowMs / 1000
 	buf := data

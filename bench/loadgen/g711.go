@@ -41,7 +41,7 @@ func ulawEncode(sample int16) byte {
 }
 
 // replyClip is the load engine's reply: one second of a 440 Hz tone at -12 dBFS in µ-law at
-// 8 kHz, as callplane.local.engine.context.load_reply_clip makes it.
+// 8 kHz, as callplane_standins.realtime_engine.context.load_reply_clip makes it.
 func replyClip() []byte {
 	clip := make([]byte, 8000)
 	for i := range clip {

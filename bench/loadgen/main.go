@@ -10,7 +10,7 @@
 //	loadgen noop PORT ENGINE_URL         a bridge that relays and does nothing else, for the
 //	                                     harness's own ceiling
 //
-// Both speak exactly the wire format of their Python counterparts (callplane/local/engine and
+// Both speak exactly the wire format of their Python counterparts (callplane_standins/realtime_engine and
 // bench/relay.py): the same events, the same stamps in the audio, the same probe records, so
 // bench/relay.py analyses either harness with the same code.
 package main

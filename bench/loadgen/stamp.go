@@ -10,7 +10,7 @@ import (
 // A stamp is 4 marker bytes and 16 bytes of data (stream id, sequence number, CLOCK_MONOTONIC
 // nanoseconds, big-endian) written as 32 nibbles, each nibble as a µ-law code 0xF0+n of the
 // lowest segment, so a stamped silent frame stays silent for a VAD. The format is
-// callplane/local/engine/context.py's (encode_stamp, decode_stamp); tests/bench checks both
+// callplane_standins/realtime_engine/context.py's (encode_stamp, decode_stamp); tests/bench checks both
 // ends read each other.
 var stampMarker = [4]byte{0x7a, 0x75, 0x7a, 0x75}
 

@@ -2,7 +2,7 @@
 
 A job joins the room as an agent participant (identity ``agent-<job id>``, kind agent, its own
 short-lived token minted from the stack's API key), waits for the first human, and runs the
-conversation core over :class:`~callplane.transports.livekit.LiveKitRoomTransport` with a
+conversation core over :class:`~callplane.rooms.agent_transport.LiveKitRoomTransport` with a
 :class:`~callplane.rooms.publisher.RoomPublisher` showing its state and transcripts. It ends
 
 * when the last human has been gone for ``livekit.idle_timeout_s`` (the grace period lets a
@@ -35,11 +35,11 @@ from callplane.livekit_settings import AGENT_IDENTITY_PREFIX, LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile, resolve_tools
 from callplane.records import CallRecord, RecordStore
+from callplane.rooms.agent_transport import LiveKitRoomTransport
 from callplane.rooms.mixer import SAMPLE_RATE
 from callplane.rooms.presence import Presence
 from callplane.rooms.publisher import STATE_ATTRIBUTE, RoomPublisher
 from callplane.tools import Tool, ToolSet
-from callplane.transports.livekit import LiveKitRoomTransport
 
 log = logging.getLogger("callplane.rooms.agent")
 

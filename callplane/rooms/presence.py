@@ -13,7 +13,7 @@ import contextlib
 
 from livekit import rtc
 
-from callplane.transports.livekit import is_human
+from callplane.rooms.agent_transport import is_human
 
 
 class Presence:

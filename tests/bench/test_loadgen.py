@@ -2,8 +2,8 @@
 
 The load engine must look like callplane's local engine in ``--mode load`` to the bridge (every
 event valid by the ``openai`` SDK's GA models, the same turn taking) and must read and write
-the same latency stamps as ``callplane.local.engine.context``; ``bench/relay.py`` must measure a
-real bridge through it with nothing lost.
+the same latency stamps as ``callplane_standins.realtime_engine.context``; ``bench/relay.py``
+must measure a real bridge through it with nothing lost.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from callplane.local.engine.context import STAMP_BYTES, decode_stamp, encode_stamp
 from callplane.realtime.conformance import validate_server_event
+from callplane_standins.realtime_engine.context import STAMP_BYTES, decode_stamp, encode_stamp
 
 ROOT = Path(__file__).resolve().parents[2]
 SILENT = b"\xff" * 160

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from callplane.local.engine.context import Direction
-from callplane.local.stack import LocalStack, StackOptions
+from callplane_dev.stack import LocalStack, StackOptions
+from callplane_standins.realtime_engine.context import Direction
 from tests.conftest import ConformanceLog
 
 

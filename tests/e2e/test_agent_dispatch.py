@@ -28,8 +28,8 @@ import httpx
 import pytest
 from livekit import api, rtc
 
-from callplane.local.engine.speech import speak
-from callplane.local.stack import LocalStack
+from callplane_dev.stack import LocalStack
+from callplane_standins.realtime_engine.speech import speak
 from tests.e2e.conftest import LIVEKIT_AGENT_IDLE_S
 
 PHRASE = "what is the weather like today"

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
-from callplane.local.engine.context import Direction
-from callplane.local.engine.speech import speak
-from callplane.local.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
-from callplane.local.twilio.caller import hang_up, say, wait_for_reply
 from callplane.profiles import AgentProfile
+from callplane_dev.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
+from callplane_standins.realtime_engine.context import Direction
+from callplane_standins.realtime_engine.speech import speak
+from callplane_standins.twilio_simulator.caller import hang_up, say, wait_for_reply
 from tests.conftest import ConformanceLog
 
 ROOM = "hybrid-lobby"

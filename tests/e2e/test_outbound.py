@@ -16,11 +16,11 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from callplane.local.stack import LocalStack, NumberPlan, StackOptions
-from callplane.local.twilio.callee import busy, human, voicemail
-from callplane.local.twilio.caller import hang_up, say, synthesize_ulaw, wait_for_reply
-from callplane.local.twilio.carrier import WebhookError
 from callplane.outbound import OutboundLimits
+from callplane_dev.stack import LocalStack, NumberPlan, StackOptions
+from callplane_standins.twilio_simulator.callee import busy, human, voicemail
+from callplane_standins.twilio_simulator.caller import hang_up, say, synthesize_ulaw, wait_for_reply
+from callplane_standins.twilio_simulator.carrier import WebhookError
 from tests.conftest import ConformanceLog
 from tests.servers import serve_asgi
 

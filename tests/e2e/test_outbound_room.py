@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 from livekit import api
 
-from callplane.local.stack import LocalStack, NumberPlan, StackOptions
-from callplane.local.twilio.callee import human
-from callplane.local.twilio.caller import hang_up, wait_for_reply
 from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
+from callplane_dev.stack import LocalStack, NumberPlan, StackOptions
+from callplane_standins.twilio_simulator.callee import human
+from callplane_standins.twilio_simulator.caller import hang_up, wait_for_reply
 
 ROOM = "outbound-lobby"
 CALLEE = "+14155550177"

@@ -13,10 +13,10 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from callplane.audio import PCMU, hold_chime
-from callplane.local.agents import SAMPLE_PROFILES, SAMPLE_WEATHER
-from callplane.local.engine.context import Direction
-from callplane.local.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
-from callplane.local.twilio.caller import (
+from callplane_dev.sample_agents import SAMPLE_PROFILES, SAMPLE_WEATHER
+from callplane_dev.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
+from callplane_standins.realtime_engine.context import Direction
+from callplane_standins.twilio_simulator.caller import (
     Step,
     hang_up,
     interrupt_after,

@@ -19,14 +19,14 @@ import httpx
 import pytest
 from livekit import api
 
-from callplane.local.stack import LocalStack
+from callplane_dev.stack import LocalStack
 from tests.browser import launch_browser, synthesize_wav
 from tests.e2e.conftest import LIVEKIT_AGENT_IDLE_S
 
 PHRASE = "what is the weather like today"
 # The support profile (the stack's first, so a web room's default) declares get_weather, so the
 # engine calls the tool and answers with the script's after_tool text filled from its output
-# (callplane/local/agents.py SAMPLE_WEATHER), numbers read out as words.
+# (callplane_dev/sample_agents.py SAMPLE_WEATHER), numbers read out as words.
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
 AGENT_IDLE_S = LIVEKIT_AGENT_IDLE_S
 # How long after the idle timeout a job may take to notice, leave, save its record and exit.

@@ -14,9 +14,9 @@ import httpx
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 
-from callplane.local.stack import DEFAULT_CALLER, LocalStack
-from callplane.local.twilio.caller import synthesize_ulaw
-from callplane.local.twilio.twiml import Stream, parse_twiml
+from callplane_dev.stack import DEFAULT_CALLER, LocalStack
+from callplane_standins.twilio_simulator.caller import synthesize_ulaw
+from callplane_standins.twilio_simulator.twiml import Stream, parse_twiml
 
 FRAME = 160  # 20 ms of µ-law
 

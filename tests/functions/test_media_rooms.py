@@ -22,11 +22,11 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from callplane.local.engine.server import EngineServer
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.rooms.phone import PHONE_FRAME, encode_payload
 from callplane.security import mint_stream_token
+from callplane_standins.realtime_engine.server import EngineServer
 from functions.media import create_app
 from functions.media_streams import CLOSE_NO_LIVEKIT
 from tests.livekit_server import LiveKitServer, livekit_server_fixture

@@ -13,11 +13,11 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from callplane.local.engine.server import EngineServer
-from callplane.local.serving import bind_loopback
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.security import mint_stream_token
+from callplane_standins.realtime_engine.server import EngineServer
+from callplane_standins.serving import bind_loopback
 from functions.media import create_app
 from functions.media_streams import CLOSE_BAD_TOKEN
 from functions.stream_server import StreamServer

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from callplane.local.engine.server import EngineServer
 from callplane.security import mint_stream_token
+from callplane_standins.realtime_engine.server import EngineServer
 from tests.functions.test_media_security import (
     SECRET,
     media_settings,

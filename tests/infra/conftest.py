@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from callplane.local.livekit import tools_dir
-from callplane.local.twilio.simulator import Simulator
+from callplane_dev.livekit_server import tools_dir
+from callplane_standins.twilio_simulator.simulator import Simulator
 from tests.livekit_server import binary, livekit_server
 
 ACCOUNT_SID = "AC" + "5e1f" * 8

@@ -34,7 +34,7 @@ import pytest
 import yaml
 from livekit import api
 
-from callplane.local.stack_outputs import LocalPlanes
+from callplane_dev.stack_outputs import LocalPlanes
 from tests.infra.conftest import TOOLS_BIN, LiveKit, free_port, tool, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +137,7 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "callplane.local.twilio",
+            "callplane_standins.twilio_simulator",
             "--state",
             str(work / "twilio.json"),
             "--port",
@@ -170,7 +170,7 @@ def sim_numbers(sim_url: str) -> dict[str, Any]:
 
 
 def arm(sim_url: str, **fault: Any) -> None:
-    """Arm a fault on the simulator process (callplane/local/twilio/faults.py)."""
+    """Arm a fault on the simulator process (callplane_standins/twilio_simulator/faults.py)."""
     answer = httpx.post(f"{sim_url}/_simulator/faults", json=fault, auth=(SID, TOKEN))
     assert answer.status_code == 201, answer.text
 

@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from callplane.local.engine.server import EngineServer
 from callplane.records import RecordStore
+from callplane_standins.realtime_engine.server import EngineServer
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.rooms.test_agent_room import humans, media_settings, until
 

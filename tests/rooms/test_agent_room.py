@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from callplane.local.engine.server import EngineServer
-from callplane.local.engine.speech import speak
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord, RecordStore
 from callplane.rooms.agent import AgentJobError, choose_profile, run_agent
+from callplane_standins.realtime_engine.server import EngineServer
+from callplane_standins.realtime_engine.speech import speak
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 
 livekit = livekit_server_fixture()

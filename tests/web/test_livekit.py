@@ -20,7 +20,7 @@ import pytest
 from livekit import rtc
 
 from callplane.livekit_settings import AGENT_IDENTITY_PREFIX
-from callplane.local.engine.recognition import PhraseRecognizer
+from callplane_standins.realtime_engine.recognition import PhraseRecognizer
 from tests.browser import BrowserPage, launch_browser, synthesize_wav
 from tests.livekit_server import LiveKitServer
 from tests.web.conftest import SIGNED_LINK, WEB_KEY, Site

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from callplane.local.twilio.faults import Fault
-from callplane.local.twilio.simulator import Simulator
+from callplane_standins.twilio_simulator.faults import Fault
+from callplane_standins.twilio_simulator.simulator import Simulator
 from infra.providers.common import ProvisioningError
 from infra.providers.twilio_number import TwilioPhoneNumberProvider
 from tests.infra.conftest import ACCOUNT_SID, AUTH_TOKEN, BUNDLE

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from callplane.local.twilio.simulator import Simulator
+from callplane_standins.twilio_simulator.simulator import Simulator
 from infra.providers.common import ProvisioningError
 from infra.providers.twilio_trunk import TwilioSipTrunkProvider
 from tests.infra.conftest import ACCOUNT_SID, AUTH_TOKEN

@@ -1,5 +1,0 @@
-"""``python -m callplane`` runs the CLI."""
-
-from callplane.cli import app
-
-app()

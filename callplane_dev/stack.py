@@ -1,0 +1,462 @@
+"""``callplane dev``: every part of a callplane deployment, running on loopback.
+
+The stack starts the offline Realtime engine, the Twilio simulator, the edge worker (its
+stdlib core under the ASGI adapter) and the media app (the FastAPI app Modal serves in
+production) and wires them exactly as production is wired: the numbers' voice webhooks point
+at the edge, the edge answers with ``<Connect><Stream>`` to the media app, and the media app
+opens Realtime sessions on the engine. Only URLs and credentials differ from a cloud stack.
+
+Numbers are bought from the simulator through the ``twilio`` SDK on first start and reused
+after (the simulator keeps its state in the data directory); their webhooks are re-pointed
+on every start because the ports may change. Credentials for the local account are random
+per data directory and stay in it.
+
+The running stack writes ``<data_dir>/dev.json`` (mode 0600: it holds the local credentials)
+so that ``callplane call`` in another terminal finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from callplane.livekit_settings import LiveKitSettings
+from callplane.media_settings import MediaSettings
+from callplane.outbound import OutboundLimits
+from callplane.profiles import AgentProfile
+from callplane.tools import Tool
+from callplane_dev.livekit_server import LocalLiveKit
+from callplane_dev.sample_agents import SAMPLE_PROFILES, SAMPLE_TOOLS
+from callplane_standins.realtime_engine.context import EngineSettings, EventObserver
+from callplane_standins.realtime_engine.server import EngineServer
+from callplane_standins.serving import EmbeddedServer, bind_loopback
+from callplane_standins.twilio_simulator.caller import Step
+from callplane_standins.twilio_simulator.carrier import CallResult
+from callplane_standins.twilio_simulator.simulator import Simulator
+from edge_worker.asgi import create_app as create_edge_app
+from edge_worker.config import EdgeConfig, LiveKitEdgeConfig, NumberRoute
+from functions.media import create_app as create_media_app
+from functions.stream_server import StreamServer
+
+__all__ = ["DEFAULT_NUMBERS", "DEV_FILE", "LocalStack", "NumberPlan", "StackOptions"]
+
+log = logging.getLogger("callplane.stack")
+
+DEV_FILE = "dev.json"
+LOCAL_REGION = "local"
+# The caller ID that simulated calls come from unless told otherwise (Twilio's docs' example).
+DEFAULT_CALLER = "+15017122661"
+
+
+@dataclass(frozen=True)
+class NumberPlan:
+    """A number the local stack owns: which profile answers it and where it is bought."""
+
+    profile: str
+    country: str = "US"
+    type: str = "local"
+    area_code: int | None = None
+
+    @property
+    def friendly_name(self) -> str:
+        """How the stack recognises its own number on the next start."""
+        return f"callplane-local {self.profile}"
+
+
+DEFAULT_NUMBERS: tuple[NumberPlan, ...] = (
+    NumberPlan("support", "US", "local", 415),
+    NumberPlan("sales", "US", "local", 212),
+)
+
+
+@dataclass
+class StackOptions:
+    """How to run the local stack. Ports 0 pick free ones (tests); ``callplane dev`` uses fixed
+    defaults so that URLs stay the same between runs."""
+
+    data_dir: Path = Path(".callplane")
+    engine_port: int = 0
+    twilio_port: int = 0
+    edge_port: int = 0
+    media_port: int = 0
+    stream_port: int = 0
+    pace: float = 4.0
+    numbers: Sequence[NumberPlan] = DEFAULT_NUMBERS
+    profiles: Mapping[str, AgentProfile] = field(default_factory=lambda: dict(SAMPLE_PROFILES))
+    tools: Mapping[str, Tool] = field(default_factory=lambda: dict(SAMPLE_TOOLS))
+    # Where agent jobs (child processes, one per LiveKit room) import their tools from: they
+    # cannot share the objects in ``tools``. Name the module that defines the same tools.
+    tools_module: str | None = "callplane_dev.sample_agents:SAMPLE_TOOLS"
+    engine_observer: EventObserver | None = None
+    write_dev_file: bool = True
+    # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
+    # tests shorten it to see renewals happen.
+    session_limit_s: float = 60 * 60
+    # Outbound limits; the caller ID defaults to the first number. Locally, any hour is a
+    # calling hour (production's default is 08:00-21:00 in the callee's zone).
+    outbound: OutboundLimits = field(
+        default_factory=lambda: OutboundLimits(
+            allowed_countries=("US", "GB", "PK"), calling_hours=(0, 24)
+        )
+    )
+    # Run a real livekit-server (with Redis) for web rooms, agent jobs and hybrid phone rooms;
+    # its webhooks go to the edge, which dispatches agents through the media app.
+    livekit: bool = False
+    livekit_port: int = 0
+    # How long an agent job stays in a room after the last human left (or if nobody came).
+    agent_idle_timeout_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        for plan in self.numbers:
+            if plan.profile not in self.profiles:
+                raise ValueError(
+                    f"numbers: the number for profile {plan.profile!r} names no configured "
+                    f"profile; configured: {sorted(self.profiles)}. Add the profile or fix the "
+                    "name"
+                )
+        for name, port in (
+            ("engine_port", self.engine_port),
+            ("twilio_port", self.twilio_port),
+            ("edge_port", self.edge_port),
+            ("media_port", self.media_port),
+            ("livekit_port", self.livekit_port),
+        ):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name}={port} is not a TCP port: use 0 (any) to 65535")
+
+
+@dataclass(frozen=True)
+class LocalCredentials:
+    """The local stack's secrets, random per data directory."""
+
+    account_sid: str
+    auth_token: str
+    stream_secret: str
+    media_api_key: str
+    # LiveKit (added later: files from older versions get them on the next start)
+    livekit_api_secret: str = ""
+    web_key: str = ""
+    link_secret: str = ""
+
+    LIVEKIT_API_KEY = "callplane-local"
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> LocalCredentials:
+        fresh = {
+            "account_sid": "AC" + secrets.token_hex(16),
+            "auth_token": secrets.token_hex(16),
+            "stream_secret": secrets.token_urlsafe(32),
+            "media_api_key": secrets.token_urlsafe(24),
+            "livekit_api_secret": secrets.token_urlsafe(32),
+            "web_key": secrets.token_urlsafe(24),
+            "link_secret": secrets.token_urlsafe(32),
+        }
+        stored: dict[str, Any] = {}
+        if path.exists():
+            try:
+                stored = json.loads(path.read_text())
+                creds = cls(**{**fresh, **{k: v for k, v in stored.items() if v}})
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"{path} is not a callplane credentials file ({exc}); delete it and the "
+                    "stack makes a new one (the simulator's numbers are then bought again)"
+                ) from None
+        else:
+            creds = cls(**fresh)
+        if stored != creds.__dict__:
+            _write_private(path, json.dumps(creds.__dict__, indent=2))
+        return creds
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+class LocalStack:
+    """The running local stack; ``async with LocalStack(options) as stack: ...``."""
+
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.data_dir = self.options.data_dir
+        self.creds = LocalCredentials.load_or_create(self.data_dir / "credentials.json")
+        self.engine = EngineServer(
+            EngineSettings(pace=self.options.pace), observer=self.options.engine_observer
+        )
+        self.simulator = Simulator(
+            self.data_dir / "twilio.json",
+            self.creds.account_sid,
+            self.creds.auth_token,
+            ring_s=0.5,  # one ring of an outbound call
+            unanswered_ring_s=10.0,
+        )
+        self.numbers: dict[str, str] = {}  # E.164 -> profile
+        self.status_callbacks: deque[dict[str, str]] = deque(maxlen=1000)
+        self.media_app: Any = None
+        self.livekit: LocalLiveKit | None = None
+        self._edge: EmbeddedServer | None = None
+        self._media: EmbeddedServer | None = None
+        self._streams: StreamServer | None = None
+        self.stream_url = ""  # where Twilio's media streams go (the picows stream server)
+        self._sockets: list[socket.socket] = []
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        o = self.options
+        try:
+            edge_sock = bind_loopback(o.edge_port)
+            self._sockets.append(edge_sock)
+            media_sock = bind_loopback(o.media_port)
+            self._sockets.append(media_sock)
+            stream_sock = bind_loopback(o.stream_port)
+            self._sockets.append(stream_sock)
+            await self.engine.start(port=o.engine_port)
+            await self.simulator.start(port=o.twilio_port)
+            edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
+            media_base = f"ws://127.0.0.1:{media_sock.getsockname()[1]}"
+            # Twilio's media streams go to the picows stream server, as in the cloud; the media
+            # app's HTTP routes (records, outbound, dispatch, status callbacks) stay on uvicorn.
+            stream_base = f"ws://127.0.0.1:{stream_sock.getsockname()[1]}"
+            self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
+            media_http = "http" + media_base.removeprefix("ws")
+            livekit, edge_livekit = await self._start_livekit(edge_url, media_http)
+            settings = MediaSettings(
+                public_media_url=stream_base + "/twilio/media",
+                public_http_url=media_http,
+                stream_secret=self.creds.stream_secret,
+                api_key=self.creds.media_api_key,
+                twilio_account_sid=self.creds.account_sid,
+                twilio_auth_token=self.creds.auth_token,
+                twilio_api_base_url=self.simulator.base_url,
+                realtime_url=self.engine.url,
+                realtime_api_key="local",
+                realtime_session_limit_s=o.session_limit_s,
+                realtime_renew_margin_s=min(120.0, o.session_limit_s / 4),
+                profiles=dict(o.profiles),
+                records_path=self.data_dir / "records.sqlite3",
+                edge_voice_url=edge_url + "/twilio/voice",
+                outbound=self._outbound_limits(),
+                livekit=livekit,
+                tools_module=o.tools_module,
+            )
+            self.media_app = create_media_app(settings, dict(o.tools))
+            self._media = EmbeddedServer(self.media_app, media_sock)
+            self._streams = StreamServer(self.media_app.state.streams)
+            edge = EdgeConfig(
+                public_url=edge_url,
+                twilio_auth_token=self.creds.auth_token,
+                stream_secret=self.creds.stream_secret,
+                media_urls={LOCAL_REGION: stream_base},
+                numbers={n: NumberRoute(p, LOCAL_REGION) for n, p in self.numbers.items()},
+                default_region=LOCAL_REGION,
+                livekit=edge_livekit,
+            )
+            self._edge = EmbeddedServer(
+                create_edge_app(edge, on_status=self.status_callbacks.append), edge_sock
+            )
+            self._sockets.clear()  # the servers own them now
+            await self._streams.start(stream_sock)
+            self.stream_url = stream_base + "/twilio/media"
+            await self._media.start()
+            await self._edge.start()
+        except BaseException:
+            await self.stop()
+            raise
+        if o.write_dev_file:
+            _write_private(self.data_dir / DEV_FILE, json.dumps(self.describe(secrets=True)))
+
+    async def _start_livekit(
+        self, edge_url: str, media_http: str
+    ) -> tuple[LiveKitSettings | None, LiveKitEdgeConfig | None]:
+        """Start livekit-server + Redis when asked; its webhooks go to the edge, and the edge
+        dispatches agents through the media app's ``/agents/dispatch``."""
+        o = self.options
+        if not o.livekit:
+            return None, None
+        self.livekit = LocalLiveKit(
+            self.data_dir / "livekit",
+            api_key=self.creds.LIVEKIT_API_KEY,
+            api_secret=self.creds.livekit_api_secret,
+            webhook_urls=[edge_url + "/livekit/webhook"],
+            http_port=o.livekit_port,
+        )
+        await self.livekit.start()
+        media = LiveKitSettings(
+            url=self.livekit.url,
+            api_key=self.creds.LIVEKIT_API_KEY,
+            api_secret=self.creds.livekit_api_secret,
+            idle_timeout_s=o.agent_idle_timeout_s,
+        )
+        edge = LiveKitEdgeConfig(
+            url=self.livekit.url,
+            api_key=self.creds.LIVEKIT_API_KEY,
+            api_secret=self.creds.livekit_api_secret,
+            agent_name=media.agent_name,
+            web_keys=(self.creds.web_key,),
+            link_secret=self.creds.link_secret,
+            allowed_origins=(edge_url,),
+            dispatch_url=media_http + "/agents/dispatch",
+            dispatch_api_key=self.creds.media_api_key,
+        )
+        return media, edge
+
+    def _outbound_limits(self) -> OutboundLimits:
+        limits = self.options.outbound
+        if limits.caller_id("US") is None and self.numbers:
+            first = next(iter(self.numbers))
+            limits = limits.model_copy(update={"caller_ids": {"default": first}})
+        return limits
+
+    async def stop(self) -> None:
+        """Stop every part; calls still on are ended by the simulator first."""
+        if self.media_app is not None:
+            await self.media_app.state.dialer.close()
+            # The embedded servers run without ASGI lifespan, so the media app's shutdown
+            # handler never runs: stop its agent jobs here, while LiveKit and the engine are
+            # still up for them to leave the room and save their records.
+            await self.media_app.state.agents.shutdown()
+        with contextlib.suppress(FileNotFoundError):
+            if self.options.write_dev_file:
+                (self.data_dir / DEV_FILE).unlink()
+        await self.simulator.stop()
+        if self._streams is not None:
+            await self._streams.stop()
+            self._streams = None
+        for server in (self._edge, self._media):
+            if server is not None:
+                await server.stop()
+        self._edge = self._media = None
+        if self.livekit is not None:
+            await self.livekit.stop()
+            self.livekit = None
+        await self.engine.stop()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    async def __aenter__(self) -> LocalStack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # ---- what is running -----------------------------------------------------------------
+
+    @property
+    def edge_url(self) -> str:
+        assert self._edge is not None, "the stack is not started"
+        return self._edge.url
+
+    @property
+    def media_url(self) -> str:
+        assert self._media is not None, "the stack is not started"
+        return self._media.url
+
+    def number_for(self, profile: str) -> str:
+        """The E.164 number that ``profile`` answers."""
+        for number, name in self.numbers.items():
+            if name == profile:
+                return number
+        raise KeyError(f"no number answers profile {profile!r}; numbers: {self.numbers}")
+
+    def describe(self, *, secrets: bool = False) -> dict[str, Any]:
+        """Every part's URL and the numbers; with ``secrets`` also the local credentials
+        (for ``dev.json``, never for printing)."""
+        data: dict[str, Any] = {
+            "engine": self.engine.url,
+            "twilio": self.simulator.base_url,
+            "edge": self.edge_url,
+            "media": self.media_url,
+            "streams": self.stream_url,
+            "numbers": [{"number": n, "profile": p} for n, p in self.numbers.items()],
+            "data_dir": str(self.data_dir),
+        }
+        if self.livekit is not None:
+            data["livekit"] = self.livekit.url
+            data["playground"] = self.edge_url + "/playground/"
+        if secrets:
+            data["account_sid"] = self.creds.account_sid
+            data["auth_token"] = self.creds.auth_token
+            data["media_api_key"] = self.creds.media_api_key
+            if self.livekit is not None:
+                data["web_key"] = self.creds.web_key
+                data["livekit_api_key"] = self.creds.LIVEKIT_API_KEY
+                data["livekit_api_secret"] = self.creds.livekit_api_secret
+        return data
+
+    def playground_link(self, room: str | None = None) -> str:
+        """The playground's URL with the local web key (a local secret: print it only to the
+        developer who started the stack)."""
+        if self.livekit is None:
+            raise RuntimeError("the stack runs without LiveKit: start it with livekit=True")
+        query = f"key={self.creds.web_key}" + (f"&room={room}" if room else "")
+        return f"{self.edge_url}/playground/?{query}"
+
+    async def call(
+        self, to: str, script: Sequence[Step], *, from_: str = DEFAULT_CALLER, max_s: float = 60
+    ) -> CallResult:
+        """Place a simulated call to ``to`` and return once it ended."""
+        return await self.simulator.place_call(from_, to, script, max_duration_s=max_s)
+
+    def record(self, call_sid: str) -> dict[str, Any] | None:
+        """The stored call record of a finished call (None while it is live or unknown)."""
+        return self.media_app.state.store.get(call_sid)  # type: ignore[no-any-return]
+
+    # ---- provisioning (blocking: runs in a thread, the simulator serves on this loop) -----
+
+    def _provision_numbers(self, edge_url: str) -> dict[str, str]:
+        client = self.simulator.rest_client()
+        owned = {n.friendly_name: n for n in client.incoming_phone_numbers.list()}
+        numbers: dict[str, str] = {}
+        hooks = {
+            "voice_url": edge_url + "/twilio/voice",
+            "voice_method": "POST",
+            "status_callback": edge_url + "/twilio/status",
+            "status_callback_method": "POST",
+        }
+        for plan in self.options.numbers:
+            existing = owned.get(plan.friendly_name)
+            if existing is not None:
+                existing.update(**hooks)
+                numbers[existing.phone_number] = plan.profile
+                continue
+            search = client.available_phone_numbers(plan.country)
+            kind = {"local": search.local, "mobile": search.mobile, "toll_free": search.toll_free}
+            if plan.type not in kind:
+                raise ValueError(
+                    f"numbers: type {plan.type!r} for profile {plan.profile!r} is not one of "
+                    f"{sorted(kind)}"
+                )
+            filters: dict[str, Any] = {"limit": 1}
+            if plan.area_code is not None:
+                filters["area_code"] = plan.area_code
+            found = kind[plan.type].list(**filters)
+            if not found:
+                raise RuntimeError(
+                    f"the simulator has no {plan.country} {plan.type} number"
+                    + (f" in area code {plan.area_code}" if plan.area_code else "")
+                    + f" for profile {plan.profile!r}: pick another area code or country"
+                )
+            bought = client.incoming_phone_numbers.create(
+                phone_number=found[0].phone_number, friendly_name=plan.friendly_name, **hooks
+            )
+            log.info("bought %s for profile %s", bought.phone_number, plan.profile)
+            numbers[bought.phone_number] = plan.profile
+        return numbers
