@@ -10,7 +10,7 @@ through), and recognises it with :class:`PhraseRecognizer`. Prints one JSON obje
 Everything is deterministic (espeak-ng, soxr and the recogniser's seeded noise floor),
 so reruns give the same rates; only the CPU figures move. The recogniser was tuned on
 ``bench/recognition_tuning.py``, which shares no voice and no out-of-grammar sentence
-with this bench. "headline" holds issue 2's three voices, "all_voices" all four.
+with this bench. "headline" holds the three target voices, "all_voices" all four.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ OOG_SENTENCES: tuple[str, ...] = (
 )
 
 #: (label, espeak-ng voice spec, words per minute or None for the voice's default).
-#: The first three are issue 2's voices and give the headline figures; the fourth (en-us
+#: The first three are the target voices and give the headline figures; the fourth (en-us
 #: at 130 wpm) is reported with them in "all_voices".
 BENCH_VOICES: tuple[tuple[str, str, int | None], ...] = (
     ("en-us", "en-us", None),
@@ -203,7 +203,7 @@ def run() -> dict[str, Any]:
         "oog_sentences": list(OOG_SENTENCES),
         "headline": {
             "voices": list(HEADLINE_VOICES),
-            "note": "issue 2's three voices; the headline figures",
+            "note": "the three target voices; the headline figures",
             **head,
             "targets": _targets(head),
         },

@@ -33,10 +33,20 @@ NumberType = Literal["local", "mobile", "toll_free"]
 AddressRequirement = Literal["none", "any", "local", "foreign"]
 NUMBER_TYPES: tuple[NumberType, ...] = ("local", "mobile", "toll_free")
 
-_TWILIO_REF = "shared/reference/twilio.md"
+# Public Twilio pages the facts below rest on.
+_ERROR_21649 = "https://www.twilio.com/docs/errors/21649"
+_BUNDLES_API = "https://www.twilio.com/docs/phone-numbers/regulatory/api/bundles"
+_AVAILABLE_NUMBERS = "https://www.twilio.com/docs/phone-numbers/api/availablephonenumber-resource"
+_INCOMING_NUMBERS = "https://www.twilio.com/docs/phone-numbers/api/incomingphonenumber-resource"
 _BUNDLE_CHANGELOG = (
     "Twilio changelog 'Regulated Number Bundle Provisioning Requirement' (2020-02-12): regulated "
-    f"numbers outside US/CA need a bundle ({_TWILIO_REF} §7.3)"
+    f"numbers outside US/CA need a bundle ({_ERROR_21649})"
+)
+# What an account can check for itself before relying on a PK fact.
+_PK_CHECK = (
+    "GET /2010-04-01/Accounts/{AccountSid}/AvailablePhoneNumbers/PK.json and "
+    "GET https://numbers.twilio.com/v2/RegulatoryCompliance/Regulations?IsoCountry=PK"
+    "&NumberType=mobile on your account"
 )
 
 
@@ -83,7 +93,7 @@ class CountryRule:
     name: str
     types: Mapping[NumberType, TypeRule]
     area_codes: Fact = field(
-        default_factory=lambda: _v(False, f"AreaCode is US/CA only ({_TWILIO_REF} §7.1)")
+        default_factory=lambda: _v(False, f"AreaCode is US/CA only ({_AVAILABLE_NUMBERS})")
     )
     limits: tuple[str, ...] = ()
 
@@ -100,7 +110,10 @@ class CountryRule:
         return found
 
 
-_NANP_AREA = _v(True, f"AreaCode search and purchase work for US/CA ({_TWILIO_REF} §7.1, §7.2)")
+_NANP_AREA = _v(
+    True,
+    f"AreaCode search and purchase work for US/CA ({_AVAILABLE_NUMBERS}, {_INCOMING_NUMBERS})",
+)
 
 COUNTRY_RULES: dict[str, CountryRule] = {
     "US": CountryRule(
@@ -178,19 +191,20 @@ COUNTRY_RULES: dict[str, CountryRule] = {
         {
             "mobile": TypeRule(
                 sold=_u(
-                    True,
-                    f"issue 4's premise; no Twilio page on PK stock was found ({_TWILIO_REF} §7.5)",
+                    True, f"assumed, as no public Twilio page lists PK stock; check {_PK_CHECK}"
                 ),
-                bundle_required=_u(True, f"expected for a regulated country ({_TWILIO_REF} §7.5)"),
-                address_required=_u("any", f"expected with the bundle ({_TWILIO_REF} §7.5)"),
+                bundle_required=_u(True, f"expected for a regulated country ({_BUNDLES_API})"),
+                address_required=_u(
+                    "any", "expected with the bundle (https://www.twilio.com/docs/errors/21631)"
+                ),
                 notes=(
                     "Twilio has historically not stocked +92 numbers: check "
                     "GET /AvailablePhoneNumbers/PK.json on your account first",
                 ),
             ),
-            "local": TypeRule(sold=_u(False, f"no PK local stock is known ({_TWILIO_REF} §7.5)")),
+            "local": TypeRule(sold=_u(False, f"no PK local stock is known; check {_PK_CHECK}")),
             "toll_free": TypeRule(
-                sold=_u(False, f"no PK toll-free stock is known ({_TWILIO_REF} §7.5)")
+                sold=_u(False, f"no PK toll-free stock is known; check {_PK_CHECK}")
             ),
         },
         limits=("bundle review takes days; buying before approval fails with 21649",),

@@ -1,5 +1,5 @@
-"""Issue 7's room option: an outbound call on a profile that names a room puts the person who
-answers into that LiveKit room (as ``phone:+E164`` of the callee, not of our own number), and
+"""The room option of outbound calls: a call on a profile that names a room puts the person
+who answers into that LiveKit room (as ``phone:+E164`` of the callee, not of our own number), and
 the room's agent talks to them."""
 
 from __future__ import annotations
