@@ -1,4 +1,4 @@
-"""``python -m callplane`` runs the CLI."""
+"""``python -m callplane_dev`` runs the ``callplane`` CLI."""
 
 from callplane_dev.cli import app
 

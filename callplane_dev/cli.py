@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,15 +11,28 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from callplane_standins.realtime_engine.context import EngineMode, EngineSettings
-from callplane_standins.realtime_engine.script import ScriptError, load_script
-
 app = typer.Typer(
     help="callplane: put a voice AI agent on the phone network and the web.",
     no_args_is_help=True,
     add_completion=False,
 )
 console = Console(stderr=True)
+
+# What the offline stand-ins need beyond the production install (pyproject's `local` extra).
+LOCAL_EXTRA_MODULES = ("pocketsphinx",)
+
+
+def _require_local_extra() -> None:
+    """Every command runs the offline stand-ins; say how to get them rather than fail on an
+    import deep inside one."""
+    missing = [name for name in LOCAL_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        console.print(
+            f"[red]error:[/] the offline stack needs {', '.join(missing)}, which a production "
+            "install of callplane leaves out. Fix: pip install 'callplane\\[local]' "
+            "(or uv sync --extra local in a checkout)."
+        )
+        raise typer.Exit(2)
 
 
 @app.callback()
@@ -33,6 +47,7 @@ def main(
             f"{log_level!r} is not a level; use debug, info, warning or error.",
             param_hint="--log-level",
         )
+    _require_local_extra()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
         # Libraries log every HTTP request at INFO; only callplane's own lines are news.
@@ -60,6 +75,9 @@ def engine(
     ] = 4.0,
 ) -> None:
     """Serve the OpenAI Realtime API (GA protocol) offline: a scripted fixed-phrase engine."""
+    from callplane_standins.realtime_engine.context import EngineMode, EngineSettings
+    from callplane_standins.realtime_engine.script import ScriptError, load_script
+
     if mode not in ("script", "load"):
         raise typer.BadParameter(
             f"{mode!r} is not a mode; use 'script' or 'load'.", param_hint="--mode"

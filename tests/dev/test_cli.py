@@ -207,3 +207,35 @@ def test_dial_has_the_agent_call_a_person_and_prints_the_outcome(
     )
     assert refused.returncode == 2
     assert "refused by allowed_countries" in refused.stderr and "'DE'" in refused.stderr
+
+
+def _cli_without_pocketsphinx(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in an interpreter where the `local` extra's pocketsphinx cannot be imported, as
+    after a production install."""
+    program = (
+        "import sys\n"
+        "sys.modules['pocketsphinx'] = None\n"
+        "from callplane_dev.cli import app\n"
+        f"app({list(args)!r})\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+
+
+def test_without_the_local_extra_a_command_says_how_to_install_it() -> None:
+    result = _cli_without_pocketsphinx("dev")
+    assert result.returncode == 2
+    assert "pip install 'callplane[local]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_the_local_extra_help_still_works() -> None:
+    result = _cli_without_pocketsphinx("--help")
+    assert result.returncode == 0
+    assert "engine" in result.stdout and "dev" in result.stdout
