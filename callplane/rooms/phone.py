@@ -16,20 +16,14 @@ everyone. This module is the bridge between the call's Twilio media stream and t
 
 Barge-in is the room agent's job: the bridge never clears what Twilio is playing.
 
-The audio pieces (resamplers, jitter buffer, mixer, pacer) are pure and allocation-light; the
-bridge class is the thin adapter over ``livekit.rtc`` and the Twilio transport.
-
-Why a hand-written resampler: soxr's streaming resampler (also behind ``rtc.AudioResampler``)
-releases output in blocks at its medium and high qualities (nothing for 60-140 ms, then a
-burst), and its low-delay "quick" recipe aliases when downsampling. The 8 kHz <-> 48 kHz ratio
-is the integer 6, so a polyphase windowed-sinc FIR does both directions with 3 ms of delay,
-exact frame lengths (160 <-> 960 samples) and 58 dB of stop-band rejection.
+The audio pieces are pure and live next door: payloads and resampling in
+:mod:`callplane.rooms.phone_audio`, the real-time schedule in :mod:`callplane.rooms.pacer`;
+this module is the thin adapter over ``livekit.rtc`` and the Twilio transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
 import json
@@ -43,31 +37,31 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from livekit import api, rtc
-from numpy.lib.stride_tricks import sliding_window_view
 
-from callplane.audio import ulaw_decode, ulaw_encode
 from callplane.livekit_settings import PHONE_IDENTITY_PREFIX, LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
+from callplane.rooms.pacer import FramePacer
+from callplane.rooms.phone_audio import (
+    FRAME_S,
+    ROOM_FRAME,
+    ROOM_RATE,
+    Downsampler,
+    Upsampler,
+    decode_payload,
+    encode_payload,
+)
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.base import AudioIn, CallEnded, DtmfIn
 from callplane.transports.twilio import TwilioMediaStream
 
 __all__ = [
-    "PHONE_FRAME",
-    "PHONE_RATE",
-    "ROOM_FRAME",
-    "ROOM_RATE",
     "BridgeTuning",
-    "Downsampler",
-    "FramePacer",
     "JitterBuffer",
     "Mixer",
     "PhoneRoomBridge",
-    "Upsampler",
-    "decode_payload",
-    "encode_payload",
     "join_token",
+    "person_on_the_line",
     "phone_identity",
 ]
 
@@ -75,14 +69,6 @@ log = logging.getLogger("callplane.rooms.phone")
 
 Int16Array = npt.NDArray[np.int16]
 Int32Array = npt.NDArray[np.int32]
-Float32Array = npt.NDArray[np.float32]
-
-PHONE_RATE = 8000
-ROOM_RATE = 48000
-_RATIO = ROOM_RATE // PHONE_RATE
-FRAME_S = 0.020
-PHONE_FRAME = 160  # samples in 20 ms at 8 kHz: one Twilio media frame
-ROOM_FRAME = 960  # samples in 20 ms at 48 kHz
 
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 # RFC 4733 event codes, which is what LiveKit's SIP DTMF carries.
@@ -90,85 +76,7 @@ _DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
 
 
 # --------------------------------------------------------------------------------------
-# Resampling 8 kHz <-> 48 kHz
-# --------------------------------------------------------------------------------------
-
-
-def _lowpass(taps: int, cutoff_hz: float, rate: int, beta: float) -> npt.NDArray[np.float64]:
-    """A Kaiser-windowed sinc low-pass with unity gain at DC."""
-    n = np.arange(taps) - (taps - 1) / 2
-    fc = cutoff_hz / rate
-    h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, beta)
-    return np.asarray(h / h.sum(), dtype=np.float64)
-
-
-# 288 taps (48 per polyphase branch) at 48 kHz: pass band to 3.4 kHz, stop band from 4 kHz (the
-# 8 kHz Nyquist) at -58 dB, pass-band ripple 0.01 dB (Kaiser beta 5.65). Group delay 143.5
-# samples = 3 ms.
-_TAPS = 288
-_FILTER = _lowpass(_TAPS, 3700.0, ROOM_RATE, 5.65)
-
-
-class Upsampler:
-    """Streaming 8 kHz -> 48 kHz: every input sample gives exactly six output samples.
-
-    Polyphase interpolation: output sample ``6m + p`` is branch ``p`` of the low-pass applied
-    to the input around ``m``, so nothing is zero-stuffed and nothing is buffered beyond the
-    filter's memory (47 input samples).
-    """
-
-    def __init__(self) -> None:
-        branch = _TAPS // _RATIO
-        # bank[j, p] = h[6 * (branch - 1 - j) + p], times 6 for the energy lost to interpolation.
-        h = (_FILTER * _RATIO).astype(np.float32)
-        self._bank: Float32Array = np.ascontiguousarray(h.reshape(branch, _RATIO)[::-1])
-        self._branch = branch
-        self._history: Float32Array = np.zeros(branch - 1, dtype=np.float32)
-
-    def process(self, pcm: Int16Array) -> Int16Array:
-        """48 kHz samples for ``pcm`` (8 kHz int16), ``6 * len(pcm)`` of them."""
-        if pcm.size == 0:
-            return np.zeros(0, dtype=np.int16)
-        buf = np.concatenate((self._history, pcm.astype(np.float32)))
-        windows = sliding_window_view(buf, self._branch)  # (len(pcm), branch), a view
-        out = windows @ self._bank  # (len(pcm), 6): out[m, p] is output sample 6m + p
-        self._history = buf[-(self._branch - 1) :]
-        return _to_int16(out.reshape(-1))
-
-
-class Downsampler:
-    """Streaming 48 kHz -> 8 kHz: low-pass, then keep every sixth sample.
-
-    Any input length is accepted; whole output samples are returned as soon as their input is
-    there (960 in gives exactly 160 out), the remainder waits for the next call.
-    """
-
-    def __init__(self) -> None:
-        self._taps: Float32Array = np.ascontiguousarray(_FILTER[::-1].astype(np.float32))
-        self._pending: Float32Array = np.zeros(_TAPS - 1, dtype=np.float32)
-
-    def reset(self) -> None:
-        """Forget the filter's memory (after a gap, so that stale audio does not leak in)."""
-        self._pending = np.zeros(_TAPS - 1, dtype=np.float32)
-
-    def process(self, pcm: Int16Array) -> Int16Array:
-        """8 kHz samples for ``pcm`` (48 kHz int16)."""
-        buf = np.concatenate((self._pending, pcm.astype(np.float32)))
-        if buf.size < _TAPS:
-            self._pending = buf
-            return np.zeros(0, dtype=np.int16)
-        windows = sliding_window_view(buf, _TAPS)[::_RATIO]
-        out = windows @ self._taps
-        self._pending = buf[out.size * _RATIO :]
-        return _to_int16(out)
-
-
-def _to_int16(x: Float32Array) -> Int16Array:
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
-
-
-# --------------------------------------------------------------------------------------
-# Jitter buffer, mixer, pacer
+# Jitter buffer, mixer
 # --------------------------------------------------------------------------------------
 
 
@@ -266,54 +174,6 @@ class Mixer:
         np.clip(self._acc, -32768, 32767, out=self._acc)
         self._out[:] = self._acc
         return self._out
-
-
-class FramePacer:
-    """The real-time schedule of fixed-length frames: how many are due at a given time.
-
-    Frames are due at ``origin + k * period``. A sender that wakes up late sends the frames it
-    owes back to back, up to ``max_burst``; beyond that (the process stalled) the backlog is
-    skipped and the schedule restarts from now, so the far end never gets a flood.
-    """
-
-    def __init__(self, period_s: float, start: float, max_burst: int = 3) -> None:
-        if period_s <= 0 or max_burst < 1:
-            raise ValueError(
-                f"frame pacer: period_s={period_s} must be > 0 and max_burst={max_burst} >= 1"
-            )
-        self.period_s = period_s
-        self.max_burst = max_burst
-        self._origin = start
-        self._sent = 0
-        self.skipped = 0  # frames dropped from the schedule after stalls
-
-    @property
-    def next_at(self) -> float:
-        """When the next frame is due."""
-        return self._origin + self._sent * self.period_s
-
-    def due(self, now: float) -> int:
-        """Frames to send now (0 if the next one is not due yet); the schedule moves on."""
-        owed = int((now - self._origin) / self.period_s + 1e-9) + 1 - self._sent
-        if owed <= 0:
-            return 0
-        if owed > self.max_burst:
-            self.skipped += owed - self.max_burst
-            self._origin = now - (self.max_burst - 1) * self.period_s
-            self._sent = self.max_burst
-            return self.max_burst
-        self._sent += owed
-        return owed
-
-
-def decode_payload(payload_b64: str) -> Int16Array:
-    """A Twilio media payload (base64 µ-law) as 8 kHz int16 samples."""
-    return ulaw_decode(np.frombuffer(base64.b64decode(payload_b64), dtype=np.uint8))
-
-
-def encode_payload(pcm: Int16Array) -> str:
-    """8 kHz int16 samples as a Twilio media payload (base64 µ-law)."""
-    return base64.b64encode(ulaw_encode(pcm).tobytes()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from callplane.local.engine.server import EngineServer
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
-from callplane.rooms.phone import PHONE_FRAME, encode_payload
+from callplane.rooms.phone_audio import PHONE_FRAME, encode_payload
 from callplane.security import mint_stream_token
 from functions.media import create_app
 from functions.media_streams import CLOSE_NO_LIVEKIT

@@ -24,21 +24,23 @@ from callplane.audio import rms
 from callplane.livekit_settings import LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
+from callplane.rooms.pacer import FramePacer
 from callplane.rooms.phone import (
-    PHONE_FRAME,
-    ROOM_FRAME,
     BridgeTuning,
-    Downsampler,
-    FramePacer,
     JitterBuffer,
     Mixer,
     PhoneRoomBridge,
-    Upsampler,
-    decode_payload,
-    encode_payload,
     join_token,
     person_on_the_line,
     phone_identity,
+)
+from callplane.rooms.phone_audio import (
+    PHONE_FRAME,
+    ROOM_FRAME,
+    Downsampler,
+    Upsampler,
+    decode_payload,
+    encode_payload,
 )
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
