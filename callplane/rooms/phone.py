@@ -8,17 +8,18 @@ everyone. This module is the bridge between the call's Twilio media stream and t
 * caller -> room: µ-law 8 kHz from Twilio, decoded, upsampled to 48 kHz and published as the
   participant's microphone track;
 * room -> caller: every other participant's audio, each through its own bounded jitter buffer,
-  mixed at 48 kHz, downsampled to 8 kHz, µ-law encoded and sent to Twilio as 20 ms ``media``
-  frames on a real-time schedule (never faster, so Twilio's buffer never fills with audio the
-  caller hears seconds late);
+  mixed at 48 kHz (:class:`~callplane.rooms.mixer.Mixer`), downsampled to 8 kHz, µ-law encoded
+  and sent to Twilio as 20 ms ``media`` frames on a real-time schedule (never faster, so
+  Twilio's buffer never fills with audio the caller hears seconds late);
 * hang-up either way: the stream ending disconnects the participant; the room going away (or
   the server removing the participant) ends the call through Twilio's REST API.
 
 Barge-in is the room agent's job: the bridge never clears what Twilio is playing.
 
 The audio pieces are pure and live next door: payloads and resampling in
-:mod:`callplane.rooms.phone_audio`, the real-time schedule in :mod:`callplane.rooms.pacer`;
-this module is the thin adapter over ``livekit.rtc`` and the Twilio transport.
+:mod:`callplane.rooms.phone_audio`, the mixer in :mod:`callplane.rooms.mixer`, the real-time
+schedule in :mod:`callplane.rooms.pacer`; this module is the thin adapter over ``livekit.rtc``
+and the Twilio transport.
 """
 
 from __future__ import annotations
@@ -30,17 +31,16 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from livekit import api, rtc
 
 from callplane.livekit_settings import PHONE_IDENTITY_PREFIX, LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
+from callplane.rooms.mixer import Mixer
 from callplane.rooms.pacer import FramePacer
 from callplane.rooms.phone_audio import (
     FRAME_S,
@@ -57,8 +57,6 @@ from callplane.transports.twilio import TwilioMediaStream
 
 __all__ = [
     "BridgeTuning",
-    "JitterBuffer",
-    "Mixer",
     "PhoneRoomBridge",
     "join_token",
     "person_on_the_line",
@@ -67,113 +65,9 @@ __all__ = [
 
 log = logging.getLogger("callplane.rooms.phone")
 
-Int16Array = npt.NDArray[np.int16]
-Int32Array = npt.NDArray[np.int32]
-
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 # RFC 4733 event codes, which is what LiveKit's SIP DTMF carries.
 _DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
-
-
-# --------------------------------------------------------------------------------------
-# Jitter buffer, mixer
-# --------------------------------------------------------------------------------------
-
-
-class JitterBuffer:
-    """A bounded FIFO of one participant's 48 kHz samples, in a preallocated ring.
-
-    Frames from the room arrive in bursts and with gaps; the mixer takes a fixed 20 ms per
-    tick. A buffer plays only once it holds ``prime`` samples (and again after it ran dry),
-    so that a late frame costs one gap rather than a crackle of partial frames. When the
-    producer runs ahead (bursts, clock drift) the oldest samples are dropped so that the
-    delay the caller hears stays under ``capacity``.
-    """
-
-    def __init__(self, capacity: int, prime: int) -> None:
-        if not 0 < prime <= capacity:
-            raise ValueError(
-                f"jitter buffer: prime={prime} must be between 1 and capacity={capacity}"
-            )
-        self._ring: Int16Array = np.zeros(capacity, dtype=np.int16)
-        self._prime = prime
-        self._start = 0
-        self._size = 0
-        self._primed = False
-        self.dropped = 0  # samples dropped on overflow
-
-    def __len__(self) -> int:
-        return self._size
-
-    @property
-    def primed(self) -> bool:
-        return self._primed
-
-    def push(self, samples: Int16Array) -> None:
-        """Append samples, dropping the oldest ones beyond capacity."""
-        cap = self._ring.size
-        n = samples.size
-        if n > cap:
-            self.dropped += n - cap
-            samples = samples[-cap:]
-            n = cap
-        overflow = self._size + n - cap
-        if overflow > 0:
-            self._start = (self._start + overflow) % cap
-            self._size -= overflow
-            self.dropped += overflow
-        end = (self._start + self._size) % cap
-        first = min(n, cap - end)
-        self._ring[end : end + first] = samples[:first]
-        self._ring[: n - first] = samples[first:]
-        self._size += n
-        if self._size >= self._prime:
-            self._primed = True
-
-    def add_into(self, acc: Int32Array) -> bool:
-        """Add the next ``len(acc)`` samples into ``acc``; False (nothing added) if not primed.
-
-        A buffer that cannot fill the whole frame plays what it has and waits to be primed
-        again.
-        """
-        if not self._primed:
-            return False
-        if self._size == 0:
-            self._primed = False
-            return False
-        cap = self._ring.size
-        n = min(acc.size, self._size)
-        first = min(n, cap - self._start)
-        acc[:first] += self._ring[self._start : self._start + first]
-        acc[first:n] += self._ring[: n - first]
-        self._start = (self._start + n) % cap
-        self._size -= n
-        if n < acc.size:
-            self._primed = False
-        return True
-
-
-class Mixer:
-    """Sums one frame from each buffer into preallocated arrays, clipped to int16."""
-
-    def __init__(self, frame: int) -> None:
-        self._acc: Int32Array = np.zeros(frame, dtype=np.int32)
-        self._out: Int16Array = np.zeros(frame, dtype=np.int16)
-
-    def mix(self, buffers: Iterable[JitterBuffer]) -> Int16Array | None:
-        """The mixed frame, or None when no buffer had audio to play.
-
-        The returned array is reused by the next call: consume it before mixing again.
-        """
-        self._acc.fill(0)
-        contributed = 0
-        for buffer in buffers:
-            contributed += buffer.add_into(self._acc)
-        if not contributed:
-            return None
-        np.clip(self._acc, -32768, 32767, out=self._acc)
-        self._out[:] = self._acc
-        return self._out
 
 
 # --------------------------------------------------------------------------------------
@@ -265,7 +159,6 @@ class BridgeTuning:
 class _Source:
     identity: str
     stream: rtc.AudioStream
-    buffer: JitterBuffer
     task: asyncio.Task[None]
 
 
@@ -297,6 +190,12 @@ class PhoneRoomBridge:
         self.tuning = tuning or BridgeTuning()
         self.identity = phone_identity(person_on_the_line(record), record.call_sid)
         self.stats: Counter[str] = Counter()
+        self.mixer = Mixer(
+            ROOM_FRAME,
+            sample_rate=ROOM_RATE,
+            max_buffered_ms=self.tuning.max_buffer_ms,
+            prime_ms=self.tuning.prime_ms,
+        )
         self.room = rtc.Room()
         self._sources: dict[str, _Source] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -457,7 +356,6 @@ class PhoneRoomBridge:
     async def _pump_room(self) -> None:
         """Mix the room every 20 ms and send it to Twilio on a real-time schedule."""
         loop = asyncio.get_running_loop()
-        mixer = Mixer(ROOM_FRAME)
         downsampler = Downsampler()
         sid = self.stream.start.stream_sid
         send = self.stream.socket.send_text
@@ -468,7 +366,7 @@ class PhoneRoomBridge:
             if delay > 0:
                 await asyncio.sleep(delay)
             for _ in range(pacer.due(loop.time())):
-                mixed = mixer.mix(s.buffer for s in self._sources.values())
+                mixed = self.mixer.pull()
                 if mixed is None:
                     # Nobody is talking: send nothing (Twilio plays silence) and start the
                     # filter afresh when someone does.
@@ -477,7 +375,7 @@ class PhoneRoomBridge:
                         silent = True
                     continue
                 silent = False
-                pcm = downsampler.process(mixed)
+                pcm = downsampler.process(np.frombuffer(mixed, dtype="<i2"))
                 if pcm.size:
                     await send(tp.media_frame(sid, encode_payload(pcm)))
                     self.stats["frames_to_caller"] += 1
@@ -490,18 +388,18 @@ class PhoneRoomBridge:
         stream = rtc.AudioStream(
             track, sample_rate=ROOM_RATE, num_channels=1, capacity=frames_per_buffer
         )
-        buffer = JitterBuffer(
-            capacity=ROOM_RATE * self.tuning.max_buffer_ms // 1000,
-            prime=ROOM_RATE * self.tuning.prime_ms // 1000,
+        self.mixer.add(track.sid)
+        task = asyncio.create_task(
+            _read_frames(stream, self.mixer, track.sid), name=f"phone-hears-{track.sid}"
         )
-        task = asyncio.create_task(_read_frames(stream, buffer), name=f"phone-hears-{track.sid}")
-        self._sources[track.sid] = _Source(participant.identity, stream, buffer, task)
+        self._sources[track.sid] = _Source(participant.identity, stream, task)
 
     def _remove_source(self, track_sid: str) -> None:
         source = self._sources.pop(track_sid, None)
         if source is None:
             return
-        self.stats["samples_dropped"] += source.buffer.dropped
+        self.mixer.remove(track_sid)
+        self.stats["samples_dropped"] = self.mixer.dropped_samples
         source.task.cancel()
         closing = asyncio.create_task(_close_source(source))
         self._closing.add(closing)
@@ -538,9 +436,9 @@ class PhoneRoomBridge:
         self._room_gone.set()
 
 
-async def _read_frames(stream: rtc.AudioStream, buffer: JitterBuffer) -> None:
+async def _read_frames(stream: rtc.AudioStream, mixer: Mixer, track_sid: str) -> None:
     async for event in stream:
-        buffer.push(np.frombuffer(event.frame.data, dtype=np.int16))
+        mixer.push(track_sid, np.frombuffer(event.frame.data, dtype=np.int16))
 
 
 async def _close_source(source: _Source) -> None:
