@@ -7,6 +7,7 @@ The Realtime session is derived from it in one place, :func:`session_config`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -84,6 +85,46 @@ def resolve_tools(profile: AgentProfile, registry: Mapping[str, Tool]) -> ToolSe
             f"{sorted(known)}. Register them or remove them from the profile."
         )
     return ToolSet(known[t] for t in profile.tools)
+
+
+def choose_profile(
+    profiles: Mapping[str, AgentProfile],
+    room: str,
+    *,
+    requested: str | None = None,
+    room_metadata: str = "",
+) -> str:
+    """The key of the profile an agent serving LiveKit ``room`` runs.
+
+    In order: ``requested`` (a dispatch's or the job's ``profile``); else the ``profile`` in the
+    room's metadata JSON (what a token endpoint writes when its join creates the room); else
+    the profile whose ``room`` is this room (a hybrid phone room, which its first caller
+    creates without metadata); else the first configured profile. The launcher and the agent
+    job both apply it, so a room gets the same profile whichever of them decides.
+
+    Metadata that is not a JSON object, or has no ``profile``, is another application's and
+    is ignored. Raises ValueError, naming where the name came from and the configured keys,
+    for a name that is not configured or when there are no profiles at all.
+    """
+    if not profiles:
+        raise ValueError("no agent profiles are configured: add one under 'profiles'")
+    source, name = "profile", requested
+    if name is None and room_metadata.strip():
+        try:
+            meta = json.loads(room_metadata)
+        except json.JSONDecodeError:
+            meta = None
+        if isinstance(meta, dict) and meta.get("profile") is not None:
+            source, name = "the room's metadata 'profile'", str(meta["profile"])
+    if name is None:
+        hosts = (key for key, profile in profiles.items() if profile.room == room)
+        return next(hosts, next(iter(profiles)))
+    if name not in profiles:
+        raise ValueError(
+            f"{source}={name!r} is not a configured profile; configured: {sorted(profiles)}. "
+            "Name one of them or add it to the media settings."
+        )
+    return name
 
 
 def session_config(

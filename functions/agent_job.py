@@ -36,7 +36,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         default=None,
-        help="agent profile (default: the room metadata's 'profile', else the first profile)",
+        help=(
+            "agent profile (default: the room metadata's 'profile', else the profile whose "
+            "room this is, else the first profile)"
+        ),
     )
     parser.add_argument("--job-id", default=None, help="job id (default: a random one)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")

@@ -46,7 +46,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callplane.media_settings import ENV_VAR, MediaSettings
-from callplane.profiles import AgentProfile
+from callplane.profiles import choose_profile
 
 __all__ = [
     "AGENT_JOB_FUNCTION",
@@ -57,7 +57,6 @@ __all__ = [
     "Launcher",
     "LocalProcessLauncher",
     "ModalLauncher",
-    "choose_profile",
     "dispatch_routes",
     "local_agent_command",
     "serve_warm",
@@ -481,25 +480,6 @@ class AgentJob:
         }
 
 
-def choose_profile(profiles: Mapping[str, AgentProfile], room: str, requested: str | None) -> str:
-    """The profile an agent in ``room`` runs: the requested one (which must be configured),
-    else the profile whose ``room`` is this room (hybrid phone rooms), else the first configured
-    profile. Raises ValueError naming the field and the configured names."""
-    if requested is not None:
-        if requested not in profiles:
-            raise ValueError(
-                f"profile={requested!r} is not configured on this media app; use one of "
-                f"{sorted(profiles)} or null for the room's default"
-            )
-        return requested
-    for name, profile in profiles.items():
-        if profile.room == room:
-            return name
-    if not profiles:
-        raise ValueError("no profiles are configured on this media app; add one to profiles")
-    return next(iter(profiles))
-
-
 class AgentJobs:
     """The live-job table: at most one running job per room, idempotent under races."""
 
@@ -520,7 +500,7 @@ class AgentJobs:
     async def dispatch(self, room: str, profile: str | None, reason: str) -> tuple[AgentJob, bool]:
         """The room's running job and False, or a newly started one and True. Raises
         ValueError for an unknown profile."""
-        chosen = choose_profile(self.settings.profiles, room, profile)
+        chosen = choose_profile(self.settings.profiles, room, requested=profile)
         lock = self._locks.setdefault(room, asyncio.Lock())
         async with lock:
             job = self.live.get(room)

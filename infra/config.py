@@ -47,11 +47,11 @@ __all__ = [
     "ConfigError",
     "CountryOverride",
     "EdgeSettings",
-    "LiveKitSettings",
+    "LiveKitStackConfig",
     "MediaSettingsConfig",
     "ModalSettings",
     "NumberEntry",
-    "NumberPlan",
+    "PlannedNumber",
     "StackConfig",
     "TwilioSettings",
     "check_numbers",
@@ -363,7 +363,7 @@ class ModalSettings(_Model):
         return v
 
 
-class LiveKitSettings(_Model):
+class LiveKitStackConfig(_Model):
     """LiveKit: the server API (SIP inbound trunk and dispatch rule) and its SIP address."""
 
     url: str
@@ -400,7 +400,7 @@ class StackConfig(_Model):
     edge: EdgeSettings
     media: MediaSettingsConfig = Field(default_factory=MediaSettingsConfig)
     modal: ModalSettings | None = None
-    livekit: LiveKitSettings | None = None
+    livekit: LiveKitStackConfig | None = None
     livekit_api_secret: str | None = Field(default=None, repr=False)
     media_api_key: str | None = Field(default=None, repr=False, min_length=8)
     openai_api_key: str | None = Field(default=None, repr=False)
@@ -606,7 +606,7 @@ def _aliases(model: type[BaseModel]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class NumberPlan:
+class PlannedNumber:
     """One number to own: an entry expanded by ``count``, with its resource name."""
 
     key: str  # callplane:numbers[i]
@@ -622,9 +622,9 @@ class NumberPlan:
         return f"{self.key} ({e.country} {kind} for profile {e.profile})"
 
 
-def plan_numbers(config: StackConfig) -> list[NumberPlan]:
+def plan_numbers(config: StackConfig) -> list[PlannedNumber]:
     """Every number the stack owns, named deterministically (``name`` wins when given)."""
-    plans: list[NumberPlan] = []
+    plans: list[PlannedNumber] = []
     seen: dict[str, str] = {}
     for i, e in enumerate(config.numbers):
         key = f"{NAMESPACE}:numbers[{i}]"
@@ -645,7 +645,7 @@ def plan_numbers(config: StackConfig) -> list[NumberPlan]:
                     ]
                 )
             seen[name] = key
-            plans.append(NumberPlan(key, name, e, n))
+            plans.append(PlannedNumber(key, name, e, n))
     return plans
 
 

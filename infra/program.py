@@ -26,7 +26,7 @@ import pulumi
 from infra.config import (
     NAMESPACE,
     ConfigError,
-    NumberPlan,
+    PlannedNumber,
     StackConfig,
     load,
     plan_numbers,
@@ -104,7 +104,7 @@ def _ws(url: str) -> str:
 
 @dataclass(frozen=True)
 class OwnedNumber:
-    plan: NumberPlan
+    plan: PlannedNumber
     resource: TwilioPhoneNumber
     region: str
 

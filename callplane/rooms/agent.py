@@ -11,9 +11,10 @@ conversation core over :class:`~callplane.rooms.agent_transport.LiveKitRoomTrans
 * when the agent hangs up (the profile's ``end_call`` tool), the room is closed, or the host
   sets ``stop`` (SIGTERM in :mod:`functions.agent_job`).
 
-The profile is the ``profile`` argument, else the room's metadata JSON ``{"profile": ...}``,
-else the first configured profile. The record (``call_sid`` ``room:<room>:<job id>``) is saved
-in the media plane's record store whatever the outcome.
+The profile is chosen by :func:`callplane.profiles.choose_profile` (the ``profile`` argument,
+else the room's metadata ``{"profile": ...}``, else the profile hosting this room, else the
+first), the rule ``POST /agents/dispatch`` applies too. The record (``call_sid``
+``room:<room>:<job id>``) is saved in the media plane's record store whatever the outcome.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import logging
 import re
 import uuid
@@ -33,7 +33,7 @@ from callplane.audio import PCM24K, hold_chime
 from callplane.conversation import Conversation
 from callplane.livekit_settings import AGENT_IDENTITY_PREFIX, LiveKitSettings
 from callplane.media_settings import MediaSettings
-from callplane.profiles import AgentProfile, resolve_tools
+from callplane.profiles import AgentProfile, choose_profile, resolve_tools
 from callplane.records import CallRecord, RecordStore
 from callplane.rooms.agent_transport import LiveKitRoomTransport
 from callplane.rooms.mixer import SAMPLE_RATE
@@ -81,35 +81,17 @@ def agent_token(settings: LiveKitSettings, room: str, identity: str, *, name: st
     )
 
 
-def choose_profile(
-    profiles: Mapping[str, AgentProfile], requested: str | None, room_metadata: str
+def _profile_for(
+    profiles: Mapping[str, AgentProfile], room: str, requested: str | None, room_metadata: str = ""
 ) -> AgentProfile:
-    """The profile for a room: ``requested``, else the metadata's ``profile``, else the first.
-
-    Metadata that is not a JSON object, or has no ``profile``, is another application's and is
-    ignored; a profile that is named but not configured is an error.
-    """
-    if not profiles:
-        raise AgentJobError("no agent profiles are configured: add one under 'profiles'")
-    source = "--profile"
-    name = requested
-    if name is None and room_metadata.strip():
-        try:
-            meta = json.loads(room_metadata)
-        except json.JSONDecodeError:
-            meta = None
-        if isinstance(meta, dict) and meta.get("profile") is not None:
-            name = str(meta["profile"])
-            source = "the room's metadata 'profile'"
-    if name is None:
-        return next(iter(profiles.values()))
-    profile = profiles.get(name)
-    if profile is None:
-        raise AgentJobError(
-            f"{source}={name!r} is not a configured profile; configured: {sorted(profiles)}. "
-            "Name one of them or add it to the media settings."
-        )
-    return profile
+    """The room's profile by :func:`callplane.profiles.choose_profile`; an unknown name is an
+    :class:`AgentJobError`, so that the job refuses to start with the reason."""
+    try:
+        return profiles[
+            choose_profile(profiles, room, requested=requested, room_metadata=room_metadata)
+        ]
+    except ValueError as exc:
+        raise AgentJobError(str(exc)) from None
 
 
 def check_room_name(room: str) -> str:
@@ -143,7 +125,7 @@ async def run_agent(
         )
     check_room_name(room)
     if profile is not None:
-        choose_profile(settings.profiles, profile, "")  # fail before joining
+        _profile_for(settings.profiles, room, profile)  # fail before joining
     job_id = job_id or uuid.uuid4().hex[:12]
     identity = agent_identity(job_id)
     record = CallRecord(call_sid=f"room:{room}:{job_id}", to=f"room:{room}")
@@ -162,7 +144,7 @@ async def run_agent(
     log.info("job %s joined room %s as %s", job_id, room, identity)
     store = RecordStore(settings.records_path)
     try:
-        chosen = choose_profile(settings.profiles, profile, lkroom.metadata)
+        chosen = _profile_for(settings.profiles, room, profile, lkroom.metadata)
         record.profile = chosen.name
         toolset = resolve_tools(chosen, tools)
         presence.refresh()

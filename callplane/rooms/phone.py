@@ -8,312 +8,66 @@ everyone. This module is the bridge between the call's Twilio media stream and t
 * caller -> room: µ-law 8 kHz from Twilio, decoded, upsampled to 48 kHz and published as the
   participant's microphone track;
 * room -> caller: every other participant's audio, each through its own bounded jitter buffer,
-  mixed at 48 kHz, downsampled to 8 kHz, µ-law encoded and sent to Twilio as 20 ms ``media``
-  frames on a real-time schedule (never faster, so Twilio's buffer never fills with audio the
-  caller hears seconds late);
+  mixed at 48 kHz (:class:`~callplane.rooms.mixer.Mixer`), downsampled to 8 kHz, µ-law encoded
+  and sent to Twilio as 20 ms ``media`` frames on a real-time schedule (never faster, so
+  Twilio's buffer never fills with audio the caller hears seconds late);
 * hang-up either way: the stream ending disconnects the participant; the room going away (or
   the server removing the participant) ends the call through Twilio's REST API.
 
 Barge-in is the room agent's job: the bridge never clears what Twilio is playing.
 
-The audio pieces (resamplers, jitter buffer, mixer, pacer) are pure and allocation-light; the
-bridge class is the thin adapter over ``livekit.rtc`` and the Twilio transport.
-
-Why a hand-written resampler: soxr's streaming resampler (also behind ``rtc.AudioResampler``)
-releases output in blocks at its medium and high qualities (nothing for 60-140 ms, then a
-burst), and its low-delay "quick" recipe aliases when downsampling. The 8 kHz <-> 48 kHz ratio
-is the integer 6, so a polyphase windowed-sinc FIR does both directions with 3 ms of delay,
-exact frame lengths (160 <-> 960 samples) and 58 dB of stop-band rejection.
+The audio pieces are pure and live next door: payloads and resampling in
+:mod:`callplane.rooms.phone_audio`, the mixer in :mod:`callplane.rooms.mixer`, the real-time
+schedule in :mod:`callplane.rooms.pacer`; this module is the thin adapter over ``livekit.rtc``
+and the Twilio transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
 import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from livekit import api, rtc
-from numpy.lib.stride_tricks import sliding_window_view
 
-from callplane.audio import ulaw_decode, ulaw_encode
 from callplane.livekit_settings import PHONE_IDENTITY_PREFIX, LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
+from callplane.rooms.mixer import Mixer
+from callplane.rooms.pacer import FramePacer
+from callplane.rooms.phone_audio import (
+    FRAME_S,
+    ROOM_FRAME,
+    ROOM_RATE,
+    Downsampler,
+    Upsampler,
+    decode_payload,
+    encode_payload,
+)
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.base import AudioIn, CallEnded, DtmfIn
 from callplane.transports.twilio import TwilioMediaStream
 
 __all__ = [
-    "PHONE_FRAME",
-    "PHONE_RATE",
-    "ROOM_FRAME",
-    "ROOM_RATE",
     "BridgeTuning",
-    "Downsampler",
-    "FramePacer",
-    "JitterBuffer",
-    "Mixer",
     "PhoneRoomBridge",
-    "Upsampler",
-    "decode_payload",
-    "encode_payload",
     "join_token",
+    "person_on_the_line",
     "phone_identity",
 ]
 
 log = logging.getLogger("callplane.rooms.phone")
 
-Int16Array = npt.NDArray[np.int16]
-Int32Array = npt.NDArray[np.int32]
-Float32Array = npt.NDArray[np.float32]
-
-PHONE_RATE = 8000
-ROOM_RATE = 48000
-_RATIO = ROOM_RATE // PHONE_RATE
-FRAME_S = 0.020
-PHONE_FRAME = 160  # samples in 20 ms at 8 kHz: one Twilio media frame
-ROOM_FRAME = 960  # samples in 20 ms at 48 kHz
-
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 # RFC 4733 event codes, which is what LiveKit's SIP DTMF carries.
 _DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
-
-
-# --------------------------------------------------------------------------------------
-# Resampling 8 kHz <-> 48 kHz
-# --------------------------------------------------------------------------------------
-
-
-def _lowpass(taps: int, cutoff_hz: float, rate: int, beta: float) -> npt.NDArray[np.float64]:
-    """A Kaiser-windowed sinc low-pass with unity gain at DC."""
-    n = np.arange(taps) - (taps - 1) / 2
-    fc = cutoff_hz / rate
-    h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, beta)
-    return np.asarray(h / h.sum(), dtype=np.float64)
-
-
-# 288 taps (48 per polyphase branch) at 48 kHz: pass band to 3.4 kHz, stop band from 4 kHz (the
-# 8 kHz Nyquist) at -58 dB, pass-band ripple 0.01 dB (Kaiser beta 5.65). Group delay 143.5
-# samples = 3 ms.
-_TAPS = 288
-_FILTER = _lowpass(_TAPS, 3700.0, ROOM_RATE, 5.65)
-
-
-class Upsampler:
-    """Streaming 8 kHz -> 48 kHz: every input sample gives exactly six output samples.
-
-    Polyphase interpolation: output sample ``6m + p`` is branch ``p`` of the low-pass applied
-    to the input around ``m``, so nothing is zero-stuffed and nothing is buffered beyond the
-    filter's memory (47 input samples).
-    """
-
-    def __init__(self) -> None:
-        branch = _TAPS // _RATIO
-        # bank[j, p] = h[6 * (branch - 1 - j) + p], times 6 for the energy lost to interpolation.
-        h = (_FILTER * _RATIO).astype(np.float32)
-        self._bank: Float32Array = np.ascontiguousarray(h.reshape(branch, _RATIO)[::-1])
-        self._branch = branch
-        self._history: Float32Array = np.zeros(branch - 1, dtype=np.float32)
-
-    def process(self, pcm: Int16Array) -> Int16Array:
-        """48 kHz samples for ``pcm`` (8 kHz int16), ``6 * len(pcm)`` of them."""
-        if pcm.size == 0:
-            return np.zeros(0, dtype=np.int16)
-        buf = np.concatenate((self._history, pcm.astype(np.float32)))
-        windows = sliding_window_view(buf, self._branch)  # (len(pcm), branch), a view
-        out = windows @ self._bank  # (len(pcm), 6): out[m, p] is output sample 6m + p
-        self._history = buf[-(self._branch - 1) :]
-        return _to_int16(out.reshape(-1))
-
-
-class Downsampler:
-    """Streaming 48 kHz -> 8 kHz: low-pass, then keep every sixth sample.
-
-    Any input length is accepted; whole output samples are returned as soon as their input is
-    there (960 in gives exactly 160 out), the remainder waits for the next call.
-    """
-
-    def __init__(self) -> None:
-        self._taps: Float32Array = np.ascontiguousarray(_FILTER[::-1].astype(np.float32))
-        self._pending: Float32Array = np.zeros(_TAPS - 1, dtype=np.float32)
-
-    def reset(self) -> None:
-        """Forget the filter's memory (after a gap, so that stale audio does not leak in)."""
-        self._pending = np.zeros(_TAPS - 1, dtype=np.float32)
-
-    def process(self, pcm: Int16Array) -> Int16Array:
-        """8 kHz samples for ``pcm`` (48 kHz int16)."""
-        buf = np.concatenate((self._pending, pcm.astype(np.float32)))
-        if buf.size < _TAPS:
-            self._pending = buf
-            return np.zeros(0, dtype=np.int16)
-        windows = sliding_window_view(buf, _TAPS)[::_RATIO]
-        out = windows @ self._taps
-        self._pending = buf[out.size * _RATIO :]
-        return _to_int16(out)
-
-
-def _to_int16(x: Float32Array) -> Int16Array:
-    return np.clip(np.rint(x), -32768, 32767).astype(np.int16)
-
-
-# --------------------------------------------------------------------------------------
-# Jitter buffer, mixer, pacer
-# --------------------------------------------------------------------------------------
-
-
-class JitterBuffer:
-    """A bounded FIFO of one participant's 48 kHz samples, in a preallocated ring.
-
-    Frames from the room arrive in bursts and with gaps; the mixer takes a fixed 20 ms per
-    tick. A buffer plays only once it holds ``prime`` samples (and again after it ran dry),
-    so that a late frame costs one gap rather than a crackle of partial frames. When the
-    producer runs ahead (bursts, clock drift) the oldest samples are dropped so that the
-    delay the caller hears stays under ``capacity``.
-    """
-
-    def __init__(self, capacity: int, prime: int) -> None:
-        if not 0 < prime <= capacity:
-            raise ValueError(
-                f"jitter buffer: prime={prime} must be between 1 and capacity={capacity}"
-            )
-        self._ring: Int16Array = np.zeros(capacity, dtype=np.int16)
-        self._prime = prime
-        self._start = 0
-        self._size = 0
-        self._primed = False
-        self.dropped = 0  # samples dropped on overflow
-
-    def __len__(self) -> int:
-        return self._size
-
-    @property
-    def primed(self) -> bool:
-        return self._primed
-
-    def push(self, samples: Int16Array) -> None:
-        """Append samples, dropping the oldest ones beyond capacity."""
-        cap = self._ring.size
-        n = samples.size
-        if n > cap:
-            self.dropped += n - cap
-            samples = samples[-cap:]
-            n = cap
-        overflow = self._size + n - cap
-        if overflow > 0:
-            self._start = (self._start + overflow) % cap
-            self._size -= overflow
-            self.dropped += overflow
-        end = (self._start + self._size) % cap
-        first = min(n, cap - end)
-        self._ring[end : end + first] = samples[:first]
-        self._ring[: n - first] = samples[first:]
-        self._size += n
-        if self._size >= self._prime:
-            self._primed = True
-
-    def add_into(self, acc: Int32Array) -> bool:
-        """Add the next ``len(acc)`` samples into ``acc``; False (nothing added) if not primed.
-
-        A buffer that cannot fill the whole frame plays what it has and waits to be primed
-        again.
-        """
-        if not self._primed:
-            return False
-        if self._size == 0:
-            self._primed = False
-            return False
-        cap = self._ring.size
-        n = min(acc.size, self._size)
-        first = min(n, cap - self._start)
-        acc[:first] += self._ring[self._start : self._start + first]
-        acc[first:n] += self._ring[: n - first]
-        self._start = (self._start + n) % cap
-        self._size -= n
-        if n < acc.size:
-            self._primed = False
-        return True
-
-
-class Mixer:
-    """Sums one frame from each buffer into preallocated arrays, clipped to int16."""
-
-    def __init__(self, frame: int) -> None:
-        self._acc: Int32Array = np.zeros(frame, dtype=np.int32)
-        self._out: Int16Array = np.zeros(frame, dtype=np.int16)
-
-    def mix(self, buffers: Iterable[JitterBuffer]) -> Int16Array | None:
-        """The mixed frame, or None when no buffer had audio to play.
-
-        The returned array is reused by the next call: consume it before mixing again.
-        """
-        self._acc.fill(0)
-        contributed = 0
-        for buffer in buffers:
-            contributed += buffer.add_into(self._acc)
-        if not contributed:
-            return None
-        np.clip(self._acc, -32768, 32767, out=self._acc)
-        self._out[:] = self._acc
-        return self._out
-
-
-class FramePacer:
-    """The real-time schedule of fixed-length frames: how many are due at a given time.
-
-    Frames are due at ``origin + k * period``. A sender that wakes up late sends the frames it
-    owes back to back, up to ``max_burst``; beyond that (the process stalled) the backlog is
-    skipped and the schedule restarts from now, so the far end never gets a flood.
-    """
-
-    def __init__(self, period_s: float, start: float, max_burst: int = 3) -> None:
-        if period_s <= 0 or max_burst < 1:
-            raise ValueError(
-                f"frame pacer: period_s={period_s} must be > 0 and max_burst={max_burst} >= 1"
-            )
-        self.period_s = period_s
-        self.max_burst = max_burst
-        self._origin = start
-        self._sent = 0
-        self.skipped = 0  # frames dropped from the schedule after stalls
-
-    @property
-    def next_at(self) -> float:
-        """When the next frame is due."""
-        return self._origin + self._sent * self.period_s
-
-    def due(self, now: float) -> int:
-        """Frames to send now (0 if the next one is not due yet); the schedule moves on."""
-        owed = int((now - self._origin) / self.period_s + 1e-9) + 1 - self._sent
-        if owed <= 0:
-            return 0
-        if owed > self.max_burst:
-            self.skipped += owed - self.max_burst
-            self._origin = now - (self.max_burst - 1) * self.period_s
-            self._sent = self.max_burst
-            return self.max_burst
-        self._sent += owed
-        return owed
-
-
-def decode_payload(payload_b64: str) -> Int16Array:
-    """A Twilio media payload (base64 µ-law) as 8 kHz int16 samples."""
-    return ulaw_decode(np.frombuffer(base64.b64decode(payload_b64), dtype=np.uint8))
-
-
-def encode_payload(pcm: Int16Array) -> str:
-    """8 kHz int16 samples as a Twilio media payload (base64 µ-law)."""
-    return base64.b64encode(ulaw_encode(pcm).tobytes()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------
@@ -405,7 +159,6 @@ class BridgeTuning:
 class _Source:
     identity: str
     stream: rtc.AudioStream
-    buffer: JitterBuffer
     task: asyncio.Task[None]
 
 
@@ -437,6 +190,12 @@ class PhoneRoomBridge:
         self.tuning = tuning or BridgeTuning()
         self.identity = phone_identity(person_on_the_line(record), record.call_sid)
         self.stats: Counter[str] = Counter()
+        self.mixer = Mixer(
+            ROOM_FRAME,
+            sample_rate=ROOM_RATE,
+            max_buffered_ms=self.tuning.max_buffer_ms,
+            prime_ms=self.tuning.prime_ms,
+        )
         self.room = rtc.Room()
         self._sources: dict[str, _Source] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -597,7 +356,6 @@ class PhoneRoomBridge:
     async def _pump_room(self) -> None:
         """Mix the room every 20 ms and send it to Twilio on a real-time schedule."""
         loop = asyncio.get_running_loop()
-        mixer = Mixer(ROOM_FRAME)
         downsampler = Downsampler()
         sid = self.stream.start.stream_sid
         send = self.stream.socket.send_text
@@ -608,7 +366,7 @@ class PhoneRoomBridge:
             if delay > 0:
                 await asyncio.sleep(delay)
             for _ in range(pacer.due(loop.time())):
-                mixed = mixer.mix(s.buffer for s in self._sources.values())
+                mixed = self.mixer.pull()
                 if mixed is None:
                     # Nobody is talking: send nothing (Twilio plays silence) and start the
                     # filter afresh when someone does.
@@ -617,7 +375,7 @@ class PhoneRoomBridge:
                         silent = True
                     continue
                 silent = False
-                pcm = downsampler.process(mixed)
+                pcm = downsampler.process(np.frombuffer(mixed, dtype="<i2"))
                 if pcm.size:
                     await send(tp.media_frame(sid, encode_payload(pcm)))
                     self.stats["frames_to_caller"] += 1
@@ -630,18 +388,18 @@ class PhoneRoomBridge:
         stream = rtc.AudioStream(
             track, sample_rate=ROOM_RATE, num_channels=1, capacity=frames_per_buffer
         )
-        buffer = JitterBuffer(
-            capacity=ROOM_RATE * self.tuning.max_buffer_ms // 1000,
-            prime=ROOM_RATE * self.tuning.prime_ms // 1000,
+        self.mixer.add(track.sid)
+        task = asyncio.create_task(
+            _read_frames(stream, self.mixer, track.sid), name=f"phone-hears-{track.sid}"
         )
-        task = asyncio.create_task(_read_frames(stream, buffer), name=f"phone-hears-{track.sid}")
-        self._sources[track.sid] = _Source(participant.identity, stream, buffer, task)
+        self._sources[track.sid] = _Source(participant.identity, stream, task)
 
     def _remove_source(self, track_sid: str) -> None:
         source = self._sources.pop(track_sid, None)
         if source is None:
             return
-        self.stats["samples_dropped"] += source.buffer.dropped
+        self.mixer.remove(track_sid)
+        self.stats["samples_dropped"] = self.mixer.dropped_samples
         source.task.cancel()
         closing = asyncio.create_task(_close_source(source))
         self._closing.add(closing)
@@ -678,9 +436,9 @@ class PhoneRoomBridge:
         self._room_gone.set()
 
 
-async def _read_frames(stream: rtc.AudioStream, buffer: JitterBuffer) -> None:
+async def _read_frames(stream: rtc.AudioStream, mixer: Mixer, track_sid: str) -> None:
     async for event in stream:
-        buffer.push(np.frombuffer(event.frame.data, dtype=np.int16))
+        mixer.push(track_sid, np.frombuffer(event.frame.data, dtype=np.int16))
 
 
 async def _close_source(source: _Source) -> None:

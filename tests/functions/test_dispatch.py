@@ -29,7 +29,6 @@ from functions.dispatch import (
     Launcher,
     LocalProcessLauncher,
     ModalLauncher,
-    choose_profile,
     dispatch_routes,
     local_agent_command,
 )
@@ -309,18 +308,6 @@ def test_default_command_is_the_agent_job_cli() -> None:
         "--profile",
         "support",
     ]
-
-
-def test_choose_profile() -> None:
-    profiles = {
-        "support": AgentProfile(name="support"),
-        "lobby": AgentProfile(name="lobby", room="lobby-room"),
-    }
-    assert choose_profile(profiles, "anything", None) == "support"
-    assert choose_profile(profiles, "lobby-room", None) == "lobby"
-    assert choose_profile(profiles, "lobby-room", "support") == "support"
-    with pytest.raises(ValueError, match=r"profile='x' is not configured.*\['lobby', 'support'\]"):
-        choose_profile(profiles, "r", "x")
 
 
 # --------------------------------------------------------------------------- Modal launcher

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
-from callplane.rooms.phone import PHONE_FRAME, encode_payload
+from callplane.rooms.phone_audio import PHONE_FRAME, encode_payload
 from callplane.security import mint_stream_token
 from callplane_standins.realtime_engine.server import EngineServer
 from functions.media import create_app

@@ -94,4 +94,4 @@ async def test_bad_configuration_exits_2_with_a_one_line_reason(
     )
     assert code == 2
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("agent_job: cannot serve room 'r': --profile='nope' is not a")
+    assert last.startswith("agent_job: cannot serve room 'r': profile='nope' is not a")

@@ -23,7 +23,7 @@ from livekit import rtc
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord, RecordStore
-from callplane.rooms.agent import AgentJobError, choose_profile, run_agent
+from callplane.rooms.agent import AgentJobError, run_agent
 from callplane_standins.realtime_engine.server import EngineServer
 from callplane_standins.realtime_engine.speech import speak
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
@@ -377,7 +377,7 @@ async def test_bad_input_fails_before_joining(
     jobs: list[asyncio.Task[CallRecord]],
 ) -> None:
     settings = media_settings(livekit, engine, tmp_path)
-    with pytest.raises(AgentJobError, match=r"--profile='nope' is not a configured profile"):
+    with pytest.raises(AgentJobError, match=r"profile='nope' is not a configured profile"):
         await run_agent(settings, {}, "some-room", "nope")
     with pytest.raises(AgentJobError, match="room='bad room!' is not a valid room name"):
         await run_agent(settings, {}, "bad room!")
@@ -389,20 +389,6 @@ async def test_bad_input_fails_before_joining(
     )
     with pytest.raises(AgentJobError, match="cannot join room 'some-room'"):
         await run_agent(unreachable, {}, "some-room")
-
-
-def test_choose_profile_order_and_errors() -> None:
-    web, quiet = AgentProfile(name="web"), AgentProfile(name="quiet")
-    profiles = {"web": web, "quiet": quiet}
-    assert choose_profile(profiles, "quiet", '{"profile": "web"}') is quiet
-    assert choose_profile(profiles, None, '{"profile": "quiet"}') is quiet
-    assert choose_profile(profiles, None, "") is web
-    assert choose_profile(profiles, None, "not json, another app's metadata") is web
-    assert choose_profile(profiles, None, '["a list"]') is web
-    with pytest.raises(AgentJobError, match="the room's metadata 'profile'='gone'"):
-        choose_profile(profiles, None, '{"profile": "gone"}')
-    with pytest.raises(AgentJobError, match="no agent profiles"):
-        choose_profile({}, None, "")
 
 
 async def test_a_human_interrupting_the_agent_cuts_it_off_where_they_heard_it(

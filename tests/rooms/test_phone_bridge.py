@@ -24,21 +24,21 @@ from callplane.audio import rms
 from callplane.livekit_settings import LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
+from callplane.rooms.pacer import FramePacer
 from callplane.rooms.phone import (
-    PHONE_FRAME,
-    ROOM_FRAME,
     BridgeTuning,
-    Downsampler,
-    FramePacer,
-    JitterBuffer,
-    Mixer,
     PhoneRoomBridge,
-    Upsampler,
-    decode_payload,
-    encode_payload,
     join_token,
     person_on_the_line,
     phone_identity,
+)
+from callplane.rooms.phone_audio import (
+    PHONE_FRAME,
+    ROOM_FRAME,
+    Downsampler,
+    Upsampler,
+    decode_payload,
+    encode_payload,
 )
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
@@ -124,66 +124,6 @@ def test_payloads_round_trip_through_mu_law() -> None:
     back = decode_payload(payload)
     assert back.size == PHONE_FRAME
     assert np.max(np.abs(back.astype(np.int32) - pcm)) < 300  # µ-law step at this level
-
-
-def test_jitter_buffer_plays_only_once_primed_and_reprimes_after_running_dry() -> None:
-    buf = JitterBuffer(capacity=100, prime=30)
-    acc = np.zeros(20, dtype=np.int32)
-    buf.push(np.full(20, 5, dtype=np.int16))
-    assert not buf.primed and not buf.add_into(acc) and not acc.any()
-    buf.push(np.full(20, 7, dtype=np.int16))
-    assert buf.primed and buf.add_into(acc)
-    assert acc.tolist() == [5] * 20
-    acc.fill(0)
-    assert buf.add_into(acc)  # 20 left: a full frame, still primed
-    assert acc.tolist() == [7] * 20 and len(buf) == 0 and buf.primed
-    buf.push(np.full(5, 9, dtype=np.int16))
-    acc.fill(0)
-    assert buf.add_into(acc)  # plays what it has, then waits to be primed again
-    assert acc.tolist() == [9] * 5 + [0] * 15 and not buf.primed
-    buf.push(np.full(20, 1, dtype=np.int16))
-    assert not buf.add_into(acc)
-
-
-def test_jitter_buffer_keeps_order_across_wraps_and_drops_the_oldest_on_overflow() -> None:
-    buf = JitterBuffer(capacity=50, prime=1)
-    stream = np.arange(1000, dtype=np.int16)
-    out: list[int] = []
-    acc = np.zeros(17, dtype=np.int32)
-    for i in range(0, 1000, 13):
-        buf.push(stream[i : i + 13])
-        acc.fill(0)
-        before = len(buf)
-        buf.add_into(acc)
-        out.extend(acc[: min(before, 17)].tolist())
-    assert out == sorted(out) and len(set(out)) == len(out)
-    full = JitterBuffer(capacity=50, prime=10)
-    full.push(np.arange(40, dtype=np.int16))
-    full.push(np.arange(40, 70, dtype=np.int16))
-    assert len(full) == 50 and full.dropped == 20
-    acc = np.zeros(50, dtype=np.int32)
-    full.add_into(acc)
-    assert acc.tolist() == list(range(20, 70))
-    huge = JitterBuffer(capacity=10, prime=10)
-    huge.push(np.arange(25, dtype=np.int16))
-    assert huge.dropped == 15
-
-
-def test_jitter_buffer_refuses_a_prime_beyond_capacity() -> None:
-    with pytest.raises(ValueError, match="prime=200 must be between 1 and capacity=100"):
-        JitterBuffer(capacity=100, prime=200)
-
-
-def test_mixer_sums_primed_buffers_and_clips() -> None:
-    mixer = Mixer(4)
-    a, b, quiet = (JitterBuffer(16, 4) for _ in range(3))
-    a.push(np.array([100, -200, 30000, -30000], dtype=np.int16))
-    b.push(np.array([1, 2, 30000, -30000], dtype=np.int16))
-    quiet.push(np.array([5, 5], dtype=np.int16))  # not primed: contributes nothing
-    mixed = mixer.mix([a, b, quiet])
-    assert mixed is not None
-    assert mixed.tolist() == [101, -198, 32767, -32768]
-    assert mixer.mix([a, b, quiet]) is None  # drained and unprimed
 
 
 def test_pacer_sends_one_frame_per_period_and_catches_up_a_little() -> None:
