@@ -42,7 +42,8 @@ from callplane.rooms.phone import (
 )
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
-from tests.livekit_server import LiveKitServer, free_port, livekit_server_fixture
+from tests.livekit_server import LiveKitServer, livekit_server_fixture
+from tests.support.ports import free_port
 
 livekit = livekit_server_fixture()
 
