@@ -23,9 +23,9 @@ Two ways to use it::
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +33,11 @@ from typing import Any, Literal
 
 import pytest
 from livekit import api
+from livekit.api import ParticipantInfo
 
 from callplane.livekit_settings import LiveKitSettings
 from callplane_dev.livekit_server import SETUP_HINT, find_tool, livekit_config, tools_dir
+from tests.support.ports import free_port, wait_port
 
 API_KEY = "devkey"
 # 32+ characters: livekit-server complains about shorter secrets outside dev mode.
@@ -71,8 +73,10 @@ class LiveKitServer:
         name: str | None = None,
         kind: Literal["standard", "sip", "agent"] = "standard",
         attributes: dict[str, str] | None = None,
+        ttl: datetime.timedelta | None = None,
     ) -> str:
-        """A join token for ``room`` as ``identity``, allowed to publish and subscribe."""
+        """A join token for ``room`` as ``identity``, allowed to publish and subscribe
+        (valid for livekit-api's default time unless ``ttl`` says otherwise)."""
         token = (
             api.AccessToken(self.api_key, self.api_secret)
             .with_identity(identity)
@@ -82,11 +86,28 @@ class LiveKitServer:
         )
         if attributes:
             token = token.with_attributes(attributes)
+        if ttl is not None:
+            token = token.with_ttl(ttl)
         return token.to_jwt()
 
     def api(self) -> api.LiveKitAPI:
         """A server API client (use as ``async with server.api() as lk``)."""
         return api.LiveKitAPI(self.http_url, self.api_key, self.api_secret)
+
+    async def room_names(self) -> list[str]:
+        """The rooms the server has now."""
+        async with self.api() as lk:
+            listed = await lk.room.list_rooms(api.ListRoomsRequest())
+        return [room.name for room in listed.rooms]
+
+    async def participants(self, room: str) -> list[ParticipantInfo]:
+        """Who the server says is in ``room`` (nobody if the room does not exist)."""
+        async with self.api() as lk:
+            rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            if not rooms.rooms:
+                return []
+            listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        return list(listed.participants)
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the server's log, for assertion messages."""
@@ -97,13 +118,6 @@ class LiveKitServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that was free on 127.0.0.1 a moment ago (TCP by default, or SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def binary(name: str) -> str:
     """A tool from the toolchain dir or PATH; a missing one is an error saying how to build it."""
     found = find_tool(name)
@@ -112,20 +126,6 @@ def binary(name: str) -> str:
             f"{name} is not installed: {SETUP_HINT} (looked in {tools_dir()} and PATH)"
         )
     return found
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path | None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log is not None else ""
-            raise RuntimeError(f"{what} exited with code {proc.returncode} at start\n{tail}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -191,7 +191,7 @@ def livekit_server(work_dir: Path, *, webhook_urls: Sequence[str] = ()) -> Itera
             stderr=subprocess.DEVNULL,
         )
         procs.append(redis)
-        _wait_port(redis_port, redis, "redis-server", None)
+        wait_port(redis_port, redis, "redis-server", timeout=START_TIMEOUT_S)
         config = server_config(http_port, udp_port, redis_port, webhook_urls=webhook_urls)
         with log_path.open("wb") as log:
             server = subprocess.Popen(
@@ -200,7 +200,7 @@ def livekit_server(work_dir: Path, *, webhook_urls: Sequence[str] = ()) -> Itera
                 stderr=subprocess.STDOUT,
             )
         procs.append(server)
-        _wait_port(http_port, server, "livekit-server", log_path)
+        wait_port(http_port, server, "livekit-server", timeout=START_TIMEOUT_S, log=log_path)
         yield LiveKitServer(f"ws://127.0.0.1:{http_port}", API_KEY, API_SECRET, log_path)
     finally:
         for proc in reversed(procs):

@@ -11,39 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import datetime
-import hashlib
 import json
 import logging
 import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
 from livekit import api, rtc
 
 from callplane_dev.stack import LocalStack
-from callplane_standins.realtime_engine.speech import speak
 from tests.e2e.conftest import LIVEKIT_AGENT_IDLE_S
+from tests.support.livekit_people import Human, fresh_room, humans
+from tests.support.stack import (
+    agent_jobs,
+    edge_grant,
+    running,
+    stack_livekit,
+    wait_job_ended,
+    wait_jobs,
+    web_token,
+)
+from tests.support.tokens import sign_webhook
+from tests.support.waiting import poll, until
 
 PHRASE = "what is the weather like today"
 # The support profile (the stack's first) calls get_weather; the engine answers from its output.
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
 AGENT_IDLE_S = LIVEKIT_AGENT_IDLE_S
 EXIT_MARGIN_S = 15.0  # leaving, saving the record and exiting, on a busy 2-core machine
-RATE = 24_000
-FRAME = 480  # 20 ms
 EDGE_LOGGER = "callplane.edge"
-
-
-def _room(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 @pytest.fixture
@@ -55,93 +54,13 @@ def stack(livekit_stack: LocalStack) -> LocalStack:
 # --------------------------------------------------------------------------- helpers
 
 
-async def until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def agent_jobs(stack: LocalStack, room: str) -> list[dict[str, Any]]:
-    """``GET /agents`` on the media app (with its API key), this room's jobs only."""
-    async with httpx.AsyncClient(base_url=stack.media_url, timeout=10) as client:
-        response = await client.get(
-            "/agents", headers={"Authorization": f"Bearer {stack.creds.media_api_key}"}
-        )
-    assert response.status_code == 200, response.text
-    jobs: list[dict[str, Any]] = response.json()["agents"]
-    return [job for job in jobs if job["room"] == room]
-
-
-async def wait_jobs(
-    stack: LocalStack,
-    room: str,
-    predicate: Callable[[list[dict[str, Any]]], bool],
-    timeout_s: float,
-    what: str,
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        jobs = await agent_jobs(stack, room)
-        if predicate(jobs):
-            return jobs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}: {jobs}")
-        await asyncio.sleep(0.1)
-
-
-def running(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [job for job in jobs if job["state"] == "running"]
-
-
-def lk_api(stack: LocalStack) -> api.LiveKitAPI:
-    assert stack.livekit is not None
-    return api.LiveKitAPI(
-        stack.livekit.http_url, stack.creds.LIVEKIT_API_KEY, stack.creds.livekit_api_secret
-    )
-
-
 async def participants(stack: LocalStack, room: str) -> list[api.ParticipantInfo]:
     """Who the server says is in ``room`` (nobody if the room does not exist)."""
-    async with lk_api(stack) as lkapi:
-        rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))
-        if not rooms.rooms:
-            return []
-        listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-    return list(listed.participants)
+    return await stack_livekit(stack).participants(room)
 
 
 def is_agent(info: api.ParticipantInfo) -> bool:
     return info.identity.startswith("agent-") or info.kind == api.ParticipantInfo.Kind.AGENT
-
-
-async def edge_token(
-    stack: LocalStack, room: str, identity: str | None = None, *, key: str | None = "web"
-) -> httpx.Response:
-    """The edge's ``POST /token``, with the stack's web key unless ``key`` says otherwise."""
-    headers = {"Content-Type": "application/json"}
-    if key == "web":
-        headers["Authorization"] = f"Bearer {stack.creds.web_key}"
-    elif key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    body: dict[str, Any] = {"room": room}
-    if identity is not None:
-        body["identity"] = identity
-    async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10) as client:
-        return await client.post("/token", headers=headers, content=json.dumps(body))
-
-
-def sign_webhook(body: bytes, key: str, secret: str) -> str:
-    """The Authorization value LiveKit's notifier sends: a JWT whose sha256 claim is the
-    body's digest."""
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    return (
-        api.AccessToken(key, secret)
-        .with_sha256(digest)
-        .with_ttl(datetime.timedelta(minutes=5))
-        .to_jwt()
-    )
 
 
 async def post_webhook(stack: LocalStack, body: bytes, authorization: str | None) -> httpx.Response:
@@ -163,118 +82,6 @@ def dispatches(caplog: pytest.LogCaptureFixture, room: str, reason: str | None =
     )
 
 
-@dataclass
-class Transcript:
-    sender: str
-    speaker: str
-    final: bool
-    text: str
-
-
-@dataclass
-class Human:
-    """A web user in Python: joins with an edge token, publishes a microphone that is silent
-    unless it is saying something, and follows the agents' state and transcripts."""
-
-    identity: str
-    room: rtc.Room = field(default_factory=rtc.Room)
-    transcripts: list[Transcript] = field(default_factory=list)
-    states: dict[str, list[str]] = field(default_factory=dict)
-    _speech: list[bytes] = field(default_factory=list)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def join(self, stack: LocalStack, room: str) -> None:
-        response = await edge_token(stack, room, self.identity)
-        assert response.status_code == 200, response.text
-        grant = response.json()
-        assert grant["room"] == room and grant["identity"] == self.identity
-        self.room.on("participant_attributes_changed", self._on_attributes)
-        self.room.register_text_stream_handler("lk.transcription", self._on_text)
-        await self.room.connect(grant["url"], grant["token"])
-        source = rtc.AudioSource(RATE, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await self.room.local_participant.publish_track(track, options)
-        self._tasks.append(asyncio.create_task(self._microphone(source)))
-
-    async def leave(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self.room.disconnect()
-
-    def say(self, text: str) -> None:
-        pcm = speak(text, "en-us", RATE).astype("<i2").tobytes()
-        self._speech.extend(pcm[i : i + FRAME * 2] for i in range(0, len(pcm), FRAME * 2))
-
-    async def _microphone(self, source: rtc.AudioSource) -> None:
-        silence = bytes(FRAME * 2)
-        while True:
-            chunk = self._speech.pop(0) if self._speech else silence
-            await source.capture_frame(
-                rtc.AudioFrame(chunk.ljust(FRAME * 2, b"\0"), RATE, 1, FRAME)
-            )
-
-    def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
-        if "lk.agent.state" in changed:
-            self.states.setdefault(participant.identity, []).append(changed["lk.agent.state"])
-
-    def _on_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        async def read() -> None:
-            text = await reader.read_all()
-            attributes = dict(reader.info.attributes or {})
-            self.transcripts.append(
-                Transcript(
-                    sender,
-                    attributes.get("callplane.speaker", ""),
-                    attributes.get("lk.transcription_final") == "true",
-                    text,
-                )
-            )
-
-        self._tasks.append(asyncio.create_task(read()))
-
-    def agents(self) -> list[str]:
-        """Identities of the agents this participant sees in the room."""
-        return [
-            p.identity
-            for p in self.room.remote_participants.values()
-            if p.identity.startswith("agent-")
-            or p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-        ]
-
-    def agent_state(self, identity: str) -> str | None:
-        for participant in self.room.remote_participants.values():
-            if participant.identity == identity:
-                return participant.attributes.get("lk.agent.state")
-        return None
-
-    def said(self, identity: str, speaker: str, text: str | None = None) -> list[str]:
-        return [
-            t.text
-            for t in self.transcripts
-            if t.sender == identity
-            and t.speaker == speaker
-            and t.final
-            and (text is None or t.text == text)
-        ]
-
-
-@contextlib.asynccontextmanager
-async def humans(stack: LocalStack, room: str, *names: str) -> AsyncIterator[list[Human]]:
-    """Humans that join ``room`` one after another and leave at the end (if still there)."""
-    people = [Human(name) for name in names]
-    try:
-        for person in people:
-            await person.join(stack, room)
-        yield people
-    finally:
-        for person in people:
-            if person.room.isconnected():
-                await person.leave()
-
-
 async def wait_agent_joined(
     human: Human, *, not_: tuple[str, ...] = (), timeout_s: float = 45
 ) -> str:
@@ -292,7 +99,7 @@ async def ask_weather(human: Human, agent: str) -> None:
     await until(
         lambda: bool(human.said(agent, "agent")) and human.agent_state(agent) == "listening",
         45,
-        f"{agent}'s greeting (states so far: {human.states.get(agent)})",
+        f"{agent}'s greeting (states so far: {human.states_of(agent)})",
     )
     human.say(PHRASE)
     await until(
@@ -310,10 +117,10 @@ async def test_duplicate_room_started_webhooks_start_one_agent(
     stack: LocalStack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=EDGE_LOGGER)
-    room = _room("e2e-dup")
+    room = fresh_room("e2e-dup")
     # Creating the room makes the real server send its own signed room_started webhook; five
     # more, identical and signed the way the server signs, race it to the edge.
-    async with lk_api(stack) as lkapi:
+    async with stack_livekit(stack).api() as lkapi:
         info = await lkapi.room.create_room(api.CreateRoomRequest(name=room))
     body = json.dumps(
         {
@@ -328,7 +135,7 @@ async def test_duplicate_room_started_webhooks_start_one_agent(
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
     assert all(r.json() == {"ok": True, "dispatch": room} for r in responses)
 
-    async with humans(stack, room, "alice") as (alice,):
+    async with humans(edge_grant(stack, room), "alice") as (alice,):
         # Every dispatch reached the media app: ours, the server's room_started and the
         # server's participant_joined for alice.
         await until(
@@ -359,8 +166,8 @@ async def test_duplicate_room_started_webhooks_start_one_agent(
 
 
 async def test_a_killed_agent_is_replaced_on_the_next_join(stack: LocalStack) -> None:
-    room = _room("e2e-crash")
-    async with humans(stack, room, "alice") as (alice,):
+    room = fresh_room("e2e-crash")
+    async with humans(edge_grant(stack, room), "alice") as (alice,):
         [job] = await wait_jobs(
             stack, room, lambda jobs: len(running(jobs)) == 1, 30, "the first agent job"
         )
@@ -368,20 +175,14 @@ async def test_a_killed_agent_is_replaced_on_the_next_join(stack: LocalStack) ->
         assert job["handle"].startswith("pid:")
         os.kill(int(job["handle"].removeprefix("pid:")), signal.SIGKILL)
 
-        [crashed] = await wait_jobs(
-            stack,
-            room,
-            lambda jobs: len(jobs) == 1 and jobs[0]["state"] != "running",
-            20,
-            "the killed job to be reported",
-        )
+        crashed = await wait_job_ended(stack, room, 20, "the killed job to be reported")
         assert crashed["job_id"] == job["job_id"]
         assert crashed["state"] == "crashed", crashed
         assert crashed["exit_code"] == -signal.SIGKILL
         assert crashed["ended_at"] is not None
 
         # The next human to join brings a new agent, which answers.
-        async with humans(stack, room, "bob") as (bob,):
+        async with humans(edge_grant(stack, room), "bob") as (bob,):
             jobs = await wait_jobs(
                 stack, room, lambda jobs: len(running(jobs)) == 1, 30, "a replacement job"
             )
@@ -399,8 +200,8 @@ async def test_a_killed_agent_is_replaced_on_the_next_join(stack: LocalStack) ->
 
 
 async def test_an_emptied_room_s_agent_leaves_after_the_idle_timeout(stack: LocalStack) -> None:
-    room = _room("e2e-idle")
-    async with humans(stack, room, "alice", "bob") as (alice, bob):
+    room = fresh_room("e2e-idle")
+    async with humans(edge_grant(stack, room), "alice", "bob") as (alice, bob):
         [job] = await wait_jobs(
             stack, room, lambda jobs: len(running(jobs)) == 1, 30, "the agent job"
         )
@@ -413,20 +214,11 @@ async def test_an_emptied_room_s_agent_leaves_after_the_idle_timeout(stack: Loca
         assert agent in alice.agents()
 
         await alice.leave()
-        [ended] = await wait_jobs(
-            stack,
-            room,
-            lambda jobs: len(jobs) == 1 and jobs[0]["state"] != "running",
-            AGENT_IDLE_S + EXIT_MARGIN_S,
-            "the agent job to exit after the last human left",
-        )
+        ended = await wait_job_ended(stack, room, AGENT_IDLE_S + EXIT_MARGIN_S)
     assert ended["job_id"] == job["job_id"]
     assert (ended["state"], ended["exit_code"]) == ("exited", 0), ended
     # The agent left the room (nobody is in it), and its record says why.
-    deadline = time.monotonic() + 15
-    while await participants(stack, room):
-        assert time.monotonic() < deadline, await participants(stack, room)
-        await asyncio.sleep(0.2)
+    await poll(lambda: participants(stack, room), lambda found: not found, 15, "an empty room")
     records = [
         r
         for r in stack.media_app.state.store.list(limit=50)
@@ -453,7 +245,7 @@ async def test_security_through_the_running_stack(
     key, secret = stack.creds.LIVEKIT_API_KEY, stack.creds.livekit_api_secret
 
     # Webhooks: forged, unsigned, or signed for another body: 401, and nothing is spawned.
-    forged_room = _room("e2e-forged")
+    forged_room = fresh_room("e2e-forged")
     body = json.dumps(
         {
             "event": "room_started",
@@ -477,12 +269,12 @@ async def test_security_through_the_running_stack(
     assert dispatches(caplog, forged_room) == 0
 
     # Tokens: no key or a wrong key is 401 and creates no room; the web key works.
-    room_a, room_b = _room("e2e-room-a"), _room("e2e-room-b")
+    room_a, room_b = fresh_room("e2e-room-a"), fresh_room("e2e-room-b")
     for presented in (None, "not-the-web-key"):
-        refused = await edge_token(stack, room_a, key=presented)
+        refused = await web_token(stack, room_a, key=presented)
         assert refused.status_code == 401, refused.text
         assert "token" not in refused.text
-    minted = await edge_token(stack, room_a, "mallory")
+    minted = await web_token(stack, room_a, "mallory")
     assert minted.status_code == 200, minted.text
     grant = minted.json()
 
@@ -507,7 +299,5 @@ async def test_security_through_the_running_stack(
         assert await participants(stack, room_b) == []
     finally:
         await mallory.disconnect()
-    async with lk_api(stack) as lkapi:
-        names = [r.name for r in (await lkapi.room.list_rooms(api.ListRoomsRequest())).rooms]
-    assert room_b not in names
+    assert room_b not in await stack_livekit(stack).room_names()
     assert await agent_jobs(stack, room_b) == []

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from livekit import api, rtc
 
 from callplane.profiles import AgentProfile
 from callplane_dev.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
@@ -29,6 +26,9 @@ from callplane_standins.realtime_engine.context import Direction
 from callplane_standins.realtime_engine.speech import speak
 from callplane_standins.twilio_simulator.caller import hang_up, say, wait_for_reply
 from tests.conftest import ConformanceLog
+from tests.support.livekit_people import Human
+from tests.support.stack import stack_livekit
+from tests.support.waiting import until
 
 ROOM = "hybrid-lobby"
 PHONE_IDENTITY = "phone:" + DEFAULT_CALLER
@@ -39,7 +39,6 @@ WEATHER = "what is the weather like today"
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
 HELLO = "hello"
 HELLO_ANSWER = "Hello! Yes, I can hear you. How can I help you today?"
-FRAME = 480  # 20 ms at 24 kHz
 
 LOBBY = AgentProfile(
     name="lobby",
@@ -48,102 +47,6 @@ LOBBY = AgentProfile(
     tools=("get_weather",),
     room=ROOM,
 )
-
-
-@dataclass
-class WebUser:
-    """A web user in the room: a microphone that sends silence unless it is saying something,
-    and ears on the agent's audio, its ``lk.agent.state`` and the ``lk.transcription``
-    streams."""
-
-    identity: str
-    room: rtc.Room = field(default_factory=rtc.Room)
-    states: list[str] = field(default_factory=list)
-    transcripts: list[tuple[dict[str, str], str]] = field(default_factory=list)
-    agent_loud_frames: int = 0
-    _speech: list[bytes] = field(default_factory=list)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def join(self, url: str, token: str) -> None:
-        self.room.on("track_subscribed", self._on_track)
-        self.room.on("participant_attributes_changed", self._on_attributes)
-        self.room.register_text_stream_handler("lk.transcription", self._on_text)
-        await self.room.connect(url, token)
-        source = rtc.AudioSource(24000, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await self.room.local_participant.publish_track(track, options)
-        self._tasks.append(asyncio.create_task(self._microphone(source)))
-
-    async def leave(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.room.disconnect()
-
-    def say(self, text: str) -> None:
-        pcm = speak(text, "en-us", 24000).astype("<i2").tobytes()
-        self._speech.extend(pcm[i : i + FRAME * 2] for i in range(0, len(pcm), FRAME * 2))
-
-    async def _microphone(self, source: rtc.AudioSource) -> None:
-        silence = bytes(FRAME * 2)
-        while True:
-            chunk = self._speech.pop(0) if self._speech else silence
-            await source.capture_frame(
-                rtc.AudioFrame(chunk.ljust(FRAME * 2, b"\0"), 24000, 1, FRAME)
-            )
-
-    def _on_track(
-        self, track: rtc.Track, pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
-    ) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO and who.identity.startswith("agent-"):
-            self._tasks.append(asyncio.create_task(self._listen(track)))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        async for event in rtc.AudioStream(track, sample_rate=24000, num_channels=1):
-            data = np.frombuffer(event.frame.data, dtype=np.int16)
-            if len(data) and int(np.abs(data).max()) > 1000:
-                self.agent_loud_frames += 1
-
-    def _on_attributes(self, changed: Mapping[str, str], participant: rtc.Participant) -> None:
-        if participant.identity.startswith("agent-") and "lk.agent.state" in changed:
-            self.states.append(changed["lk.agent.state"])
-
-    def _on_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        async def read() -> None:
-            text = await reader.read_all()
-            self.transcripts.append((dict(reader.info.attributes or {}), text))
-
-        self._tasks.append(asyncio.create_task(read()))
-
-    def finals(self, speaker: str) -> list[tuple[str, str]]:
-        """Final transcripts of ``speaker`` (agent/user): (text, the human it came from)."""
-        return [
-            (text, attrs.get("callplane.participant", ""))
-            for attrs, text in self.transcripts
-            if attrs.get("lk.transcription_final") == "true"
-            and attrs.get("callplane.speaker") == speaker
-        ]
-
-    def agent_identity(self) -> str | None:
-        for participant in self.room.remote_participants.values():
-            if participant.identity.startswith("agent-"):
-                return participant.identity
-        return None
-
-    def agent_state(self) -> str | None:
-        for participant in self.room.remote_participants.values():
-            if participant.identity.startswith("agent-"):
-                return participant.attributes.get("lk.agent.state")
-        return None
-
-
-async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -169,34 +72,19 @@ async def stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[Lo
     assert conformance.server_checked > 0  # the agent job's session ran on this engine
 
 
-def web_token(stack: LocalStack, identity: str) -> str:
-    grants = api.VideoGrants(room_join=True, room=ROOM, can_publish=True, can_subscribe=True)
-    return (
-        api.AccessToken(stack.creds.LIVEKIT_API_KEY, stack.creds.livekit_api_secret)
-        .with_identity(identity)
-        .with_grants(grants)
-        .to_jwt()
-    )
-
-
 async def participants(stack: LocalStack) -> set[str]:
-    assert stack.livekit is not None
-    async with api.LiveKitAPI(
-        stack.livekit.http_url, stack.creds.LIVEKIT_API_KEY, stack.creds.livekit_api_secret
-    ) as lk:
-        rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[ROOM]))
-        if not rooms.rooms:
-            return set()
-        listed = await lk.room.list_participants(api.ListParticipantsRequest(room=ROOM))
-    return {p.identity for p in listed.participants}
+    return {p.identity for p in await stack_livekit(stack).participants(ROOM)}
+
+
+def heard_from(human: Human) -> list[tuple[str, str]]:
+    """What ``human`` saw transcribed of the humans: (text, the human who said it)."""
+    return [(t.text, t.participant) for t in human.finals("user")]
 
 
 async def stored(stack: LocalStack, call_sid: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (record := stack.record(call_sid)) is None:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no record for {call_sid} within {timeout} s")
-        await asyncio.sleep(0.1)
+    await until(lambda: stack.record(call_sid) is not None, timeout, f"a record for {call_sid}")
+    record = stack.record(call_sid)
+    assert record is not None
     return record
 
 
@@ -219,7 +107,7 @@ async def test_a_phone_caller_and_a_web_user_share_the_room_and_its_agent(
             max_s=120,
         )
     )
-    alice = WebUser(WEB_IDENTITY)
+    alice = Human(WEB_IDENTITY)
     try:
         # The call creates the room (and so dispatches the agent); the web user joins once the
         # caller and the agent are both in it.
@@ -230,16 +118,16 @@ async def test_a_phone_caller_and_a_web_user_share_the_room_and_its_agent(
             assert not call.done(), f"the call ended early: {call.result()}"
             assert time.monotonic() < deadline, f"the room never had caller and agent: {present}"
             await asyncio.sleep(0.2)
-        assert stack.livekit is not None
-        await alice.join(stack.livekit.url, web_token(stack, WEB_IDENTITY))
+        livekit = stack_livekit(stack)
+        await alice.join(livekit.url, livekit.token(WEB_IDENTITY, ROOM))
 
         # 1. The caller's question: the web user hears the agent's answer to it.
         await until(
-            lambda: any(text == WEATHER_ANSWER for text, _ in alice.finals("agent")),
+            lambda: any(t.text == WEATHER_ANSWER for t in alice.finals("agent")),
             60,
             f"the weather answer in the web user's transcripts ({alice.transcripts})",
         )
-        assert (WEATHER, PHONE_IDENTITY) in alice.finals("user")
+        assert (WEATHER, PHONE_IDENTITY) in heard_from(alice)
         await until(lambda: alice.agent_state() == "listening", 30, "the agent to finish answering")
         loud_after_weather = alice.agent_loud_frames
         assert loud_after_weather > 50  # over a second of non-silent agent audio
@@ -248,11 +136,11 @@ async def test_a_phone_caller_and_a_web_user_share_the_room_and_its_agent(
         await asyncio.sleep(1.5)  # the caller's wait for the weather answer sees the quiet
         alice.say(HELLO)
         await until(
-            lambda: any(text == HELLO_ANSWER for text, _ in alice.finals("agent")),
+            lambda: any(t.text == HELLO_ANSWER for t in alice.finals("agent")),
             45,
-            f"the answer to hello ({alice.finals('agent')})",
+            f"the answer to hello ({[t.text for t in alice.finals('agent')]})",
         )
-        assert (HELLO, WEB_IDENTITY) in alice.finals("user")
+        assert (HELLO, WEB_IDENTITY) in heard_from(alice)
         agent = alice.agent_identity()
         assert agent is not None
         result = await asyncio.wait_for(call, 90)

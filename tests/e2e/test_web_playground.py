@@ -10,18 +10,15 @@ server's webhook, runs as a child process of the media app and talks through the
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import time
-from typing import Any
 
-import httpx
 import pytest
-from livekit import api
 
 from callplane_dev.stack import LocalStack
 from tests.browser import launch_browser, synthesize_wav
 from tests.e2e.conftest import LIVEKIT_AGENT_IDLE_S
+from tests.support.livekit_people import fresh_room
+from tests.support.stack import agent_jobs, stack_livekit, wait_job_ended, wait_jobs
 
 PHRASE = "what is the weather like today"
 # The support profile (the stack's first, so a web room's default) declares get_weather, so the
@@ -34,57 +31,20 @@ EXIT_MARGIN_S = 15.0
 SCREENSHOT = "e2e-playground-agent-weather-reply"
 
 
-def _room(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
 @pytest.fixture
 def stack(livekit_stack: LocalStack) -> LocalStack:
     """The whole local stack with LiveKit (tests/e2e/conftest.py)."""
     return livekit_stack
 
 
-async def _agents(stack: LocalStack, room: str) -> list[dict[str, Any]]:
-    """The media app's agent jobs for ``room`` (``GET /agents`` with the media API key)."""
-    async with httpx.AsyncClient(base_url=stack.media_url, timeout=10) as client:
-        response = await client.get(
-            "/agents", headers={"Authorization": f"Bearer {stack.creds.media_api_key}"}
-        )
-    assert response.status_code == 200, response.text
-    jobs: list[dict[str, Any]] = response.json()["agents"]
-    return [job for job in jobs if job["room"] == room]
-
-
-async def _wait_jobs(
-    stack: LocalStack, room: str, predicate: Any, timeout_s: float, what: str
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        jobs = await _agents(stack, room)
-        if predicate(jobs):
-            return jobs
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}: {jobs}")
-        await asyncio.sleep(0.1)
-
-
-async def _rooms(stack: LocalStack) -> list[str]:
-    assert stack.livekit is not None
-    async with api.LiveKitAPI(
-        stack.livekit.http_url, stack.creds.LIVEKIT_API_KEY, stack.creds.livekit_api_secret
-    ) as lkapi:
-        listed = await lkapi.room.list_rooms(api.ListRoomsRequest())
-    return [room.name for room in listed.rooms]
-
-
 async def test_talk_to_the_agent_from_the_playground(stack: LocalStack) -> None:
-    room = _room("e2e-web")
+    room = fresh_room("e2e-web")
     # Loop the question; the long pause lets the agent answer before it is asked again.
     wav = synthesize_wav(PHRASE, lead_silence_s=0.5, tail_silence_s=7.0)
     async with launch_browser(fake_audio=wav) as browser:
         page = await browser.open(stack.playground_link(room))
         await page.wait_for("(h, r) => h.state === 'idle' && h.room === r", arg=room)
-        assert await _agents(stack, room) == [], "an agent started before anyone pressed Talk"
+        assert await agent_jobs(stack, room) == [], "an agent started before anyone pressed Talk"
 
         await page.page.get_by_role("button", name="Talk").click()
         hook = await page.wait_for(
@@ -94,7 +54,7 @@ async def test_talk_to_the_agent_from_the_playground(stack: LocalStack) -> None:
         assert hook["identity"].startswith("web-")
 
         # The server's webhook reached the edge, which dispatched one job to the media app.
-        [job] = await _wait_jobs(
+        [job] = await wait_jobs(
             stack, room, lambda jobs: len(jobs) == 1, 30, "the webhook to start an agent job"
         )
         assert job["state"] == "running"
@@ -151,17 +111,16 @@ async def test_talk_to_the_agent_from_the_playground(stack: LocalStack) -> None:
         assert shot.stat().st_size > 0
 
         # Still exactly one job for the room, however many webhooks arrived.
-        [job] = await _agents(stack, room)
+        [job] = await agent_jobs(stack, room)
         assert job["state"] == "running"
 
         # Leave: the room is empty, so the agent's job ends after its idle timeout.
         await ui.get_by_role("button", name="Leave").click()
         await page.wait_for("h => h.state === 'disconnected' && !h.connected")
         left = time.monotonic()
-        [ended] = await _wait_jobs(
+        ended = await wait_job_ended(
             stack,
             room,
-            lambda jobs: len(jobs) == 1 and jobs[0]["state"] != "running",
             AGENT_IDLE_S + EXIT_MARGIN_S,
             "the agent job to exit after the last human left",
         )
@@ -185,7 +144,7 @@ async def test_talk_to_the_agent_from_the_playground(stack: LocalStack) -> None:
 
 
 async def test_the_page_without_a_key_shows_the_401(stack: LocalStack) -> None:
-    room = _room("e2e-nokey")
+    room = fresh_room("e2e-nokey")
     async with launch_browser() as browser:
         page = await browser.open(f"{stack.edge_url}/playground/?room={room}")
         await page.wait_for("h => h.state === 'idle'")
@@ -204,5 +163,5 @@ async def test_the_page_without_a_key_shows_the_401(stack: LocalStack) -> None:
     assert "401" in text and "?key=" in text, text
     assert hook["connected"] is False
     # Nothing was created on the way: no room on the server and no agent job.
-    assert room not in await _rooms(stack)
-    assert await _agents(stack, room) == []
+    assert room not in await stack_livekit(stack).room_names()
+    assert await agent_jobs(stack, room) == []

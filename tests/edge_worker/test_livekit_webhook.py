@@ -10,7 +10,6 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -26,9 +25,9 @@ from edge_worker.config import EdgeConfig
 from edge_worker.core import EdgeRequest, EdgeResponse, handle
 from edge_worker.livekit_jwt import JWTError, decode_hs256, encode_hs256, verify_webhook
 from edge_worker.wire import DispatchAgent
-from functions.dispatch import LocalProcessLauncher
-from tests.functions.test_dispatch import media_app, media_settings, stand_in
+from tests.functions.test_dispatch import media_app, media_settings, stand_in_launcher
 from tests.servers import serve_asgi
+from tests.support.tokens import sign_webhook
 
 KEY = "APIkeyForWebhooks"
 SECRET = "livekit-webhook-secret-0123456789"
@@ -74,8 +73,7 @@ def sign(
     ttl: datetime.timedelta = datetime.timedelta(minutes=5),
 ) -> str:
     """The token LiveKit's notifier puts in Authorization (bare, no Bearer)."""
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    return api.AccessToken(key, secret).with_sha256(digest).with_ttl(ttl).to_jwt()
+    return sign_webhook(body, key, secret, ttl)
 
 
 def post(
@@ -338,14 +336,8 @@ async def test_a_forged_webhook_sends_nothing() -> None:
 
 
 async def test_end_to_end_five_duplicate_webhooks_start_one_agent(tmp_path: Path) -> None:
-    records = tmp_path / "jobs"
-    records.mkdir()
     settings = media_settings(tmp_path)
-    launcher = LocalProcessLauncher(
-        settings,
-        stand_in(tmp_path, lambda room: "run"),
-        env={**os.environ, "STAND_IN_DIR": str(records)},
-    )
+    launcher, records = stand_in_launcher(tmp_path, settings)
     media, agents = media_app(settings, launcher)
     try:
         async with serve_asgi(media) as media_base:

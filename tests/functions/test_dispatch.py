@@ -33,6 +33,8 @@ from functions.dispatch import (
     local_agent_command,
 )
 from tests.servers import serve_asgi
+from tests.support.media import media_settings as base_media_settings
+from tests.support.waiting import poll, until
 
 API_KEY = "media-api-key-for-dispatch"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -43,7 +45,10 @@ STAND_IN = textwrap.dedent(
     mode, room, profile = sys.argv[1:4]
     record = {"room": room, "profile": profile, "config": os.environ["CALLPLANE_MEDIA_CONFIG"]}
     out = pathlib.Path(os.environ["STAND_IN_DIR"]) / f"{os.getpid()}.json"
-    out.write_text(json.dumps(record))
+    # written whole or not at all: the test reads the folder while jobs start
+    partial = out.with_suffix(".part")
+    partial.write_text(json.dumps(record))
+    partial.rename(out)
     if mode == "crash":
         sys.exit(3)
     if mode == "exit":
@@ -57,15 +62,10 @@ def media_settings(tmp_path: Path, *, livekit: bool = True) -> MediaSettings:
     profiles = {"support": AgentProfile(name="support")}
     if livekit:  # a profile naming a room needs LiveKit settings
         profiles["lobby"] = AgentProfile(name="lobby", room="lobby-room")
-    return MediaSettings(
-        public_media_url="wss://media.example.com/twilio/media",
-        stream_secret="stream-secret-for-dispatch-tests",
+    return base_media_settings(
+        tmp_path,
+        profiles,
         api_key=API_KEY,
-        twilio_account_sid="AC" + "0" * 32,
-        twilio_auth_token="twilio-auth-token",
-        realtime_api_key="test",
-        profiles=profiles,
-        records_path=tmp_path / "records.sqlite3",
         livekit=LiveKitSettings(url="ws://127.0.0.1:7880", api_key="devkey", api_secret="secret")
         if livekit
         else None,
@@ -106,17 +106,23 @@ def stand_in(tmp_path: Path, mode: Callable[[str], str]) -> Callable[[str, str],
     return lambda room, profile: [sys.executable, str(script), mode(room), room, profile]
 
 
-@pytest.fixture
-async def media(tmp_path: Path) -> AsyncIterator[Media]:
+def stand_in_launcher(
+    tmp_path: Path, settings: MediaSettings, mode: Callable[[str], str] = lambda room: "run"
+) -> tuple[LocalProcessLauncher, Path]:
+    """A launcher of stand-in jobs, and the folder where each started job leaves its record."""
     records = tmp_path / "jobs"
     records.mkdir()
+    launcher = LocalProcessLauncher(
+        settings, stand_in(tmp_path, mode), env={**os.environ, "STAND_IN_DIR": str(records)}
+    )
+    return launcher, records
+
+
+@pytest.fixture
+async def media(tmp_path: Path) -> AsyncIterator[Media]:
     settings = media_settings(tmp_path)
     mode = {"crashy": "crash", "brief": "exit"}
-    launcher = LocalProcessLauncher(
-        settings,
-        stand_in(tmp_path, lambda room: mode.get(room, "run")),
-        env={**os.environ, "STAND_IN_DIR": str(records)},
-    )
+    launcher, records = stand_in_launcher(tmp_path, settings, lambda room: mode.get(room, "run"))
     app, agents = media_app(settings, launcher)
     try:
         async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -125,20 +131,17 @@ async def media(tmp_path: Path) -> AsyncIterator[Media]:
         await agents.shutdown()
 
 
-async def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - polling a child process's side effects
-            await asyncio.sleep(0.02)
-
-
 async def wait_for_state(media: Media, job_id: str, state: str) -> dict[str, Any]:
-    async with asyncio.timeout(10):
-        while True:
-            listing = (await media.client.get("/agents", headers=AUTH)).json()["agents"]
-            for job in listing:
-                if job["job_id"] == job_id and job["state"] == state:
-                    return dict(job)
-            await asyncio.sleep(0.02)
+    async def listing() -> list[dict[str, Any]]:
+        return list((await media.client.get("/agents", headers=AUTH)).json()["agents"])
+
+    def find(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return next((j for j in jobs if j["job_id"] == job_id and j["state"] == state), None)
+
+    jobs = await poll(listing, find, 10, f"job {job_id} to be {state}", interval=0.02)
+    found = find(jobs)
+    assert found is not None
+    return dict(found)
 
 
 def pid_of(job: dict[str, Any]) -> int:
@@ -159,7 +162,7 @@ async def test_five_concurrent_duplicates_start_exactly_one_process(media: Media
     assert sorted(b["started"] for b in bodies) == [False, False, False, False, True]
     assert {b["job_id"] for b in bodies} == {bodies[0]["job_id"]}
     assert {(b["room"], b["state"]) for b in bodies} == {("room-a", "running")}
-    await wait_for(lambda: len(media.started()) == 1)
+    await until(lambda: len(media.started()) == 1, 10, "a stand-in job to start", interval=0.02)
     await asyncio.sleep(0.3)  # a second process would have written its record by now
     [record] = media.started()
     assert (record["room"], record["profile"]) == ("room-a", "support")
@@ -178,7 +181,7 @@ async def test_a_killed_job_is_replaced_by_the_next_dispatch(media: Media) -> No
     first = (await dispatch(media, "room-b")).json()
     assert first["started"] is True
     job = await wait_for_state(media, first["job_id"], "running")
-    await wait_for(lambda: len(media.started()) == 1)
+    await until(lambda: len(media.started()) == 1, 10, "a stand-in job to start", interval=0.02)
     os.kill(pid_of(job), signal.SIGKILL)
     dead = await wait_for_state(media, first["job_id"], "crashed")
     assert dead["exit_code"] == -signal.SIGKILL
@@ -186,7 +189,7 @@ async def test_a_killed_job_is_replaced_by_the_next_dispatch(media: Media) -> No
     assert second["started"] is True and second["job_id"] != first["job_id"]
     replacement = await wait_for_state(media, second["job_id"], "running")
     assert pid_of(replacement) != pid_of(job)
-    await wait_for(lambda: len(media.started()) == 2)
+    await until(lambda: len(media.started()) == 2, 10, "two stand-in jobs to start", interval=0.02)
 
 
 async def test_a_job_exiting_non_zero_is_reported_crashed_and_logged(
@@ -213,7 +216,7 @@ async def test_rooms_are_independent_and_profiles_are_chosen(media: Media) -> No
     a = (await dispatch(media, "lobby-room")).json()
     b = (await dispatch(media, "room-c", profile="lobby")).json()
     assert a["started"] and b["started"] and a["job_id"] != b["job_id"]
-    await wait_for(lambda: len(media.started()) == 2)
+    await until(lambda: len(media.started()) == 2, 10, "two stand-in jobs to start", interval=0.02)
     assert {(r["room"], r["profile"]) for r in media.started()} == {
         ("lobby-room", "lobby"),
         ("room-c", "lobby"),
@@ -280,14 +283,8 @@ async def test_without_livekit_settings_the_routes_answer_503(tmp_path: Path) ->
 
 
 async def test_shutdown_terminates_local_children(tmp_path: Path) -> None:
-    records = tmp_path / "jobs"
-    records.mkdir()
     settings = media_settings(tmp_path)
-    launcher = LocalProcessLauncher(
-        settings,
-        stand_in(tmp_path, lambda room: "run"),
-        env={**os.environ, "STAND_IN_DIR": str(records)},
-    )
+    launcher, _ = stand_in_launcher(tmp_path, settings)
     agents = AgentJobs(settings, launcher)
     job, started = await agents.dispatch("room-f", None, "room_started")
     assert started

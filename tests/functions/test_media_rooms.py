@@ -12,15 +12,12 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from livekit import api
-from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
@@ -31,13 +28,11 @@ from functions.media import create_app
 from functions.media_streams import CLOSE_NO_LIVEKIT
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.servers import serve_asgi
+from tests.support.media import MEDIA_API_KEY, STREAM_SECRET, close_code, media_settings, signed
+from tests.support.media import start_frame as twilio_start
 
 livekit = livekit_server_fixture()
 
-AUTH_TOKEN = "twilio-auth-token-for-tests"
-SECRET = "stream-secret-for-tests-0123456789"
-PUBLIC_URL = "wss://media.example.com/twilio/media"
-API_KEY = "calls-api-key"
 CALLER = "+15551234567"
 ROOM = "support-floor"
 
@@ -45,41 +40,18 @@ ROOM = "support-floor"
 def settings_for(
     engine: EngineServer, tmp_path: Path, livekit: LiveKitServer | None
 ) -> MediaSettings:
-    fields: dict[str, Any] = {
-        "public_media_url": PUBLIC_URL,
-        "stream_secret": SECRET,
-        "api_key": API_KEY,
-        "twilio_account_sid": "AC" + "0" * 32,
-        "twilio_auth_token": AUTH_TOKEN,
-        "realtime_url": engine.url,
-        "realtime_api_key": "test",
-        "profiles": {"floor": AgentProfile(name="floor", room=ROOM)},
-        "records_path": tmp_path / "records.sqlite3",
-    }
-    if livekit is not None:
-        fields["livekit"] = livekit.settings()
-    return MediaSettings(**fields)
-
-
-def signed() -> dict[str, str]:
-    return {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL, {})}
+    return media_settings(
+        tmp_path,
+        {"floor": AgentProfile(name="floor", room=ROOM)},
+        engine=engine,
+        livekit=livekit.settings() if livekit is not None else None,
+    )
 
 
 def start_frame(call_sid: str) -> str:
-    token = mint_stream_token(SECRET, call_sid, "floor", "local", now=time.time())
-    return json.dumps(
-        {
-            "event": "start",
-            "streamSid": "MZ_floor",
-            "start": {
-                "streamSid": "MZ_floor",
-                "accountSid": "AC" + "0" * 32,
-                "callSid": call_sid,
-                "tracks": ["inbound"],
-                "customParameters": {"token": token, "from": CALLER, "to": "+15550001111"},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }
+    token = mint_stream_token(STREAM_SECRET, call_sid, "floor", "local", now=time.time())
+    return twilio_start(
+        call_sid, token, stream_sid="MZ_floor", parameters={"from": CALLER, "to": "+15550001111"}
     )
 
 
@@ -89,19 +61,9 @@ async def media(engine: EngineServer, tmp_path: Path, livekit: LiveKitServer) ->
         yield base
 
 
-async def close_code(ws: ClientConnection) -> int | None:
-    """Read until the server closes the stream; its close code."""
-    try:
-        while True:
-            await ws.recv()
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
-
-
 async def phone_in_room(server: LiveKitServer) -> api.ParticipantInfo | None:
-    async with server.api() as lk:
-        found = await lk.room.list_participants(api.ListParticipantsRequest(room=ROOM))
-    return next((p for p in found.participants if p.identity == "phone:" + CALLER), None)
+    found = await server.participants(ROOM)
+    return next((p for p in found if p.identity == "phone:" + CALLER), None)
 
 
 async def test_a_call_on_a_room_profile_joins_the_room_as_the_caller(
@@ -125,7 +87,7 @@ async def test_a_call_on_a_room_profile_joins_the_room_as_the_caller(
         assert phone.attributes["callplane.phone"] == CALLER
         async with httpx.AsyncClient() as http:
             live = await http.get(
-                f"{media}/calls/{call_sid}", headers={"Authorization": f"Bearer {API_KEY}"}
+                f"{media}/calls/{call_sid}", headers={"Authorization": f"Bearer {MEDIA_API_KEY}"}
             )
         assert live.json()["live"] is True
         await ws.send(json.dumps({"event": "stop", "stop": {"callSid": call_sid}}))
@@ -137,7 +99,7 @@ async def test_a_call_on_a_room_profile_joins_the_room_as_the_caller(
         await asyncio.sleep(0.1)
     async with httpx.AsyncClient() as http:
         stored = await http.get(
-            f"{media}/calls/{call_sid}", headers={"Authorization": f"Bearer {API_KEY}"}
+            f"{media}/calls/{call_sid}", headers={"Authorization": f"Bearer {MEDIA_API_KEY}"}
         )
     body = stored.json()
     assert body["live"] is False

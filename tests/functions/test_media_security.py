@@ -9,11 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
-from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.security import mint_stream_token
 from callplane_standins.realtime_engine.server import EngineServer
@@ -22,31 +20,16 @@ from functions.media import create_app
 from functions.media_streams import CLOSE_BAD_TOKEN
 from functions.stream_server import StreamServer
 from tests.servers import serve_asgi
+from tests.support.media import STREAM_SECRET, close_code, media_settings, signed, start_frame
 
-AUTH_TOKEN = "twilio-auth-token-for-tests"
-SECRET = "stream-secret-for-tests-0123456789"
-PUBLIC_URL = "wss://media.example.com/twilio/media"
-
-
-def media_settings(engine: EngineServer, tmp_path: Path) -> MediaSettings:
-    return MediaSettings(
-        public_media_url=PUBLIC_URL,
-        stream_secret=SECRET,
-        api_key="calls-api-key",
-        twilio_account_sid="AC" + "0" * 32,
-        twilio_auth_token=AUTH_TOKEN,
-        realtime_url=engine.url,
-        realtime_api_key="test",
-        profiles={"support": AgentProfile(name="support")},
-        records_path=tmp_path / "records.sqlite3",
-    )
+PROFILES = {"support": AgentProfile(name="support")}
 
 
 @pytest.fixture(params=["asgi", "picows"])
 async def media(
     engine: EngineServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[str]:
-    app = create_app(media_settings(engine, tmp_path))
+    app = create_app(media_settings(tmp_path, PROFILES, engine=engine))
     if request.param == "asgi":
         async with serve_asgi(app) as base:
             yield base.replace("http://", "ws://") + "/twilio/media"
@@ -60,38 +43,11 @@ async def media(
         await server.stop()
 
 
-def signed() -> dict[str, str]:
-    return {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL, {})}
-
-
-def start_frame(call_sid: str, token: str) -> str:
-    return json.dumps(
-        {
-            "event": "start",
-            "sequenceNumber": "1",
-            "streamSid": "MZ1",
-            "start": {
-                "streamSid": "MZ1",
-                "accountSid": "AC" + "0" * 32,
-                "callSid": call_sid,
-                "tracks": ["inbound"],
-                "customParameters": {"token": token},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }
-    )
-
-
 async def refused_with(url: str, headers: dict[str, str], frames: list[str]) -> int | None:
     async with connect(url, additional_headers=headers) as ws:
         for frame in frames:
             await ws.send(frame)
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed as closed:
-            return closed.rcvd.code if closed.rcvd else None
-    raise AssertionError("unreachable: recv() only ends by raising")
+        return await close_code(ws)
 
 
 async def test_unsigned_and_wrongly_signed_upgrades_are_refused(
@@ -120,7 +76,9 @@ async def test_bad_stream_tokens_are_refused_before_any_realtime_session(
     token = (
         "garbage"
         if token_for is None
-        else mint_stream_token(SECRET, token_for, "support", "local", now=time.time() + minted_at)
+        else mint_stream_token(
+            STREAM_SECRET, token_for, "support", "local", now=time.time() + minted_at
+        )
     )
     code = await refused_with(
         media, signed(), [json.dumps({"event": "connected"}), start_frame(call_sid, token)]
@@ -130,7 +88,7 @@ async def test_bad_stream_tokens_are_refused_before_any_realtime_session(
 
 
 async def test_a_replayed_token_is_refused(media: str, engine: EngineServer) -> None:
-    token = mint_stream_token(SECRET, "CA_replay", "support", "local", now=time.time())
+    token = mint_stream_token(STREAM_SECRET, "CA_replay", "support", "local", now=time.time())
     async with connect(media, additional_headers=signed()) as ws:
         await ws.send(start_frame("CA_replay", token))
         first = json.loads(await ws.recv())  # the agent's greeting starts: the call is live
@@ -146,7 +104,9 @@ async def test_a_replayed_token_is_refused(media: str, engine: EngineServer) -> 
 async def test_the_stream_server_serves_only_the_media_path(
     engine: EngineServer, tmp_path: Path
 ) -> None:
-    server = StreamServer(create_app(media_settings(engine, tmp_path)).state.streams)
+    server = StreamServer(
+        create_app(media_settings(tmp_path, PROFILES, engine=engine)).state.streams
+    )
     sock = bind_loopback()
     await server.start(sock)
     other = f"ws://127.0.0.1:{sock.getsockname()[1]}/other"

@@ -15,15 +15,11 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from callplane.profiles import AgentProfile
 from callplane.security import mint_stream_token
 from callplane_standins.realtime_engine.server import EngineServer
-from tests.functions.test_media_security import (
-    SECRET,
-    media_settings,
-    signed,
-    start_frame,
-)
-from tests.livekit_server import free_port
+from tests.support.media import STREAM_SECRET, media_settings, signed, start_frame
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def stream_server(engine: EngineServer, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    config = media_settings(engine, tmp_path).model_dump(mode="json")
+    config = media_settings(
+        tmp_path, {"support": AgentProfile(name="support")}, engine=engine
+    ).model_dump(mode="json")
     env = {**os.environ, "CALLPLANE_MEDIA_CONFIG": json.dumps(config)}
     command = [sys.executable, "-m", "functions.stream_server", "--port", str(port)]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -46,7 +44,7 @@ def stream_server(engine: EngineServer, tmp_path: Path) -> Iterator[str]:
 async def test_a_signed_stream_with_a_good_token_is_answered_by_the_agent(
     stream_server: str, engine: EngineServer
 ) -> None:
-    token = mint_stream_token(SECRET, "CA_cli", "support", "local", now=time.time())
+    token = mint_stream_token(STREAM_SECRET, "CA_cli", "support", "local", now=time.time())
     deadline = time.monotonic() + 30
     while True:  # the process is starting
         try:

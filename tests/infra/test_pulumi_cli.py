@@ -35,7 +35,8 @@ import yaml
 from livekit import api
 
 from callplane_dev.stack_outputs import LocalPlanes
-from tests.infra.conftest import TOOLS_BIN, LiveKit, free_port, tool, wait_port
+from tests.infra.conftest import TOOLS_BIN, LiveKit, tool
+from tests.support.ports import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
 SID = "AC10ca10ca10ca10ca10ca10ca10ca10ca"  # Pulumi.local.yaml's simulator account

@@ -12,7 +12,9 @@ from pathlib import Path
 from callplane.records import RecordStore
 from callplane_standins.realtime_engine.server import EngineServer
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
-from tests.rooms.test_agent_room import humans, media_settings, until
+from tests.rooms.test_agent_room import media_settings
+from tests.support.livekit_people import humans, minted
+from tests.support.waiting import until
 
 livekit = livekit_server_fixture()
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +64,7 @@ async def test_sigterm_makes_a_serving_job_leave_and_exit_0(
 ) -> None:
     settings = media_settings(livekit, engine, tmp_path)
     config = settings.model_dump_json()
-    async with humans(livekit, "cli-room", "alice") as (alice,):
+    async with humans(minted(livekit, "cli-room"), "alice") as (alice,):
         proc = await spawn(config, "--room", "cli-room", "--profile", "quiet", "--job-id", "j2")
         try:
             await until(lambda: alice.agent_state() == "listening", 20, "the agent to listen")

@@ -9,140 +9,36 @@ humans' side: the agent's audio track, its ``lk.agent.state`` attribute and the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from livekit import rtc
 
 from callplane.media_settings import MediaSettings
-from callplane.profiles import AgentProfile
 from callplane.records import CallRecord, RecordStore
 from callplane.rooms.agent import AgentJobError, run_agent
 from callplane_standins.realtime_engine.server import EngineServer
-from callplane_standins.realtime_engine.speech import speak
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
+from tests.support.livekit_people import Human, humans, minted
+from tests.support.media import agent_room_settings
+from tests.support.waiting import until
 
 livekit = livekit_server_fixture()
 
 IDLE_TIMEOUT_S = 2.0
-FRAME = 480  # 20 ms at 24 kHz
 WEATHER = "what is the weather like today"
 WEATHER_REPLY = "It is sunny and seventy two degrees today."  # the engine reads numbers out
 
 
 def media_settings(server: LiveKitServer, engine: EngineServer, tmp_path: Path) -> MediaSettings:
-    return MediaSettings(
-        public_media_url="ws://127.0.0.1:1/twilio/media",
-        stream_secret="s" * 32,
-        api_key="test-api-key",
-        twilio_account_sid="AC" + "0" * 32,
-        twilio_auth_token="unused",
-        realtime_url=engine.url,
-        realtime_api_key="test-key",
-        profiles={
-            "web": AgentProfile(name="web", greeting="Greet the user."),
-            "quiet": AgentProfile(name="quiet", greeting=None),
-        },
-        records_path=tmp_path / "records.sqlite3",
-        livekit=server.settings(idle_timeout_s=IDLE_TIMEOUT_S),
-    )
+    return agent_room_settings(tmp_path, engine, server.settings(idle_timeout_s=IDLE_TIMEOUT_S))
 
 
-@dataclass
-class Transcript:
-    attributes: dict[str, str]
-    text: str
-    sender: str
-
-
-@dataclass
-class Human:
-    """A web user: a microphone that sends silence unless it is saying something, and ears
-    on the agent's track, state attribute and transcripts."""
-
-    identity: str
-    room: rtc.Room = field(default_factory=rtc.Room)
-    states: list[str] = field(default_factory=list)
-    transcripts: list[Transcript] = field(default_factory=list)
-    loud_frames: int = 0
-    mic_sid: str = ""
-    _speech: list[bytes] = field(default_factory=list)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def join(self, server: LiveKitServer, room: str) -> None:
-        self.room.on("track_subscribed", self._on_track)
-        self.room.on("participant_attributes_changed", self._on_attributes)
-        self.room.register_text_stream_handler("lk.transcription", self._on_text)
-        await self.room.connect(server.url, server.token(self.identity, room))
-        source = rtc.AudioSource(24000, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        publication = await self.room.local_participant.publish_track(track, options)
-        self.mic_sid = publication.sid
-        self._tasks.append(asyncio.create_task(self._microphone(source)))
-
-    async def leave(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.room.disconnect()
-
-    def say(self, text: str) -> None:
-        pcm = speak(text, "en-us", 24000).astype("<i2").tobytes()
-        self._speech.extend(pcm[i : i + FRAME * 2] for i in range(0, len(pcm), FRAME * 2))
-
-    @property
-    def saying(self) -> bool:
-        return bool(self._speech)
-
-    async def _microphone(self, source: rtc.AudioSource) -> None:
-        silence = bytes(FRAME * 2)
-        while True:
-            chunk = self._speech.pop(0) if self._speech else silence
-            chunk = chunk.ljust(FRAME * 2, b"\0")
-            await source.capture_frame(rtc.AudioFrame(chunk, 24000, 1, FRAME))
-
-    def _on_track(self, track: rtc.Track, pub: rtc.RemoteTrackPublication, who: object) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO:
-            self._tasks.append(asyncio.create_task(self._listen(track)))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        async for event in rtc.AudioStream(track, sample_rate=24000, num_channels=1):
-            data = np.frombuffer(event.frame.data, dtype=np.int16)
-            if len(data) and int(np.abs(data).max()) > 1000:
-                self.loud_frames += 1
-
-    def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
-        if "lk.agent.state" in changed:
-            self.states.append(changed["lk.agent.state"])
-
-    def _on_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        async def read() -> None:
-            text = await reader.read_all()
-            attributes = dict(reader.info.attributes or {})
-            self.transcripts.append(Transcript(attributes, text, sender))
-
-        self._tasks.append(asyncio.create_task(read()))
-
-    def finals(self, speaker: str) -> list[Transcript]:
-        return [
-            t
-            for t in self.transcripts
-            if t.attributes.get("lk.transcription_final") == "true"
-            and t.attributes.get("callplane.speaker") == speaker
-        ]
-
-    def agent_state(self) -> str | None:
-        for participant in self.room.remote_participants.values():
-            if participant.identity.startswith("agent-"):
-                return participant.attributes.get("lk.agent.state")
-        return None
+@pytest.fixture
+def settings(livekit: LiveKitServer, engine: EngineServer, tmp_path: Path) -> MediaSettings:
+    return media_settings(livekit, engine, tmp_path)
 
 
 @pytest.fixture
@@ -169,14 +65,6 @@ def start_job(
     return task
 
 
-async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def finished_speaking(human: Human, spoken_before: int, timeout: float = 20) -> None:
     """The agent spoke (one more 'speaking' than before) and is listening again."""
     await until(
@@ -188,26 +76,10 @@ async def finished_speaking(human: Human, spoken_before: int, timeout: float = 2
     )
 
 
-@contextlib.asynccontextmanager
-async def humans(server: LiveKitServer, room: str, *names: str) -> AsyncIterator[list[Human]]:
-    people = [Human(name) for name in names]
-    try:
-        for person in people:
-            await person.join(server, room)
-        yield people
-    finally:
-        for person in people:
-            await person.leave()
-
-
 async def test_the_agent_answers_a_question_asked_in_the_room(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings, jobs: list[asyncio.Task[CallRecord]]
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
-    async with humans(livekit, "weather-room", "alice") as (alice,):
+    async with humans(minted(livekit, "weather-room"), "alice") as (alice,):
         job = start_job(jobs, settings, "weather-room", "web")
         await finished_speaking(alice, 0)  # the greeting
         alice.say(WEATHER)
@@ -251,16 +123,12 @@ async def test_the_agent_answers_a_question_asked_in_the_room(
 
 
 async def test_the_agent_hears_every_human_in_the_room(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings, jobs: list[asyncio.Task[CallRecord]]
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
-    async with humans(livekit, "two-humans", "alice") as (alice,):
+    async with humans(minted(livekit, "two-humans"), "alice") as (alice,):
         job = start_job(jobs, settings, "two-humans", "web")
         await finished_speaking(alice, 0)
-        async with humans(livekit, "two-humans", "bob") as (bob,):
+        async with humans(minted(livekit, "two-humans"), "bob") as (bob,):
             await asyncio.sleep(1.0)  # bob's track joins the mix
             bob.say(WEATHER)
             await until(
@@ -285,13 +153,9 @@ async def test_the_agent_hears_every_human_in_the_room(
 
 
 async def test_the_job_leaves_once_the_last_human_has_gone(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings, jobs: list[asyncio.Task[CallRecord]]
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
-    async with humans(livekit, "leaving-room", "alice") as (alice,):
+    async with humans(minted(livekit, "leaving-room"), "alice") as (alice,):
         job = start_job(jobs, settings, "leaving-room", "quiet")
         await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
     left_at = time.monotonic()
@@ -303,17 +167,13 @@ async def test_the_job_leaves_once_the_last_human_has_gone(
 
 
 async def test_a_human_who_returns_within_the_grace_period_keeps_the_agent(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings, jobs: list[asyncio.Task[CallRecord]]
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
-    async with humans(livekit, "reload-room", "alice") as (alice,):
+    async with humans(minted(livekit, "reload-room"), "alice") as (alice,):
         job = start_job(jobs, settings, "reload-room", "quiet")
         await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
     await asyncio.sleep(IDLE_TIMEOUT_S / 4)
-    async with humans(livekit, "reload-room", "alice") as (again,):
+    async with humans(minted(livekit, "reload-room"), "alice") as (again,):
         await asyncio.sleep(IDLE_TIMEOUT_S * 1.2)
         assert not job.done()  # the page reload did not end the conversation
         assert again.agent_state() == "listening"
@@ -322,12 +182,8 @@ async def test_a_human_who_returns_within_the_grace_period_keeps_the_agent(
 
 
 async def test_nobody_comes_and_the_job_leaves_after_the_idle_timeout(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    engine: EngineServer, settings: MediaSettings
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
     started = time.monotonic()
     record = await asyncio.wait_for(run_agent(settings, {}, "empty-room"), IDLE_TIMEOUT_S + 10)
     assert time.monotonic() - started >= IDLE_TIMEOUT_S - 0.5
@@ -337,14 +193,10 @@ async def test_nobody_comes_and_the_job_leaves_after_the_idle_timeout(
 
 
 async def test_stop_makes_the_agent_leave(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings, jobs: list[asyncio.Task[CallRecord]]
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
     stop = asyncio.Event()
-    async with humans(livekit, "stop-room", "alice") as (alice,):
+    async with humans(minted(livekit, "stop-room"), "alice") as (alice,):
         job = start_job(jobs, settings, "stop-room", "quiet", stop=stop)
         await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
         stop.set()
@@ -354,14 +206,10 @@ async def test_stop_makes_the_agent_leave(
 
 
 async def test_the_profile_comes_from_the_room_metadata(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings
 ) -> None:
     from livekit import api
 
-    settings = media_settings(livekit, engine, tmp_path)
     async with livekit.api() as lk:
         await lk.room.create_room(
             api.CreateRoomRequest(name="meta-room", metadata=json.dumps({"profile": "quiet"}))
@@ -370,13 +218,7 @@ async def test_the_profile_comes_from_the_room_metadata(
     assert record.profile == "quiet"
 
 
-async def test_bad_input_fails_before_joining(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
-) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
+async def test_bad_input_fails_before_joining(settings: MediaSettings) -> None:
     with pytest.raises(AgentJobError, match=r"profile='nope' is not a configured profile"):
         await run_agent(settings, {}, "some-room", "nope")
     with pytest.raises(AgentJobError, match="room='bad room!' is not a valid room name"):
@@ -394,13 +236,12 @@ async def test_bad_input_fails_before_joining(
 async def test_a_human_interrupting_the_agent_cuts_it_off_where_they_heard_it(
     livekit: LiveKitServer,
     engine: EngineServer,
-    tmp_path: Path,
+    settings: MediaSettings,
     jobs: list[asyncio.Task[CallRecord]],
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
     greeting = engine.ctx.script.greeting
     greeting_ms = len(engine.ctx.synthesizer.synthesize_sync(greeting, "marin", 24000)) / 24
-    async with humans(livekit, "barge-room", "alice") as (alice,):
+    async with humans(minted(livekit, "barge-room"), "alice") as (alice,):
         job = start_job(jobs, settings, "barge-room", "web")
         await until(lambda: alice.agent_state() == "speaking", 15, "the greeting to start")
         await asyncio.sleep(0.8)
@@ -420,13 +261,9 @@ async def test_a_human_interrupting_the_agent_cuts_it_off_where_they_heard_it(
 
 
 async def test_the_agent_says_goodbye_and_leaves_when_asked_to_end(
-    livekit: LiveKitServer,
-    engine: EngineServer,
-    tmp_path: Path,
-    jobs: list[asyncio.Task[CallRecord]],
+    livekit: LiveKitServer, settings: MediaSettings, jobs: list[asyncio.Task[CallRecord]]
 ) -> None:
-    settings = media_settings(livekit, engine, tmp_path)
-    async with humans(livekit, "goodbye-room", "alice") as (alice,):
+    async with humans(minted(livekit, "goodbye-room"), "alice") as (alice,):
         job = start_job(jobs, settings, "goodbye-room", "quiet")
         await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
         alice.say("goodbye")

@@ -25,6 +25,8 @@ from callplane.rooms.playout import PlayoutQueue
 from callplane.transports.base import AudioIn, CallEnded, MarkIn, TransportEvent
 from callplane.transports.playback import PlaybackTracker
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
+from tests.support.livekit_people import join, publish_microphone
+from tests.support.waiting import until
 
 livekit = livekit_server_fixture()
 
@@ -148,12 +150,6 @@ def test_echoes_of_a_clear_are_void_for_the_core() -> None:
 # --- the transport in a real room ---------------------------------------------------------------
 
 
-async def _join(server: LiveKitServer, identity: str, room: str) -> rtc.Room:
-    lkroom = rtc.Room()
-    await lkroom.connect(server.url, server.token(identity, room))
-    return lkroom
-
-
 async def _collect(transport: LiveKitRoomTransport, into: list[TransportEvent]) -> None:
     async for event in transport.events():
         into.append(event)
@@ -164,20 +160,11 @@ def _tone(ms: int, amplitude: int = 8000, freq: float = 440.0) -> bytes:
     return (np.sin(2 * np.pi * freq * t) * amplitude).astype("<i2").tobytes()
 
 
-async def _wait_for(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
     livekit: LiveKitServer,
 ) -> None:
-    agent_room = await _join(livekit, "agent-t1", "transport-play")
-    listener = await _join(livekit, "alice", "transport-play")
+    agent_room = await join(livekit, "agent-t1", "transport-play")
+    listener = await join(livekit, "alice", "transport-play")
     heard: list[float] = []
 
     async def listen(track: rtc.Track) -> None:
@@ -195,19 +182,17 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
         async with LiveKitRoomTransport(agent_room) as transport:
             assert transport.track_sid
             collector = asyncio.create_task(_collect(transport, events))
-            await _wait_for(lambda: readers, 10, "the listener to subscribe to the agent's track")
+            await until(lambda: readers, 10, "the listener to subscribe to the agent's track")
             start = time.monotonic()
             await transport.play(base64.b64encode(_tone(400)).decode(), "m1")
             await transport.play(base64.b64encode(_tone(400)).decode(), "m2")
-            await _wait_for(
-                lambda: sum(isinstance(e, MarkIn) for e in events) == 2, 10, "both marks"
-            )
+            await until(lambda: sum(isinstance(e, MarkIn) for e in events) == 2, 10, "both marks")
             elapsed = time.monotonic() - start
             marks = [e.name for e in events if isinstance(e, MarkIn)]
             assert marks == ["m1", "m2"]
             # paced like a listener hears it, not as fast as it was queued
             assert elapsed >= 0.75
-            await _wait_for(lambda: any(level > 2000 for level in heard), 5, "audible audio")
+            await until(lambda: any(level > 2000 for level in heard), 5, "audible audio")
             transport.leave("test_done")
             await asyncio.wait_for(collector, 5)
             assert isinstance(events[-1], CallEnded) and events[-1].reason == "test_done"
@@ -219,7 +204,7 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
 
 
 async def test_clear_echoes_pending_marks_at_once(livekit: LiveKitServer) -> None:
-    agent_room = await _join(livekit, "agent-t2", "transport-clear")
+    agent_room = await join(livekit, "agent-t2", "transport-clear")
     events: list[TransportEvent] = []
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
@@ -230,8 +215,11 @@ async def test_clear_echoes_pending_marks_at_once(livekit: LiveKitServer) -> Non
             assert not any(isinstance(e, MarkIn) for e in events)
             cleared_at = time.monotonic()
             await transport.clear()
-            await _wait_for(
-                lambda: sum(isinstance(e, MarkIn) for e in events) == 5, 1, "the voided marks"
+            await until(
+                lambda: sum(isinstance(e, MarkIn) for e in events) == 5,
+                1,
+                "the voided marks",
+                interval=0.02,  # the clear is timed below
             )
             assert time.monotonic() - cleared_at < 0.5
             assert [e.name for e in events if isinstance(e, MarkIn)] == [f"m{i}" for i in range(5)]
@@ -245,17 +233,10 @@ async def test_clear_echoes_pending_marks_at_once(livekit: LiveKitServer) -> Non
 
 
 async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer) -> None:
-    agent_room = await _join(livekit, "agent-t3", "transport-hear")
-    human = await _join(livekit, "bob", "transport-hear")
-    other_agent = await _join(livekit, "agent-other", "transport-hear")
+    agent_room = await join(livekit, "agent-t3", "transport-hear")
+    human = await join(livekit, "bob", "transport-hear")
+    other_agent = await join(livekit, "agent-other", "transport-hear")
     events: list[TransportEvent] = []
-
-    async def publish(lkroom: rtc.Room) -> rtc.AudioSource:
-        source = rtc.AudioSource(24000, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await lkroom.local_participant.publish_track(track, options)
-        return source
 
     async def talk(source: rtc.AudioSource, amplitude: int, freq: float, seconds: float) -> None:
         chunk = _tone(20, amplitude, freq)
@@ -265,9 +246,9 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
             collector = asyncio.create_task(_collect(transport, events))
-            bob_mic = await publish(human)
-            robot_mic = await publish(other_agent)
-            await _wait_for(lambda: transport.humans_heard(), 10, "bob's track in the mix")
+            bob_mic, _ = await publish_microphone(human)
+            robot_mic, _ = await publish_microphone(other_agent)
+            await until(lambda: transport.humans_heard(), 10, "bob's track in the mix")
             await asyncio.gather(talk(bob_mic, 6000, 440, 1.5), talk(robot_mic, 20000, 1000, 1.5))
             assert list(transport.humans_heard().values()) == ["bob"]
             assert is_human(human.local_participant)
@@ -282,7 +263,7 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
             speaking = transport.speaking_human()
             assert speaking is not None and speaking[1] == "bob"
             await human.disconnect()
-            await _wait_for(lambda: not transport.humans_heard(), 10, "bob to leave the mix")
+            await until(lambda: not transport.humans_heard(), 10, "bob to leave the mix")
             transport.leave("done")
             await asyncio.wait_for(collector, 5)
     finally:

@@ -42,7 +42,10 @@ from callplane.rooms.phone_audio import (
 )
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
-from tests.livekit_server import LiveKitServer, free_port, livekit_server_fixture
+from tests.livekit_server import LiveKitServer, livekit_server_fixture
+from tests.support.livekit_people import join, publish_microphone
+from tests.support.ports import free_port
+from tests.support.waiting import until
 
 livekit = livekit_server_fixture()
 
@@ -296,7 +299,7 @@ class Listener:
         listener.room.on(
             "sip_dtmf_received", lambda dtmf: listener.digits.append((dtmf.digit, dtmf.code))
         )
-        await listener.room.connect(server.url, server.token("web-alice", room_name))
+        await join(server, "web-alice", room_name, room=listener.room)
         return listener
 
     async def _collect(self, track: rtc.RemoteAudioTrack) -> None:
@@ -305,11 +308,7 @@ class Listener:
 
     async def talk(self, pcm: Int16Array) -> None:
         """Publish ``pcm`` (48 kHz) as a microphone track, in real time."""
-        source = rtc.AudioSource(48000, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        await self.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        )
+        source, _ = await publish_microphone(self.room, 48000)
         for i in range(0, pcm.size - ROOM_FRAME + 1, ROOM_FRAME):
             chunk = pcm[i : i + ROOM_FRAME]
             await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), 48000, 1, ROOM_FRAME))
@@ -320,20 +319,6 @@ class Listener:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.room.disconnect()
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def participants(server: LiveKitServer, room: str) -> list[api.ParticipantInfo]:
-    async with server.api() as lk:
-        found = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
-    return list(found.participants)
 
 
 @dataclass
@@ -380,7 +365,7 @@ async def test_caller_and_web_user_hear_each_other_and_the_stream_stop_leaves_th
     # The phone participant is in the room, published, with the call's attributes.
     deadline = time.monotonic() + 15
     while True:
-        found = {p.identity: p for p in await participants(livekit, room)}
+        found = {p.identity: p for p in await livekit.participants(room)}
         phone = found.get("phone:" + CALLER)
         if phone is not None and phone.tracks:
             break
@@ -422,7 +407,7 @@ async def test_caller_and_web_user_hear_each_other_and_the_stream_stop_leaves_th
         assert record.ended_at is not None
         await until(lambda: "phone:" + CALLER in listener.left, 10, "the phone to leave")
         assert not control.hung_up.is_set()  # Twilio ended the call; nothing to hang up
-        remaining = [p.identity for p in await participants(livekit, room)]
+        remaining = [p.identity for p in await livekit.participants(room)]
         assert remaining == ["web-alice"]
     finally:
         await listener.close()

@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
-from livekit import api
 
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.servers import serve_asgi
@@ -77,14 +76,7 @@ class TokenEndpoint:
         identity = f"web-{secrets.token_hex(3)}"
         self.identities.append(identity)
         ttl = datetime.timedelta(minutes=5)
-        token = (
-            api.AccessToken(self.livekit.api_key, self.livekit.api_secret)
-            .with_identity(identity)
-            .with_name("Web user")
-            .with_grants(api.VideoGrants(room_join=True, room=room))
-            .with_ttl(ttl)
-            .to_jwt()
-        )
+        token = self.livekit.token(identity, room, name="Web user", ttl=ttl)
         expires = datetime.datetime.now(datetime.UTC) + ttl
         return {
             "token": token,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -23,16 +22,13 @@ from callplane.livekit_settings import AGENT_IDENTITY_PREFIX
 from callplane_standins.realtime_engine.recognition import PhraseRecognizer
 from tests.browser import BrowserPage, launch_browser, synthesize_wav
 from tests.livekit_server import LiveKitServer
+from tests.support.livekit_people import fresh_room, join, publish_microphone
 from tests.web.conftest import SIGNED_LINK, WEB_KEY, Site
 
 PHRASE = "what is the weather like today"
 PATTERNS = (PHRASE, "goodbye", "transfer me to sales", "my order number is {digits}")
 RATE = 48_000
 FRAME_S = 0.02
-
-
-def _room_name(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 async def _join(
@@ -53,8 +49,7 @@ async def _join(
             tracks.put_nowait((track, participant))
 
     room.on("track_subscribed", on_track)
-    token = livekit.token(identity, room_name, kind=kind)
-    await room.connect(livekit.url, token)
+    await join(livekit, identity, room_name, kind=kind, room=room)
     return room, tracks
 
 
@@ -106,7 +101,7 @@ async def browser_in_room(
     """Chromium on the playground for a fresh room, its microphone saying PHRASE in a loop;
     the page has a web key, or a signed link when parametrized with "link"."""
     wav = synthesize_wav(PHRASE)
-    room_name = _room_name("web-test")
+    room_name = fresh_room("web-test")
     via = getattr(request, "param", "key")
     access = {"link": SIGNED_LINK} if via == "link" else {"key": WEB_KEY}
     async with launch_browser(fake_audio=wav) as browser:
@@ -232,10 +227,7 @@ async def test_page_shows_the_agent_state_transcript_and_voice(
 
         # The agent's answer: its voice as an audio track and its words as deltas in one stream
         # whose final flag arrives with the stream's trailer.
-        source = rtc.AudioSource(RATE, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await agent.local_participant.publish_track(track, options)
+        source, _ = await publish_microphone(agent, RATE, "agent-voice")
         tone = asyncio.create_task(_tone(source, stop))
         await agent.local_participant.set_attributes({"lk.agent.state": "speaking"})
         answer = {

@@ -1,0 +1,5 @@
+"""Helpers the tests share, each written once: polling (``waiting``), loopback ports
+(``ports``), simulated LiveKit participants (``livekit_people``), LiveKit tokens and webhook
+signatures (``tokens``), settings for a test (``settings``) and queries on the running local
+stack (``stack``). Running a real livekit-server is ``tests/livekit_server.py``; serving an ASGI
+app is ``tests/servers.py``."""
