@@ -55,7 +55,7 @@ from callplane_standins.twilio_simulator.callee import AMD_DECISION_S, BEEP_MS, 
 from callplane_standins.twilio_simulator.caller import Step
 from callplane_standins.twilio_simulator.inventory import country_of
 from callplane_standins.twilio_simulator.state import (
-    CallRecord,
+    CallResource,
     PhoneNumberRecord,
     StateStore,
     new_sid,
@@ -463,7 +463,7 @@ class LiveCall:
     def __init__(
         self,
         carrier: Carrier,
-        record: CallRecord,
+        record: CallResource,
         auth_token: str,
         script: Sequence[Step],
         speech: Mapping[tuple[str, str], bytes],
@@ -1022,7 +1022,7 @@ class LiveCall:
 
     async def _run_dial(self, verb: Dial) -> None:
         self.record = self.record.model_copy(update={"transferred_to": verb.number})
-        child = CallRecord(
+        child = CallResource(
             sid=new_sid("CA"),
             account_sid=self.record.account_sid,
             from_number=verb.caller_id or self.record.from_number,
@@ -1435,7 +1435,7 @@ class Carrier:
         The script's speech is synthesised before the phone rings.
         """
         speech = await caller_mod.render_script(script)
-        record = CallRecord(
+        record = CallResource(
             sid=new_sid("CA"),
             account_sid=number.account_sid,
             from_number=from_,
@@ -1463,7 +1463,7 @@ class Carrier:
 
     async def start_outbound(
         self,
-        record: CallRecord,
+        record: CallResource,
         *,
         url: str,
         method: str,

@@ -61,7 +61,7 @@ from callplane_standins.twilio_simulator.inventory import (
 )
 from callplane_standins.twilio_simulator.state import (
     FINAL_CALL_STATUSES,
-    CallRecord,
+    CallResource,
     NumberType,
     PhoneNumberRecord,
     TwilioApiError,
@@ -136,7 +136,7 @@ def number_json(n: PhoneNumberRecord) -> dict[str, object]:
     }
 
 
-def call_json(c: CallRecord) -> dict[str, object]:
+def call_json(c: CallResource) -> dict[str, object]:
     """A Call resource in Twilio's field names."""
     base = f"{API_PREFIX}/{c.account_sid}/Calls/{c.sid}"
     return {
@@ -546,7 +546,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
 
     # ---- Calls ----------------------------------------------------------------------
 
-    def owned_call(acct: str, sid: str, path: str) -> CallRecord:
+    def owned_call(acct: str, sid: str, path: str) -> CallResource:
         call = store.account(acct).calls.get(sid)
         if call is None:
             raise not_found(path)
@@ -607,7 +607,7 @@ def create_rest_app(sim: Simulator) -> FastAPI:
                 "lets an account call from numbers it owns)",
             )
         callee = sim.callee(to)
-        record = CallRecord(
+        record = CallResource(
             sid=new_sid("CA"),
             account_sid=acct,
             from_number=from_,
