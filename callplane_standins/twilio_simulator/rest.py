@@ -21,12 +21,12 @@ Beside them: Elastic SIP Trunking under ``/v1/Trunks``
 under ``/_simulator/`` (scripted inbound calls, callees, and fault injection:
 :mod:`callplane_standins.twilio_simulator.faults`).
 
-Error codes: 20003, 20404, 21421, 21422, 21452, 21458, 21631 and 21649 are the ones the
-reference (``/work/shared/reference/twilio.md`` §7.3) lists; the others (20001 invalid
-parameter, 20002 FriendlyName, 20004 method, 21201/21213 missing To/From, 21205 Url, 21210
-From not owned, 21211/21212 invalid To/From, 21218 ApplicationSid, 21220 call state, 21502
-callback URL, 12100 TwiML; 20001 also for a TrunkSid that names no trunk of the account) are
-the simulator's best choices, not confirmed against Twilio.
+Error codes: 20003, 20404, 21421, 21422, 21452, 21458, 21631 and 21649 are the ones
+Twilio's error dictionary (https://www.twilio.com/docs/api/errors) gives for these requests;
+the others (20001 invalid parameter, 20002 FriendlyName, 20004 method, 21201/21213 missing
+To/From, 21205 Url, 21210 From not owned, 21211/21212 invalid To/From, 21218 ApplicationSid,
+21220 call state, 21502 callback URL, 12100 TwiML; 20001 also for a TrunkSid that names no
+trunk of the account) are the simulator's best choices, not confirmed against Twilio.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ class Simulator:
         await self.stop()
 
     def rest_client(self, account_sid: str | None = None, auth_token: str | None = None) -> Any:
-        """A ``twilio.rest.Client`` aimed at this simulator (reference §9, mechanism A).
+        """A ``twilio.rest.Client`` aimed at this simulator.
 
         Production code does the same with its own client: ``client.api.base_url =
         sim.base_url``. The ``api`` domain (numbers, calls) and the ``trunking`` subset

@@ -1,5 +1,5 @@
 """The simulator's Elastic SIP Trunking subset: ``trunking.twilio.com/v1`` as the ``twilio``
-SDK's ``trunking.v1`` client calls it (reference twilio.md §8).
+SDK's ``trunking.v1`` client calls it (https://www.twilio.com/docs/sip-trunking/api).
 
 Point the SDK at it with ``client.trunking.base_url = sim.base_url`` (as ``api.base_url`` for
 numbers). Resources, all under ``/v1``:
