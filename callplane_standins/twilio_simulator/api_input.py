@@ -149,6 +149,16 @@ def basic_account(request: Request, tokens: Mapping[str, str]) -> str:
     return user
 
 
+def authenticate_account(request: Request, account_sid: str) -> str:
+    """HTTP Basic auth with AccountSid:AuthToken; the path's account must be the caller's."""
+    user = basic_account(request, simulator_of(request).tokens)
+    if user != account_sid:
+        raise TwilioApiError(
+            401, 20003, f"Authenticate: credentials for {user} cannot access {account_sid}"
+        )
+    return user
+
+
 def simulator_of(request: Request) -> Simulator:
     """The simulator a REST app serves (``create_rest_app`` keeps it in ``app.state``), so
     route handlers can be plain module-level functions of the request."""
