@@ -96,7 +96,7 @@ class LiveCall:
         self.control = CallControl()
         self.audio = CallAudio(self, self.control)
         self.callbacks = StatusCallbacks(
-            carrier.webhooks,
+            self._send,
             auth_token,
             self,
             url=status_callback,
@@ -332,6 +332,11 @@ class LiveCall:
         return task
 
     # ---- status and webhooks ------------------------------------------------------------
+
+    async def _send(self, url: str, method: str, params: Mapping[str, str], token: str) -> str:
+        # Through the carrier's http_request, looked up on every request: it is the one
+        # place every webhook of every call goes through, and tests replace it there.
+        return await self.carrier.http_request(url, method, params, token)
 
     def _status_event(self, event: str, status: str) -> None:
         self.callbacks.call_progress(event, status, self.record, self._number)

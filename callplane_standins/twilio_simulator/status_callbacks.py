@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import format_datetime
 
 from callplane_standins.twilio_simulator.inventory import country_of
 from callplane_standins.twilio_simulator.state import CallResource, PhoneNumberRecord, utcnow
 from callplane_standins.twilio_simulator.timeline import CallLog
 from callplane_standins.twilio_simulator.twiml import Stream
-from callplane_standins.twilio_simulator.webhooks import WebhookClient, WebhookError
+from callplane_standins.twilio_simulator.webhooks import WebhookError
 
-__all__ = ["API_VERSION", "INBOUND_STATUS_EVENTS", "StatusCallbacks", "call_params"]
+__all__ = ["API_VERSION", "INBOUND_STATUS_EVENTS", "Send", "StatusCallbacks", "call_params"]
 
 API_VERSION = "2010-04-01"
 # Status callback events (Twilio's StatusCallbackEvent names). The simulator sends all four to
 # a number's StatusCallback; outbound-api calls send those requested (default: completed).
 INBOUND_STATUS_EVENTS = frozenset({"initiated", "ringing", "answered", "completed"})
 _FINAL = ("completed", "busy", "no-answer", "canceled", "failed")
+
+Send = Callable[[str, str, Mapping[str, str], str], Awaitable[str]]
+"""Makes one signed webhook request: ``(url, method, params, auth_token) -> body``."""
 
 
 def call_params(rec: CallResource, number: PhoneNumberRecord | None, status: str) -> dict[str, str]:
@@ -75,13 +79,16 @@ def call_params(rec: CallResource, number: PhoneNumberRecord | None, status: str
 class StatusCallbacks:
     """The ordered callback queue of one call and the worker that delivers it.
 
+    ``send`` makes each request (the carrier's :meth:`Carrier.http_request`, looked up per
+    request so that a test can replace it to lose or delay callbacks).
+
     ``url``/``method``/``events`` are the call's ``StatusCallback`` settings; a failed delivery
     is reported in the call's errors as Twilio's 15003 and does not stop later ones.
     """
 
     def __init__(
         self,
-        webhooks: WebhookClient,
+        send: Send,
         auth_token: str,
         log: CallLog,
         *,
@@ -89,7 +96,7 @@ class StatusCallbacks:
         method: str,
         events: frozenset[str],
     ) -> None:
-        self._webhooks = webhooks
+        self._send = send
         self._token = auth_token
         self._log = log
         self._url = url
@@ -145,7 +152,7 @@ class StatusCallbacks:
                 return
             url, method, params = item
             try:
-                await self._webhooks.request(url, method, params, self._token)
+                await self._send(url, method, params, self._token)
             except WebhookError as exc:
                 self._log.error(f"15003: status callback to {url} failed: {exc}")
 
