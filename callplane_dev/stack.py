@@ -42,8 +42,8 @@ from callplane_standins.realtime_engine.context import EngineSettings, EventObse
 from callplane_standins.realtime_engine.server import EngineServer
 from callplane_standins.serving import EmbeddedServer, bind_loopback
 from callplane_standins.twilio_simulator.caller import Step
-from callplane_standins.twilio_simulator.carrier import CallResult
 from callplane_standins.twilio_simulator.simulator import Simulator
+from callplane_standins.twilio_simulator.timeline import CallResult
 from edge_worker.asgi import create_app as create_edge_app
 from edge_worker.config import EdgeConfig, LiveKitEdgeConfig, NumberRoute
 from functions.media import create_app as create_media_app

@@ -44,8 +44,12 @@ class Item:
         return data
 
 
-class Conversation:
-    """Ordered items with lookup by id."""
+class ConversationItems:
+    """The session's conversation as the protocol sees it: ordered items with lookup by id.
+
+    Not to be confused with :class:`callplane.conversation.Conversation` (a call's dialogue
+    logic in production): this is only the engine's list of items.
+    """
 
     def __init__(self) -> None:
         self._items: list[Item] = []

@@ -31,7 +31,7 @@ from callplane_standins.realtime_engine.context import (
     EngineContext,
     load_reply_clip,
 )
-from callplane_standins.realtime_engine.conversation import Conversation, Item
+from callplane_standins.realtime_engine.conversation import ConversationItems, Item
 from callplane_standins.realtime_engine.protocol import (
     SEMANTIC_SILENCE_MS,
     RealtimeError,
@@ -91,7 +91,7 @@ class RealtimeSession:
         self.config = default_session(model)
         self._input_spec: dict[str, Any] = {}
         self._input_fmt = AudioFormat.from_session({"type": "audio/pcm"})
-        self.conversation = Conversation()
+        self.conversation = ConversationItems()
         self.response: ResponseRun | None = None
         self._buffer = bytearray()
         self._buffer_start_ms = 0.0  # session clock at the buffer's first byte

@@ -1,6 +1,7 @@
 """Offline stand-in for Twilio: REST subset, number inventory, signed webhooks, TwiML and
 Media Streams, driven by scripted callers. Start with :class:`Simulator`."""
 
+from callplane_standins.twilio_simulator.call import LiveCall
 from callplane_standins.twilio_simulator.caller import (
     Step,
     hang_up,
@@ -10,9 +11,9 @@ from callplane_standins.twilio_simulator.caller import (
     say,
     wait_for_reply,
 )
-from callplane_standins.twilio_simulator.carrier import CallResult, LiveCall, MarkRecord, Timeline
 from callplane_standins.twilio_simulator.simulator import Simulator
 from callplane_standins.twilio_simulator.state import TwilioApiError
+from callplane_standins.twilio_simulator.timeline import CallResult, MarkRecord, Timeline
 
 __all__ = [
     "CallResult",

@@ -1,7 +1,8 @@
 """Reading a request to the simulated REST API as Twilio does: form or query parameters with
 Twilio-shaped validation (every failure names the field and the value and carries Twilio's
-error code), HTTP Basic authentication, and the 404 of a missing resource. Shared by the
-``api`` domain (:mod:`~callplane_standins.twilio_simulator.rest`) and the trunking subset
+error code), HTTP Basic authentication, the page a list asks for, the simulator an app serves
+and the 404 of a missing resource. Shared by the ``api`` domain
+(:mod:`~callplane_standins.twilio_simulator.rest`) and the trunking subset
 (:mod:`~callplane_standins.twilio_simulator.trunking`).
 """
 
@@ -12,8 +13,9 @@ import binascii
 import contextlib
 import hmac
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -21,7 +23,11 @@ from starlette.datastructures import FormData, UploadFile
 
 from callplane_standins.twilio_simulator.state import TwilioApiError
 
+if TYPE_CHECKING:
+    from callplane_standins.twilio_simulator.simulator import Simulator
+
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_T = TypeVar("_T")
 
 
 class RequestForm:
@@ -143,5 +149,54 @@ def basic_account(request: Request, tokens: Mapping[str, str]) -> str:
     return user
 
 
+def authenticate_account(request: Request, account_sid: str) -> str:
+    """HTTP Basic auth with AccountSid:AuthToken; the path's account must be the caller's."""
+    user = basic_account(request, simulator_of(request).tokens)
+    if user != account_sid:
+        raise TwilioApiError(
+            401, 20003, f"Authenticate: credentials for {user} cannot access {account_sid}"
+        )
+    return user
+
+
+def simulator_of(request: Request) -> Simulator:
+    """The simulator a REST app serves (``create_rest_app`` keeps it in ``app.state``), so
+    route handlers can be plain module-level functions of the request."""
+    sim: Simulator = request.app.state.sim
+    return sim
+
+
 def not_found(path: str) -> TwilioApiError:
     return TwilioApiError(404, 20404, f"The requested resource {path} was not found")
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """The page of a list a request asks for: ``Page`` (from 0) of ``PageSize`` records.
+
+    Both API versions read these the same way; only the envelope around the records differs
+    (2010-04-01's top-level ``*_page_uri`` fields, v1's ``meta`` block), so each API builds
+    its own envelope from this.
+    """
+
+    page: int
+    page_size: int
+
+    @classmethod
+    def from_query(cls, query: RequestForm) -> PageRequest:
+        page_size = query.integer("PageSize", 50, 1, 1000)
+        page = query.integer("Page", 0, 0, 1_000_000)
+        return cls(page, page_size)
+
+    @property
+    def start(self) -> int:
+        """Index of the page's first record in the whole list."""
+        return self.page * self.page_size
+
+    def window(self, items: Sequence[_T]) -> list[_T]:
+        """The records on this page."""
+        return list(items[self.start : self.start + self.page_size])
+
+    def has_more(self, total: int) -> bool:
+        """Whether a next page has records, in a list of ``total``."""
+        return self.start + self.page_size < total

@@ -35,9 +35,9 @@ __all__ = [
     "HangUp",
     "InterruptAfter",
     "Line",
-    "Pause",
+    "PauseStep",
     "Press",
-    "Say",
+    "SayStep",
     "ScriptError",
     "Step",
     "WaitForReply",
@@ -68,7 +68,7 @@ class ScriptError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Say:
+class SayStep:
     """Speak ``text`` in espeak-ng voice ``voice``; the step ends when the speech was sent."""
 
     text: str
@@ -101,7 +101,7 @@ class Press:
 
 
 @dataclass(frozen=True, slots=True)
-class Pause:
+class PauseStep:
     """Stay silent for ``ms``."""
 
     ms: int
@@ -112,14 +112,14 @@ class HangUp:
     """End the call from the caller's side."""
 
 
-Step = Say | WaitForReply | InterruptAfter | Press | Pause | HangUp
+Step = SayStep | WaitForReply | InterruptAfter | Press | PauseStep | HangUp
 
 
-def say(text: str, voice: str = DEFAULT_VOICE) -> Say:
+def say(text: str, voice: str = DEFAULT_VOICE) -> SayStep:
     """Speak ``text`` (espeak-ng voice spec ``voice``, e.g. ``en-us``, ``en+f3``)."""
     if not text.strip():
         raise ScriptError("say() needs non-empty text")
-    return Say(text, voice)
+    return SayStep(text, voice)
 
 
 def wait_for_reply(timeout_s: float = 10.0, quiet_ms: int = DEFAULT_QUIET_MS) -> WaitForReply:
@@ -146,11 +146,11 @@ def press(digits: str) -> Press:
     return Press(digits)
 
 
-def pause(ms: int) -> Pause:
+def pause(ms: int) -> PauseStep:
     """Silence for ``ms`` milliseconds."""
     if ms < 0:
         raise ScriptError(f"pause needs ms >= 0, got {ms}")
-    return Pause(ms)
+    return PauseStep(ms)
 
 
 def hang_up() -> HangUp:
@@ -258,7 +258,7 @@ def synthesize_ulaw(text: str, voice: str) -> bytes:
 async def render_script(script: Sequence[Step]) -> dict[tuple[str, str], bytes]:
     """Synthesise every utterance of ``script`` (espeak-ng in worker threads), keyed by
     ``(text, voice)``, before the call starts."""
-    wanted = {(s.text, s.voice) for s in script if isinstance(s, Say | InterruptAfter)}
+    wanted = {(s.text, s.voice) for s in script if isinstance(s, SayStep | InterruptAfter)}
     keys = sorted(wanted)
     audio = await asyncio.gather(*(asyncio.to_thread(synthesize_ulaw, t, v) for t, v in keys))
     return dict(zip(keys, audio, strict=True))
@@ -324,7 +324,7 @@ async def run_script(
     ``speech`` is what :func:`render_script` returned for this script.
     """
     for step in script:
-        if isinstance(step, Say):
+        if isinstance(step, SayStep):
             await _say(line, speech[(step.text, step.voice)], step.text)
         elif isinstance(step, WaitForReply):
             await _wait_for_reply(line, step)
@@ -335,7 +335,7 @@ async def run_script(
                 await _slots(line, DTMF_TONE_MS)
                 line.dtmf(digit)
                 await _slots(line, DTMF_GAP_MS)
-        elif isinstance(step, Pause):
+        elif isinstance(step, PauseStep):
             await _slots(line, step.ms)
         elif isinstance(step, HangUp):
             line.note("caller_hang_up", {})

@@ -18,21 +18,21 @@ Resources under ``/2010-04-01/Accounts/{AccountSid}/``:
 
 Beside them: Elastic SIP Trunking under ``/v1/Trunks``
 (:mod:`callplane_standins.twilio_simulator.trunking`) and the simulator's own control routes
-under ``/_simulator/`` (scripted inbound calls, callees, and fault injection:
+under ``/_simulator/`` (:mod:`callplane_standins.twilio_simulator.simulator_routes`:
+scripted inbound calls, callees, and fault injection from
 :mod:`callplane_standins.twilio_simulator.faults`).
 
-Error codes: 20003, 20404, 21421, 21422, 21452, 21458, 21631 and 21649 are the ones the
-reference (``/work/shared/reference/twilio.md`` §7.3) lists; the others (20001 invalid
-parameter, 20002 FriendlyName, 20004 method, 21201/21213 missing To/From, 21205 Url, 21210
-From not owned, 21211/21212 invalid To/From, 21218 ApplicationSid, 21220 call state, 21502
-callback URL, 12100 TwiML; 20001 also for a TrunkSid that names no trunk of the account) are
-the simulator's best choices, not confirmed against Twilio.
+Error codes: 20003, 20404, 21421, 21422, 21452, 21458, 21631 and 21649 are the ones
+Twilio's error dictionary (https://www.twilio.com/docs/api/errors) gives for these requests;
+the others (20001 invalid parameter, 20002 FriendlyName, 20004 method, 21201/21213 missing
+To/From, 21205 Url, 21210 From not owned, 21211/21212 invalid To/From, 21218 ApplicationSid,
+21220 call state, 21502 callback URL, 12100 TwiML; 20001 also for a TrunkSid that names no
+trunk of the account) are the simulator's best choices, not confirmed against Twilio.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -40,40 +40,50 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
-from callplane_standins.serving import is_loopback
 from callplane_standins.twilio_simulator.api_input import (
+    PageRequest,
     RequestForm,
-    basic_account,
-    basic_header,
+    authenticate_account,
     not_found,
+    simulator_of,
 )
-from callplane_standins.twilio_simulator.callee import callee_from_json
-from callplane_standins.twilio_simulator.caller import ScriptError, script_from_json
-from callplane_standins.twilio_simulator.faults import FaultMiddleware, fault_from_json
+from callplane_standins.twilio_simulator.faults import FaultMiddleware
 from callplane_standins.twilio_simulator.inventory import (
     NUMBER_TYPE_PATHS,
     Inventory,
     format_friendly,
 )
+from callplane_standins.twilio_simulator.simulator_routes import SIMULATOR_ROUTES
 from callplane_standins.twilio_simulator.state import (
     FINAL_CALL_STATUSES,
-    CallRecord,
+    CallResource,
     NumberType,
     PhoneNumberRecord,
+    StateStore,
     TwilioApiError,
     new_sid,
     utcnow,
 )
+from callplane_standins.twilio_simulator.trunking import TRUNKING_ROUTES
 from callplane_standins.twilio_simulator.twiml import Instruction, TwimlError, parse_twiml
 
 if TYPE_CHECKING:
     from callplane_standins.twilio_simulator.simulator import Simulator
 
-__all__ = ["API_PREFIX", "call_json", "create_rest_app", "number_json"]
+__all__ = [
+    "API_PREFIX",
+    "API_ROUTES",
+    "call_json",
+    "create_rest_app",
+    "number_json",
+]
 
 API_VERSION = "2010-04-01"
 API_PREFIX = f"/{API_VERSION}/Accounts"
@@ -136,7 +146,7 @@ def number_json(n: PhoneNumberRecord) -> dict[str, object]:
     }
 
 
-def call_json(c: CallRecord) -> dict[str, object]:
+def call_json(c: CallResource) -> dict[str, object]:
     """A Call resource in Twilio's field names."""
     base = f"{API_PREFIX}/{c.account_sid}/Calls/{c.sid}"
     return {
@@ -176,18 +186,17 @@ def call_json(c: CallRecord) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------------
-# Input checking (every failure names the field and the value)
+# Lists and lookups shared by the routes
 # --------------------------------------------------------------------------------------
 
 
 def _page(
     request: Request, key: str, items: list[dict[str, object]], query: RequestForm
 ) -> dict[str, object]:
-    """Twilio's list envelope with Page/PageSize paging (next_page_uri when more remain)."""
-    page_size = query.integer("PageSize", 50, 1, 1000)
-    page = query.integer("Page", 0, 0, 1_000_000)
-    start = page * page_size
-    chunk = items[start : start + page_size]
+    """Twilio's 2010-04-01 list envelope: records under ``key`` beside relative
+    ``*_page_uri`` fields (``next_page_uri`` when more remain); filters are kept in them."""
+    req = PageRequest.from_query(query)
+    chunk = req.window(items)
     filters = [
         (k, v)
         for k, v in request.query_params.multi_items()
@@ -195,20 +204,19 @@ def _page(
     ]
 
     def uri(p: int) -> str:
-        q = urlencode([*filters, ("PageSize", str(page_size)), ("Page", str(p))])
+        q = urlencode([*filters, ("PageSize", str(req.page_size)), ("Page", str(p))])
         return f"{request.url.path}?{q}"
 
-    more = start + page_size < len(items)
     return {
         key: chunk,
-        "end": start + max(len(chunk) - 1, 0),
+        "end": req.start + max(len(chunk) - 1, 0),
         "first_page_uri": uri(0),
-        "next_page_uri": uri(page + 1) if more else None,
-        "page": page,
-        "page_size": page_size,
-        "previous_page_uri": uri(page - 1) if page > 0 else None,
-        "start": start,
-        "uri": uri(page),
+        "next_page_uri": uri(req.page + 1) if req.has_more(len(items)) else None,
+        "page": req.page,
+        "page_size": req.page_size,
+        "previous_page_uri": uri(req.page - 1) if req.page > 0 else None,
+        "start": req.start,
+        "uri": uri(req.page),
     }
 
 
@@ -220,64 +228,42 @@ def _pattern_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda number: regex.search(number) is not None
 
 
+def _path_account(request: Request) -> str:
+    """The ``{account_sid}`` of an account-scoped path, authenticated."""
+    return authenticate_account(request, request.path_params["account_sid"])
+
+
+def _owned_number(store: StateStore, acct: str, sid: str, path: str) -> PhoneNumberRecord:
+    number = store.account(acct).numbers.get(sid)
+    if number is None:
+        raise not_found(path)
+    return number
+
+
+def _owned_call(store: StateStore, acct: str, sid: str, path: str) -> CallResource:
+    call = store.account(acct).calls.get(sid)
+    if call is None:
+        raise not_found(path)
+    return call
+
+
+def _parse_inline_twiml(raw: str) -> list[Instruction]:
+    try:
+        return parse_twiml(raw)
+    except TwimlError as exc:
+        raise TwilioApiError(400, 12100, f"Twiml is not valid: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------
-# The app
+# Account
 # --------------------------------------------------------------------------------------
 
 
-def create_rest_app(sim: Simulator) -> FastAPI:
-    """The REST API of ``sim`` as an ASGI app (served by :meth:`Simulator.start`): the ``api``
-    domain above, the ``trunking`` subset
-    (:mod:`callplane_standins.twilio_simulator.trunking`) and the ``/_simulator/`` control
-    routes, behind the fault middleware (:mod:`callplane_standins.twilio_simulator.faults`)."""
-    from callplane_standins.twilio_simulator.trunking import add_trunking_routes
-
-    app = FastAPI(
-        title="callplane Twilio simulator",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-
-    @app.exception_handler(TwilioApiError)
-    async def _twilio_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, TwilioApiError)
-        headers = {"WWW-Authenticate": 'Basic realm="Twilio API"'} if exc.status == 401 else None
-        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 405:
-            err = TwilioApiError(
-                405, 20004, f"Method {request.method} is not allowed on {request.url.path}"
-            )
-        elif exc.status_code == 404:
-            err = not_found(request.url.path)
-        else:
-            err = TwilioApiError(exc.status_code, 20001, str(exc.detail))
-        return JSONResponse(err.to_json(), status_code=err.status)
-
-    def authenticate(request: Request, account_sid: str) -> str:
-        """HTTP Basic auth with AccountSid:AuthToken; the path's account must be the caller's."""
-        user = basic_account(request, sim.tokens)
-        if user != account_sid:
-            raise TwilioApiError(
-                401, 20003, f"Authenticate: credentials for {user} cannot access {account_sid}"
-            )
-        return user
-
-    router = APIRouter(prefix=API_PREFIX + "/{account_sid}")
-    inventory: Inventory = sim.inventory
-    store = sim.store
-
-    # ---- Account --------------------------------------------------------------------
-
-    @app.get(API_PREFIX + "/{account_sid}.json")
-    async def fetch_account(request: Request, account_sid: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        base = f"{API_PREFIX}/{acct}"
-        return {
+async def fetch_account(request: Request) -> Response:
+    acct = _path_account(request)
+    base = f"{API_PREFIX}/{acct}"
+    return JSONResponse(
+        {
             "sid": acct,
             "owner_account_sid": acct,
             "friendly_name": "callplane simulator account",
@@ -293,511 +279,489 @@ def create_rest_app(sim: Simulator) -> FastAPI:
                 "incoming_phone_numbers": f"{base}/IncomingPhoneNumbers.json",
             },
         }
+    )
 
-    # ---- AvailablePhoneNumbers ------------------------------------------------------
 
-    def country_json(acct: str, country: str) -> dict[str, object]:
-        base = f"{API_PREFIX}/{acct}/AvailablePhoneNumbers/{country}"
-        return {
-            "country_code": country,
-            "country": inventory.country_name(country),
-            "uri": f"{base}.json",
-            "beta": False,
-            "subresource_uris": {
-                inventory.subresource_key(t): f"{base}/{inventory.type_path(t)}.json"
-                for t in inventory.types_in_stock(country)
-            },
-        }
+# --------------------------------------------------------------------------------------
+# AvailablePhoneNumbers
+# --------------------------------------------------------------------------------------
 
-    @router.get("/AvailablePhoneNumbers.json")
-    async def list_countries(request: Request, account_sid: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        countries = [country_json(acct, c) for c in inventory.countries()]
-        return _page(request, "countries", list(countries), RequestForm.from_query(request))
 
-    @router.get("/AvailablePhoneNumbers/{country}.json")
-    async def fetch_country(request: Request, account_sid: str, country: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        if country not in inventory.countries():
-            raise not_found(request.url.path)
-        return country_json(acct, country)
+def _country_json(inventory: Inventory, acct: str, country: str) -> dict[str, object]:
+    base = f"{API_PREFIX}/{acct}/AvailablePhoneNumbers/{country}"
+    return {
+        "country_code": country,
+        "country": inventory.country_name(country),
+        "uri": f"{base}.json",
+        "beta": False,
+        "subresource_uris": {
+            inventory.subresource_key(t): f"{base}/{inventory.type_path(t)}.json"
+            for t in inventory.types_in_stock(country)
+        },
+    }
 
-    @router.get("/AvailablePhoneNumbers/{country}/{kind}.json")
-    async def search_numbers(
-        request: Request, account_sid: str, country: str, kind: str
-    ) -> dict[str, object]:
-        authenticate(request, account_sid)
-        number_type = NUMBER_TYPE_PATHS.get(kind)
-        if number_type is None:
-            raise not_found(request.url.path)
-        q = RequestForm.from_query(request)
-        page_size = q.integer("PageSize", 50, 1, 1000)
-        exclude = bool(
-            q.boolean("ExcludeAllAddressRequired")
-            or q.boolean("ExcludeLocalAddressRequired")
-            or q.boolean("ExcludeForeignAddressRequired")
+
+async def list_countries(request: Request) -> Response:
+    acct = _path_account(request)
+    inventory = simulator_of(request).inventory
+    countries = [_country_json(inventory, acct, c) for c in inventory.countries()]
+    return JSONResponse(_page(request, "countries", countries, RequestForm.from_query(request)))
+
+
+async def fetch_country(request: Request) -> Response:
+    acct = _path_account(request)
+    inventory = simulator_of(request).inventory
+    country = request.path_params["country"]
+    if country not in inventory.countries():
+        raise not_found(request.url.path)
+    return JSONResponse(_country_json(inventory, acct, country))
+
+
+async def search_numbers(request: Request) -> Response:
+    _path_account(request)
+    sim = simulator_of(request)
+    number_type = NUMBER_TYPE_PATHS.get(request.path_params["kind"])
+    if number_type is None:
+        raise not_found(request.url.path)
+    q = RequestForm.from_query(request)
+    page_size = q.integer("PageSize", 50, 1, 1000)
+    exclude = bool(
+        q.boolean("ExcludeAllAddressRequired")
+        or q.boolean("ExcludeLocalAddressRequired")
+        or q.boolean("ExcludeForeignAddressRequired")
+    )
+    try:
+        found = sim.inventory.search(
+            request.path_params["country"],
+            number_type,
+            taken=sim.store.taken(),
+            area_code=q.text("AreaCode"),
+            contains=q.text("Contains"),
+            in_locality=q.text("InLocality"),
+            exclude_address_required=exclude,
+            limit=page_size,
         )
+    except TwilioApiError as exc:
+        if exc.status == 404:
+            raise TwilioApiError(
+                404,
+                20404,
+                f"The requested resource {request.url.path} "
+                f"was not found ({exc.message.split(': ', 1)[-1]})",
+            ) from None
+        raise
+    if q.boolean("VoiceEnabled") and found and not found[0].offer.capabilities.get("voice"):
+        found = []
+    body = _page(request, "available_phone_numbers", [n.to_json() for n in found], q)
+    body["next_page_uri"] = None
+    return JSONResponse(body)
+
+
+# --------------------------------------------------------------------------------------
+# IncomingPhoneNumbers
+# --------------------------------------------------------------------------------------
+
+
+def _apply_number_fields(form: RequestForm, fields: dict[str, object]) -> None:
+    """Validate the updatable IncomingPhoneNumber parameters present in ``form``."""
+    name = form.text("FriendlyName")
+    if name is not None:
+        if len(name) > 64:
+            raise TwilioApiError(
+                400, 20002, f"FriendlyName {name[:20]!r}… is {len(name)} characters; max 64"
+            )
+        fields["friendly_name"] = name
+    for param, attr in (
+        ("VoiceUrl", "voice_url"),
+        ("VoiceFallbackUrl", "voice_fallback_url"),
+        ("StatusCallback", "status_callback"),
+    ):
+        if form.has(param):
+            fields[attr] = form.url(param) or ""
+    for param, attr in (
+        ("VoiceMethod", "voice_method"),
+        ("VoiceFallbackMethod", "voice_fallback_method"),
+        ("StatusCallbackMethod", "status_callback_method"),
+    ):
+        method = form.method(param)
+        if method is not None:
+            fields[attr] = method
+    if form.has("TrunkSid"):
+        fields["trunk_sid"] = form.sid("TrunkSid", "TK") or None
+        if fields["trunk_sid"]:
+            fields["voice_application_sid"] = None
+    if form.has("VoiceApplicationSid"):
+        fields["voice_application_sid"] = form.sid("VoiceApplicationSid", "AP") or None
+        if fields["voice_application_sid"]:
+            fields["trunk_sid"] = None
+
+
+def _check_trunk(store: StateStore, acct: str, fields: Mapping[str, object]) -> None:
+    """A ``TrunkSid`` must name one of the account's Elastic SIP Trunks."""
+    trunk_sid = fields.get("trunk_sid")
+    if isinstance(trunk_sid, str) and trunk_sid not in store.account(acct).trunks:
+        raise TwilioApiError(
+            400,
+            20001,
+            f"TrunkSid {trunk_sid} is not an Elastic SIP Trunk of account {acct}: create it "
+            "with POST /v1/Trunks first",
+        )
+
+
+async def _create_number(request: Request, acct: str, typed: NumberType | None) -> Response:
+    sim = simulator_of(request)
+    store, inventory = sim.store, sim.inventory
+    form = await RequestForm.from_body(request)
+    phone_number = form.e164("PhoneNumber", 21421)
+    area_code = form.text("AreaCode")
+    if phone_number is None and not area_code:
+        raise TwilioApiError(400, 20001, "A PhoneNumber or an AreaCode is required")
+    taken = store.taken()
+    if phone_number is None:
+        assert area_code is not None
         try:
             found = inventory.search(
-                country,
-                number_type,
-                taken=store.taken(),
-                area_code=q.text("AreaCode"),
-                contains=q.text("Contains"),
-                in_locality=q.text("InLocality"),
-                exclude_address_required=exclude,
-                limit=page_size,
+                "US", typed or "local", taken=taken, area_code=area_code, limit=1
             )
         except TwilioApiError as exc:
             if exc.status == 404:
-                raise TwilioApiError(
-                    404,
-                    20404,
-                    f"The requested resource {request.url.path} "
-                    f"was not found ({exc.message.split(': ', 1)[-1]})",
-                ) from None
-            raise
-        if q.boolean("VoiceEnabled") and found and not found[0].offer.capabilities.get("voice"):
-            found = []
-        body = _page(request, "available_phone_numbers", [n.to_json() for n in found], q)
-        body["next_page_uri"] = None
-        return body
-
-    # ---- IncomingPhoneNumbers -------------------------------------------------------
-
-    def owned(acct: str, sid: str, path: str) -> PhoneNumberRecord:
-        number = store.account(acct).numbers.get(sid)
-        if number is None:
-            raise not_found(path)
-        return number
-
-    def apply_number_fields(form: RequestForm, fields: dict[str, object]) -> None:
-        """Validate the updatable IncomingPhoneNumber parameters present in ``form``."""
-        name = form.text("FriendlyName")
-        if name is not None:
-            if len(name) > 64:
-                raise TwilioApiError(
-                    400, 20002, f"FriendlyName {name[:20]!r}… is {len(name)} characters; max 64"
-                )
-            fields["friendly_name"] = name
-        for param, attr in (
-            ("VoiceUrl", "voice_url"),
-            ("VoiceFallbackUrl", "voice_fallback_url"),
-            ("StatusCallback", "status_callback"),
-        ):
-            if form.has(param):
-                fields[attr] = form.url(param) or ""
-        for param, attr in (
-            ("VoiceMethod", "voice_method"),
-            ("VoiceFallbackMethod", "voice_fallback_method"),
-            ("StatusCallbackMethod", "status_callback_method"),
-        ):
-            method = form.method(param)
-            if method is not None:
-                fields[attr] = method
-        if form.has("TrunkSid"):
-            fields["trunk_sid"] = form.sid("TrunkSid", "TK") or None
-            if fields["trunk_sid"]:
-                fields["voice_application_sid"] = None
-        if form.has("VoiceApplicationSid"):
-            fields["voice_application_sid"] = form.sid("VoiceApplicationSid", "AP") or None
-            if fields["voice_application_sid"]:
-                fields["trunk_sid"] = None
-
-    def check_trunk(acct: str, fields: Mapping[str, object]) -> None:
-        """A ``TrunkSid`` must name one of the account's Elastic SIP Trunks."""
-        trunk_sid = fields.get("trunk_sid")
-        if isinstance(trunk_sid, str) and trunk_sid not in store.account(acct).trunks:
-            raise TwilioApiError(
-                400,
-                20001,
-                f"TrunkSid {trunk_sid} is not an Elastic SIP Trunk of account {acct}: create it "
-                "with POST /v1/Trunks first",
-            )
-
-    async def create_number(request: Request, acct: str, typed: NumberType | None) -> JSONResponse:
-        form = await RequestForm.from_body(request)
-        phone_number = form.e164("PhoneNumber", 21421)
-        area_code = form.text("AreaCode")
-        if phone_number is None and not area_code:
-            raise TwilioApiError(400, 20001, "A PhoneNumber or an AreaCode is required")
-        taken = store.taken()
-        if phone_number is None:
-            assert area_code is not None
-            try:
-                found = inventory.search(
-                    "US", typed or "local", taken=taken, area_code=area_code, limit=1
-                )
-            except TwilioApiError as exc:
-                if exc.status == 404:
-                    found = []
-                else:
-                    raise
-            if not found:
-                raise TwilioApiError(
-                    400, 21452, f"No phone numbers found in AreaCode {area_code!r}"
-                )
-            candidate = found[0]
-        else:
-            entry = inventory.lookup(phone_number)
-            if entry is None or phone_number in taken:
-                raise TwilioApiError(400, 21422, f"PhoneNumber {phone_number} is not available")
-            candidate = entry
-        if typed is not None and candidate.offer.number_type != typed:
-            raise TwilioApiError(
-                400,
-                21458,
-                f"PhoneNumber {candidate.phone_number} is a "
-                f"{candidate.offer.number_type.replace('_', '-')} number and cannot be bought "
-                f"through IncomingPhoneNumbers/{inventory.type_path(typed)}",
-            )
-        bundle_sid = form.text("BundleSid") or None
-        address_sid = form.text("AddressSid") or None
-        inventory.check_purchase(candidate, bundle_sid, address_sid)
-        fields: dict[str, object] = {}
-        apply_number_fields(form, fields)
-        check_trunk(acct, fields)
-        now = utcnow()
-        record = PhoneNumberRecord(
-            sid=new_sid("PN"),
-            account_sid=acct,
-            phone_number=candidate.phone_number,
-            friendly_name=format_friendly(candidate.phone_number),
-            iso_country=candidate.offer.country,
-            number_type=candidate.offer.number_type,
-            locality=candidate.block.locality,
-            region=candidate.block.region,
-            bundle_sid=bundle_sid,
-            address_sid=address_sid,
-            address_requirements=candidate.offer.address_requirements,
-            capabilities=dict(candidate.offer.capabilities),
-            beta=candidate.offer.beta,
-            date_created=now,
-            date_updated=now,
-        ).model_copy(update=fields)
-        with store.lock:
-            if record.phone_number in store.taken():  # bought meanwhile
-                raise TwilioApiError(
-                    400, 21422, f"PhoneNumber {record.phone_number} is not available"
-                )
-            store.account(acct).numbers[record.sid] = record
-        await store.save_async()
-        return JSONResponse(number_json(record), status_code=201)
-
-    def list_numbers(request: Request, acct: str, typed: NumberType | None) -> dict[str, object]:
-        q = RequestForm.from_query(request)
-        # Insertion order is purchase order (dates only have second resolution).
-        numbers: Iterable[PhoneNumberRecord] = list(store.account(acct).numbers.values())
-        pattern = q.text("PhoneNumber")
-        if pattern:
-            match = _pattern_matcher(pattern.strip())
-            numbers = [n for n in numbers if match(n.phone_number)]
-        name = q.text("FriendlyName")
-        if name:
-            numbers = [n for n in numbers if n.friendly_name == name]
-        if typed is not None:
-            numbers = [n for n in numbers if n.number_type == typed]
-        return _page(request, "incoming_phone_numbers", [number_json(n) for n in numbers], q)
-
-    @router.get("/IncomingPhoneNumbers.json")
-    async def list_incoming(request: Request, account_sid: str) -> dict[str, object]:
-        return list_numbers(request, authenticate(request, account_sid), None)
-
-    @router.post("/IncomingPhoneNumbers.json")
-    async def create_incoming(request: Request, account_sid: str) -> JSONResponse:
-        return await create_number(request, authenticate(request, account_sid), None)
-
-    @router.get("/IncomingPhoneNumbers/{sid}.json")
-    async def fetch_incoming(request: Request, account_sid: str, sid: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        if sid in NUMBER_TYPE_PATHS:
-            return list_numbers(request, acct, NUMBER_TYPE_PATHS[sid])
-        return number_json(owned(acct, sid, request.url.path))
-
-    @router.post("/IncomingPhoneNumbers/{sid}.json")
-    async def update_incoming(request: Request, account_sid: str, sid: str) -> JSONResponse:
-        acct = authenticate(request, account_sid)
-        if sid in NUMBER_TYPE_PATHS:
-            return await create_number(request, acct, NUMBER_TYPE_PATHS[sid])
-        number = owned(acct, sid, request.url.path)
-        form = await RequestForm.from_body(request)
-        fields: dict[str, object] = {}
-        apply_number_fields(form, fields)
-        check_trunk(acct, fields)
-        if form.has("BundleSid"):
-            fields["bundle_sid"] = form.sid("BundleSid", "BU", 21649) or None
-        if form.has("AddressSid"):
-            fields["address_sid"] = form.sid("AddressSid", "AD", 21631) or None
-        fields["date_updated"] = utcnow()
-        updated = number.model_copy(update=fields)
-        with store.lock:
-            store.account(acct).numbers[sid] = updated
-        await store.save_async()
-        return JSONResponse(number_json(updated))
-
-    @router.delete("/IncomingPhoneNumbers/{sid}.json")
-    async def release_incoming(request: Request, account_sid: str, sid: str) -> Response:
-        acct = authenticate(request, account_sid)
-        owned(acct, sid, request.url.path)
-        with store.lock:
-            del store.account(acct).numbers[sid]
-        await store.save_async()
-        return Response(status_code=204)
-
-    # ---- Calls ----------------------------------------------------------------------
-
-    def owned_call(acct: str, sid: str, path: str) -> CallRecord:
-        call = store.account(acct).calls.get(sid)
-        if call is None:
-            raise not_found(path)
-        return call
-
-    def parse_inline_twiml(raw: str) -> list[Instruction]:
-        try:
-            return parse_twiml(raw)
-        except TwimlError as exc:
-            raise TwilioApiError(400, 12100, f"Twiml is not valid: {exc}") from None
-
-    @router.post("/Calls.json")
-    async def create_call(request: Request, account_sid: str) -> JSONResponse:
-        acct = authenticate(request, account_sid)
-        form = await RequestForm.from_body(request)
-        if not form.text("To"):
-            raise TwilioApiError(400, 21201, "A 'To' phone number is required")
-        if not form.text("From"):
-            raise TwilioApiError(400, 21213, "A 'From' phone number is required")
-        to = form.e164("To", 21211)
-        from_ = form.e164("From", 21212)
-        assert to is not None and from_ is not None
-        if form.text("ApplicationSid"):
-            raise TwilioApiError(
-                400, 21218, "ApplicationSid is not supported by the simulator; use Url or Twiml"
-            )
-        url = form.url("Url", 21205) or ""
-        twiml_raw = form.text("Twiml")
-        if not url and not twiml_raw:
-            raise TwilioApiError(400, 21205, "Url or Twiml is required")
-        instructions = parse_inline_twiml(twiml_raw) if twiml_raw else None
-        method = form.method("Method") or "POST"
-        status_callback = form.url("StatusCallback") or ""
-        events: list[str] = []
-        for raw in form.values("StatusCallbackEvent"):
-            for ev in raw.split():
-                if ev not in _STATUS_EVENTS:
-                    raise TwilioApiError(
-                        400,
-                        20001,
-                        f"StatusCallbackEvent {ev!r} is not one of {', '.join(_STATUS_EVENTS)}",
-                    )
-                events.append(ev)
-        timeout = form.integer("Timeout", 60, 1, 600)
-        machine_detection = form.text("MachineDetection")
-        if machine_detection and machine_detection not in _MACHINE_DETECTION:
-            raise TwilioApiError(
-                400,
-                20001,
-                f"MachineDetection {machine_detection!r} must be Enable or DetectMessageEnd",
-            )
-        source = store.find_number(from_)
-        if source is None or source.account_sid != acct:
-            raise TwilioApiError(
-                400,
-                21210,
-                f"From {from_} is not a phone number of account {acct} (the simulator only "
-                "lets an account call from numbers it owns)",
-            )
-        callee = sim.callee(to)
-        record = CallRecord(
-            sid=new_sid("CA"),
-            account_sid=acct,
-            from_number=from_,
-            to=to,
-            direction="outbound-api",
-            status="queued",
-            status_callback=status_callback,
-            status_callback_method=form.method("StatusCallbackMethod") or "POST",
-            status_callback_events=events or ["completed"],
+                found = []
+            else:
+                raise
+        if not found:
+            raise TwilioApiError(400, 21452, f"No phone numbers found in AreaCode {area_code!r}")
+        candidate = found[0]
+    else:
+        entry = inventory.lookup(phone_number)
+        if entry is None or phone_number in taken:
+            raise TwilioApiError(400, 21422, f"PhoneNumber {phone_number} is not available")
+        candidate = entry
+    if typed is not None and candidate.offer.number_type != typed:
+        raise TwilioApiError(
+            400,
+            21458,
+            f"PhoneNumber {candidate.phone_number} is a "
+            f"{candidate.offer.number_type.replace('_', '-')} number and cannot be bought "
+            f"through IncomingPhoneNumbers/{inventory.type_path(typed)}",
         )
-        store.put_call(record)
-        await store.save_async()
-        await sim.carrier.start_outbound(
-            record,
-            url=url,
-            method=method,
-            instructions=instructions,
-            callee=callee,
-            machine_detection=machine_detection or None,
-            ring_timeout_s=min(float(timeout), sim.unanswered_ring_s),
+    bundle_sid = form.text("BundleSid") or None
+    address_sid = form.text("AddressSid") or None
+    inventory.check_purchase(candidate, bundle_sid, address_sid)
+    fields: dict[str, object] = {}
+    _apply_number_fields(form, fields)
+    _check_trunk(store, acct, fields)
+    now = utcnow()
+    record = PhoneNumberRecord(
+        sid=new_sid("PN"),
+        account_sid=acct,
+        phone_number=candidate.phone_number,
+        friendly_name=format_friendly(candidate.phone_number),
+        iso_country=candidate.offer.country,
+        number_type=candidate.offer.number_type,
+        locality=candidate.block.locality,
+        region=candidate.block.region,
+        bundle_sid=bundle_sid,
+        address_sid=address_sid,
+        address_requirements=candidate.offer.address_requirements,
+        capabilities=dict(candidate.offer.capabilities),
+        beta=candidate.offer.beta,
+        date_created=now,
+        date_updated=now,
+    ).model_copy(update=fields)
+    with store.lock:
+        if record.phone_number in store.taken():  # bought meanwhile
+            raise TwilioApiError(400, 21422, f"PhoneNumber {record.phone_number} is not available")
+        store.account(acct).numbers[record.sid] = record
+    await store.save_async()
+    return JSONResponse(number_json(record), status_code=201)
+
+
+def _list_numbers(request: Request, acct: str, typed: NumberType | None) -> Response:
+    store = simulator_of(request).store
+    q = RequestForm.from_query(request)
+    # Insertion order is purchase order (dates only have second resolution).
+    numbers: Iterable[PhoneNumberRecord] = list(store.account(acct).numbers.values())
+    pattern = q.text("PhoneNumber")
+    if pattern:
+        match = _pattern_matcher(pattern.strip())
+        numbers = [n for n in numbers if match(n.phone_number)]
+    name = q.text("FriendlyName")
+    if name:
+        numbers = [n for n in numbers if n.friendly_name == name]
+    if typed is not None:
+        numbers = [n for n in numbers if n.number_type == typed]
+    items = [number_json(n) for n in numbers]
+    return JSONResponse(_page(request, "incoming_phone_numbers", items, q))
+
+
+async def list_incoming(request: Request) -> Response:
+    return _list_numbers(request, _path_account(request), None)
+
+
+async def create_incoming(request: Request) -> Response:
+    return await _create_number(request, _path_account(request), None)
+
+
+async def fetch_incoming(request: Request) -> Response:
+    """One number, or (``Local``, ``Mobile``, ``TollFree`` in the SID's place) a typed list."""
+    acct = _path_account(request)
+    sid = request.path_params["sid"]
+    if sid in NUMBER_TYPE_PATHS:
+        return _list_numbers(request, acct, NUMBER_TYPE_PATHS[sid])
+    store = simulator_of(request).store
+    return JSONResponse(number_json(_owned_number(store, acct, sid, request.url.path)))
+
+
+async def update_incoming(request: Request) -> Response:
+    """Update one number, or (a number type in the SID's place) buy one of that type."""
+    acct = _path_account(request)
+    sid = request.path_params["sid"]
+    if sid in NUMBER_TYPE_PATHS:
+        return await _create_number(request, acct, NUMBER_TYPE_PATHS[sid])
+    store = simulator_of(request).store
+    number = _owned_number(store, acct, sid, request.url.path)
+    form = await RequestForm.from_body(request)
+    fields: dict[str, object] = {}
+    _apply_number_fields(form, fields)
+    _check_trunk(store, acct, fields)
+    if form.has("BundleSid"):
+        fields["bundle_sid"] = form.sid("BundleSid", "BU", 21649) or None
+    if form.has("AddressSid"):
+        fields["address_sid"] = form.sid("AddressSid", "AD", 21631) or None
+    fields["date_updated"] = utcnow()
+    updated = number.model_copy(update=fields)
+    with store.lock:
+        store.account(acct).numbers[sid] = updated
+    await store.save_async()
+    return JSONResponse(number_json(updated))
+
+
+async def release_incoming(request: Request) -> Response:
+    acct = _path_account(request)
+    sid = request.path_params["sid"]
+    store = simulator_of(request).store
+    _owned_number(store, acct, sid, request.url.path)
+    with store.lock:
+        del store.account(acct).numbers[sid]
+    await store.save_async()
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------------------
+# Calls
+# --------------------------------------------------------------------------------------
+
+
+async def create_call(request: Request) -> Response:
+    acct = _path_account(request)
+    sim = simulator_of(request)
+    store = sim.store
+    form = await RequestForm.from_body(request)
+    if not form.text("To"):
+        raise TwilioApiError(400, 21201, "A 'To' phone number is required")
+    if not form.text("From"):
+        raise TwilioApiError(400, 21213, "A 'From' phone number is required")
+    to = form.e164("To", 21211)
+    from_ = form.e164("From", 21212)
+    assert to is not None and from_ is not None
+    if form.text("ApplicationSid"):
+        raise TwilioApiError(
+            400, 21218, "ApplicationSid is not supported by the simulator; use Url or Twiml"
         )
-        return JSONResponse(call_json(record), status_code=201)
+    url = form.url("Url", 21205) or ""
+    twiml_raw = form.text("Twiml")
+    if not url and not twiml_raw:
+        raise TwilioApiError(400, 21205, "Url or Twiml is required")
+    instructions = _parse_inline_twiml(twiml_raw) if twiml_raw else None
+    method = form.method("Method") or "POST"
+    status_callback = form.url("StatusCallback") or ""
+    events: list[str] = []
+    for raw in form.values("StatusCallbackEvent"):
+        for ev in raw.split():
+            if ev not in _STATUS_EVENTS:
+                raise TwilioApiError(
+                    400,
+                    20001,
+                    f"StatusCallbackEvent {ev!r} is not one of {', '.join(_STATUS_EVENTS)}",
+                )
+            events.append(ev)
+    timeout = form.integer("Timeout", 60, 1, 600)
+    machine_detection = form.text("MachineDetection")
+    if machine_detection and machine_detection not in _MACHINE_DETECTION:
+        raise TwilioApiError(
+            400,
+            20001,
+            f"MachineDetection {machine_detection!r} must be Enable or DetectMessageEnd",
+        )
+    source = store.find_number(from_)
+    if source is None or source.account_sid != acct:
+        raise TwilioApiError(
+            400,
+            21210,
+            f"From {from_} is not a phone number of account {acct} (the simulator only "
+            "lets an account call from numbers it owns)",
+        )
+    callee = sim.callee(to)
+    record = CallResource(
+        sid=new_sid("CA"),
+        account_sid=acct,
+        from_number=from_,
+        to=to,
+        direction="outbound-api",
+        status="queued",
+        status_callback=status_callback,
+        status_callback_method=form.method("StatusCallbackMethod") or "POST",
+        status_callback_events=events or ["completed"],
+    )
+    store.put_call(record)
+    await store.save_async()
+    await sim.carrier.start_outbound(
+        record,
+        url=url,
+        method=method,
+        instructions=instructions,
+        callee=callee,
+        machine_detection=machine_detection or None,
+        ring_timeout_s=min(float(timeout), sim.unanswered_ring_s),
+    )
+    return JSONResponse(call_json(record), status_code=201)
 
-    @router.get("/Calls.json")
-    async def list_calls(request: Request, account_sid: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        q = RequestForm.from_query(request)
-        calls = list(reversed(store.account(acct).calls.values()))  # newest first
-        for param, attr in (
-            ("To", "to"),
-            ("From", "from_number"),
-            ("Status", "status"),
-            ("ParentCallSid", "parent_call_sid"),
-        ):
-            value = q.text(param)
-            if value:
-                calls = [c for c in calls if getattr(c, attr) == value]
-        return _page(request, "calls", [call_json(c) for c in calls], q)
 
-    @router.get("/Calls/{sid}.json")
-    async def fetch_call(request: Request, account_sid: str, sid: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        return call_json(owned_call(acct, sid, request.url.path))
+async def list_calls(request: Request) -> Response:
+    acct = _path_account(request)
+    store = simulator_of(request).store
+    q = RequestForm.from_query(request)
+    calls = list(reversed(store.account(acct).calls.values()))  # newest first
+    for param, attr in (
+        ("To", "to"),
+        ("From", "from_number"),
+        ("Status", "status"),
+        ("ParentCallSid", "parent_call_sid"),
+    ):
+        value = q.text(param)
+        if value:
+            calls = [c for c in calls if getattr(c, attr) == value]
+    return JSONResponse(_page(request, "calls", [call_json(c) for c in calls], q))
 
-    @router.post("/Calls/{sid}.json")
-    async def update_call(request: Request, account_sid: str, sid: str) -> dict[str, object]:
-        acct = authenticate(request, account_sid)
-        owned_call(acct, sid, request.url.path)
-        form = await RequestForm.from_body(request)
-        status = form.text("Status")
-        if status is not None and status not in ("completed", "canceled"):
-            raise TwilioApiError(400, 20001, f"Status {status!r} must be completed or canceled")
-        twiml_raw = form.text("Twiml")
-        url = form.url("Url", 21205)
-        method = form.method("Method") or "POST"
-        live = sim.carrier.live(sid)
-        if status is not None:
-            if live is not None and (status == "completed" or live.status in ("queued", "ringing")):
-                live.hang_up("rest", f"REST update Status={status}")
-                with contextlib.suppress(TimeoutError):
-                    await live.wait_ended(timeout_s=5)
-            return call_json(owned_call(acct, sid, request.url.path))
-        if twiml_raw or url:
-            instructions = parse_inline_twiml(twiml_raw) if twiml_raw else None
-            if live is None or live.status != "in-progress":
-                raise TwilioApiError(400, 21220, "Call is not in-progress. Cannot redirect.")
-            live.redirect(instructions, url or "", method)
-        return call_json(owned_call(acct, sid, request.url.path))
 
-    @router.delete("/Calls/{sid}.json")
-    async def delete_call(request: Request, account_sid: str, sid: str) -> Response:
-        acct = authenticate(request, account_sid)
-        call = owned_call(acct, sid, request.url.path)
-        if call.status not in FINAL_CALL_STATUSES:
-            raise TwilioApiError(
-                400, 21220, f"Call {sid} is {call.status}; only ended calls can be deleted"
-            )
-        with store.lock:
-            del store.account(acct).calls[sid]
-        await store.save_async()
-        return Response(status_code=204)
+async def fetch_call(request: Request) -> Response:
+    acct = _path_account(request)
+    store = simulator_of(request).store
+    sid = request.path_params["sid"]
+    return JSONResponse(call_json(_owned_call(store, acct, sid, request.url.path)))
 
-    # ---- Not Twilio: the simulator's own control endpoints --------------------------
 
-    @app.post("/_simulator/Calls")
-    async def simulate_call(request: Request) -> JSONResponse:
-        """Ring a simulator number with a scripted caller (JSON: from, to, script,
-        max_duration_s, wait). Authenticated as the account owning ``to``."""
-        try:
-            body = await request.json()
-        except ValueError:
-            raise TwilioApiError(400, 20001, "the body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise TwilioApiError(400, 20001, "the body must be a JSON object")
-        to, from_ = body.get("to"), body.get("from")
-        number = store.find_number(to) if isinstance(to, str) else None
-        if number is None or not isinstance(to, str):
-            raise TwilioApiError(404, 20404, f"to {to!r} is not a number bought on this simulator")
-        authenticate(request, number.account_sid)
-        if not isinstance(from_, str):
-            raise TwilioApiError(400, 21212, f"from {from_!r} must be an E.164 phone number")
-        raw_script = body.get("script", [])
-        if not isinstance(raw_script, list):
-            raise TwilioApiError(400, 20001, "script must be a list of steps")
-        try:
-            script = script_from_json(raw_script)
-        except ScriptError as exc:
-            raise TwilioApiError(400, 20001, f"script: {exc}") from None
-        max_duration = body.get("max_duration_s", 60)
-        if isinstance(max_duration, bool) or not isinstance(max_duration, int | float):
-            raise TwilioApiError(400, 20001, f"max_duration_s {max_duration!r} must be a number")
-        if not 0 < max_duration <= 3600:
-            raise TwilioApiError(
-                400, 20001, f"max_duration_s {max_duration!r} must be in (0, 3600]"
-            )
-        call = await sim.start_call(from_, to, script, max_duration_s=float(max_duration))
-        if body.get("wait", True):
-            result = await call.wait()
-            return JSONResponse(result.to_json())
-        return JSONResponse({"call_sid": call.call_sid, "status": call.status}, status_code=202)
+async def update_call(request: Request) -> Response:
+    """Hang up (``Status``) or redirect (``Twiml``/``Url``) a live call."""
+    acct = _path_account(request)
+    sim = simulator_of(request)
+    sid = request.path_params["sid"]
+    path = request.url.path
+    _owned_call(sim.store, acct, sid, path)
+    form = await RequestForm.from_body(request)
+    status = form.text("Status")
+    if status is not None and status not in ("completed", "canceled"):
+        raise TwilioApiError(400, 20001, f"Status {status!r} must be completed or canceled")
+    twiml_raw = form.text("Twiml")
+    url = form.url("Url", 21205)
+    method = form.method("Method") or "POST"
+    live = sim.carrier.live(sid)
+    if status is not None:
+        if live is not None and (status == "completed" or live.status in ("queued", "ringing")):
+            live.hang_up("rest", f"REST update Status={status}")
+            with contextlib.suppress(TimeoutError):
+                await live.wait_ended(timeout_s=5)
+        return JSONResponse(call_json(_owned_call(sim.store, acct, sid, path)))
+    if twiml_raw or url:
+        instructions = _parse_inline_twiml(twiml_raw) if twiml_raw else None
+        if live is None or live.status != "in-progress":
+            raise TwilioApiError(400, 21220, "Call is not in-progress. Cannot redirect.")
+        live.redirect(instructions, url or "", method)
+    return JSONResponse(call_json(_owned_call(sim.store, acct, sid, path)))
 
-    @app.post("/_simulator/Callees")
-    async def set_callee(request: Request) -> JSONResponse:
-        """Who answers outbound calls to a number (JSON: number, kind human | voicemail |
-        busy | no_answer, rings, script for a person, greeting for a voicemail). Any account
-        of the simulator may set it."""
-        if not any(
-            hmac.compare_digest(request.headers.get("authorization", ""), basic_header(sid, token))
-            for sid, token in sim.tokens.items()
-        ):
-            raise TwilioApiError(401, 20003, "Authenticate with an account's SID and token")
-        try:
-            body = await request.json()
-            callee = callee_from_json(body)
-            sim.set_callee(str(body["number"]), callee)
-        except (ValueError, KeyError, TypeError, ScriptError) as exc:
-            raise TwilioApiError(400, 20001, f"callee: {exc}") from None
-        return JSONResponse({"number": body["number"], "kind": callee.kind}, status_code=201)
 
-    @app.get("/_simulator/Calls/{sid}")
-    async def simulated_call_result(request: Request, sid: str) -> JSONResponse:
-        """A call's result once it ended (202 with its status while it is live)."""
-        call = sim.carrier.calls.get(sid)
-        if call is None:
-            raise not_found(request.url.path)
-        authenticate(request, call.record.account_sid)
-        if call.live:
-            return JSONResponse({"call_sid": sid, "status": call.status}, status_code=202)
-        return JSONResponse((await call.wait()).to_json())
+async def delete_call(request: Request) -> Response:
+    acct = _path_account(request)
+    store = simulator_of(request).store
+    sid = request.path_params["sid"]
+    call = _owned_call(store, acct, sid, request.url.path)
+    if call.status not in FINAL_CALL_STATUSES:
+        raise TwilioApiError(
+            400, 21220, f"Call {sid} is {call.status}; only ended calls can be deleted"
+        )
+    with store.lock:
+        del store.account(acct).calls[sid]
+    await store.save_async()
+    return Response(status_code=204)
 
-    @app.post("/_simulator/faults")
-    async def arm_fault(request: Request) -> JSONResponse:
-        """Arm a fault (see the ``faults`` module); loopback clients only."""
-        control_client(request)
-        try:
-            fault = fault_from_json(await request.json())
-        except ValueError as exc:  # FaultError, or a body that is not JSON
-            raise TwilioApiError(400, 20001, f"fault: {exc}") from None
-        except TypeError as exc:
-            raise TwilioApiError(400, 20001, f"fault: {exc}") from None
-        sim.faults.add(fault)
-        return JSONResponse(fault.to_json(), status_code=201)
 
-    @app.get("/_simulator/faults")
-    async def list_faults(request: Request) -> JSONResponse:
-        control_client(request)
-        return JSONResponse({"faults": [f.to_json() for f in sim.faults.armed()]})
+# --------------------------------------------------------------------------------------
+# Errors in Twilio's shape
+# --------------------------------------------------------------------------------------
 
-    @app.delete("/_simulator/faults")
-    async def clear_faults(request: Request) -> Response:
-        control_client(request)
-        sim.faults.clear()
-        return Response(status_code=204)
 
-    @app.delete("/_simulator/faults/{fault_id}")
-    async def disarm_fault(request: Request, fault_id: str) -> Response:
-        control_client(request)
-        if not sim.faults.remove(fault_id):
-            raise not_found(request.url.path)
-        return Response(status_code=204)
+async def _twilio_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TwilioApiError)
+    headers = {"WWW-Authenticate": 'Basic realm="Twilio API"'} if exc.status == 401 else None
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
-    def control_client(request: Request) -> None:
-        """Fault control is for a test on this machine: a loopback peer with an account's
-        credentials."""
-        peer = request.client.host if request.client else ""
-        if not is_loopback(peer):
-            raise TwilioApiError(403, 20403, "the fault routes answer loopback clients only")
-        basic_account(request, sim.tokens)
 
-    add_trunking_routes(app, sim)
-    app.add_middleware(FaultMiddleware, faults=sim.faults)
-    app.include_router(router)
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (no such path, wrong method) as Twilio's error JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        err = TwilioApiError(
+            405, 20004, f"Method {request.method} is not allowed on {request.url.path}"
+        )
+    elif exc.status_code == 404:
+        err = not_found(request.url.path)
+    else:
+        err = TwilioApiError(exc.status_code, 20001, str(exc.detail))
+    return JSONResponse(err.to_json(), status_code=err.status)
+
+
+# --------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------
+
+_ACCOUNT = API_PREFIX + "/{account_sid}"
+
+API_ROUTES: list[BaseRoute] = [
+    Route(_ACCOUNT + ".json", fetch_account, methods=["GET"]),
+    Route(_ACCOUNT + "/AvailablePhoneNumbers.json", list_countries, methods=["GET"]),
+    Route(_ACCOUNT + "/AvailablePhoneNumbers/{country}.json", fetch_country, methods=["GET"]),
+    Route(
+        _ACCOUNT + "/AvailablePhoneNumbers/{country}/{kind}.json", search_numbers, methods=["GET"]
+    ),
+    Route(_ACCOUNT + "/IncomingPhoneNumbers.json", list_incoming, methods=["GET"]),
+    Route(_ACCOUNT + "/IncomingPhoneNumbers.json", create_incoming, methods=["POST"]),
+    Route(_ACCOUNT + "/IncomingPhoneNumbers/{sid}.json", fetch_incoming, methods=["GET"]),
+    Route(_ACCOUNT + "/IncomingPhoneNumbers/{sid}.json", update_incoming, methods=["POST"]),
+    Route(_ACCOUNT + "/IncomingPhoneNumbers/{sid}.json", release_incoming, methods=["DELETE"]),
+    Route(_ACCOUNT + "/Calls.json", create_call, methods=["POST"]),
+    Route(_ACCOUNT + "/Calls.json", list_calls, methods=["GET"]),
+    Route(_ACCOUNT + "/Calls/{sid}.json", fetch_call, methods=["GET"]),
+    Route(_ACCOUNT + "/Calls/{sid}.json", update_call, methods=["POST"]),
+    Route(_ACCOUNT + "/Calls/{sid}.json", delete_call, methods=["DELETE"]),
+]
+"""The ``api`` domain (``/2010-04-01/Accounts/...``): path, handler, method."""
+
+
+def create_rest_app(sim: Simulator) -> Starlette:
+    """The REST API of ``sim`` as an ASGI app (served by :meth:`Simulator.start`): the ``api``
+    domain above, the ``trunking`` subset
+    (:mod:`callplane_standins.twilio_simulator.trunking`) and the ``/_simulator/`` control
+    routes, behind the fault middleware (:mod:`callplane_standins.twilio_simulator.faults`).
+
+    The handlers are plain functions of the request; they find ``sim`` in ``app.state``.
+    """
+    app = Starlette(
+        routes=[*API_ROUTES, *TRUNKING_ROUTES, *SIMULATOR_ROUTES],
+        middleware=[Middleware(FaultMiddleware, faults=sim.faults)],
+        exception_handlers={
+            TwilioApiError: _twilio_error,
+            StarletteHTTPException: _http_error,
+        },
+    )
+    app.state.sim = sim
     return app

@@ -30,13 +30,15 @@ from types import TracebackType
 from typing import Any
 
 from callplane_standins.serving import EmbeddedServer, bind_loopback
+from callplane_standins.twilio_simulator.call import LiveCall
 from callplane_standins.twilio_simulator.callee import Callee, as_callee, human
 from callplane_standins.twilio_simulator.caller import Step, hang_up, wait_for_reply
-from callplane_standins.twilio_simulator.carrier import CallResult, Carrier, LiveCall
+from callplane_standins.twilio_simulator.carrier import Carrier
 from callplane_standins.twilio_simulator.faults import Faults
 from callplane_standins.twilio_simulator.inventory import Inventory
 from callplane_standins.twilio_simulator.rest import create_rest_app
 from callplane_standins.twilio_simulator.state import StateStore, TwilioApiError
+from callplane_standins.twilio_simulator.timeline import CallResult
 
 __all__ = ["Simulator", "main"]
 
@@ -165,7 +167,7 @@ class Simulator:
         await self.stop()
 
     def rest_client(self, account_sid: str | None = None, auth_token: str | None = None) -> Any:
-        """A ``twilio.rest.Client`` aimed at this simulator (reference §9, mechanism A).
+        """A ``twilio.rest.Client`` aimed at this simulator.
 
         Production code does the same with its own client: ``client.api.base_url =
         sim.base_url``. The ``api`` domain (numbers, calls) and the ``trunking`` subset

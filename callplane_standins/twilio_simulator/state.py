@@ -31,7 +31,7 @@ __all__ = [
     "AccountState",
     "AddressRequirement",
     "CallDirection",
-    "CallRecord",
+    "CallResource",
     "CallStatus",
     "NumberType",
     "OriginationUrlRecord",
@@ -121,7 +121,7 @@ class PhoneNumberRecord(BaseModel):
     date_updated: datetime = Field(default_factory=utcnow)
 
 
-class CallRecord(BaseModel):
+class CallResource(BaseModel):
     """A Call resource: one leg, inbound (a caller rang a number) or outbound (REST)."""
 
     sid: str
@@ -185,7 +185,7 @@ class AccountState(BaseModel):
     """Everything one account owns in the simulator."""
 
     numbers: dict[str, PhoneNumberRecord] = Field(default_factory=dict)
-    calls: dict[str, CallRecord] = Field(default_factory=dict)
+    calls: dict[str, CallResource] = Field(default_factory=dict)
     trunks: dict[str, TrunkRecord] = Field(default_factory=dict)
 
 
@@ -258,7 +258,7 @@ class StateStore:
         """E.164 numbers already bought, which the inventory must not offer again."""
         return {n.phone_number for n in self.all_numbers()}
 
-    def put_call(self, call: CallRecord) -> None:
+    def put_call(self, call: CallResource) -> None:
         """Insert or replace a call record, trimming the oldest finished calls."""
         with self.lock:
             calls = self.account(call.account_sid).calls
@@ -269,7 +269,7 @@ class StateStore:
                 for old in finished[: len(calls) - MAX_CALLS_PER_ACCOUNT]:
                     del calls[old.sid]
 
-    def find_call(self, call_sid: str) -> CallRecord | None:
+    def find_call(self, call_sid: str) -> CallResource | None:
         with self.lock:
             for acct in self.state.accounts.values():
                 call = acct.calls.get(call_sid)

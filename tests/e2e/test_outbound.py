@@ -20,7 +20,7 @@ from callplane.outbound import OutboundLimits
 from callplane_dev.stack import LocalStack, NumberPlan, StackOptions
 from callplane_standins.twilio_simulator.callee import busy, human, voicemail
 from callplane_standins.twilio_simulator.caller import hang_up, say, synthesize_ulaw, wait_for_reply
-from callplane_standins.twilio_simulator.carrier import WebhookError
+from callplane_standins.twilio_simulator.webhooks import WebhookError
 from tests.conftest import ConformanceLog
 from tests.servers import serve_asgi
 

@@ -6,9 +6,10 @@ import pytest
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from callplane_standins.twilio_simulator import caller
-from callplane_standins.twilio_simulator.carrier import ChunkRecord, MarkRecord, _Playback
 from callplane_standins.twilio_simulator.inventory import Inventory, country_of
+from callplane_standins.twilio_simulator.playback import PlaybackQueue as _Playback
 from callplane_standins.twilio_simulator.state import TwilioApiError
+from callplane_standins.twilio_simulator.timeline import ChunkRecord, MarkRecord
 from callplane_standins.twilio_simulator.twiml import (
     Dial as DialVerb,
 )

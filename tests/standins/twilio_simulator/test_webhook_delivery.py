@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from callplane_standins.twilio_simulator.carrier import Carrier, WebhookError
+from callplane_standins.twilio_simulator.carrier import Carrier
 from callplane_standins.twilio_simulator.state import StateStore
+from callplane_standins.twilio_simulator.webhooks import WebhookError
 
 Answer = Callable[[int], bytes | None]
 """Given the connection's number (0, 1, ...), the raw HTTP answer, or None to hang up."""
