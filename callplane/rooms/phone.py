@@ -49,8 +49,7 @@ from callplane.audio import ulaw_decode, ulaw_encode
 from callplane.livekit_settings import PHONE_IDENTITY_PREFIX, LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
-from callplane.transports import twilio_protocol as tp
-from callplane.transports.base import AudioIn, CallEnded, DtmfIn
+from callplane.transports.base import AudioIn, CallEnded, DtmfIn, EventQueue
 from callplane.transports.twilio import TwilioMediaStream
 
 __all__ = [
@@ -548,6 +547,7 @@ class PhoneRoomBridge:
 
     async def _leave(self) -> None:
         self._leaving = True
+        self.stream.listen(None)
         for sid in list(self._sources):
             self._remove_source(sid)
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -564,9 +564,12 @@ class PhoneRoomBridge:
         upsampler = Upsampler()
         source = self._source
         assert source is not None  # set by _join
-        async for event in self.stream.events():
+        # LiveKit's capture is a coroutine per frame, so the stream's events are queued for it.
+        events = EventQueue()
+        self.stream.listen(events)
+        async for event in events:
             if isinstance(event, AudioIn):
-                pcm = upsampler.process(decode_payload(event.payload))
+                pcm = upsampler.process(decode_payload(event.payload.decode("ascii")))
                 frame = rtc.AudioFrame(pcm.tobytes(), ROOM_RATE, 1, pcm.size)
                 try:
                     await source.capture_frame(frame)
@@ -599,8 +602,7 @@ class PhoneRoomBridge:
         loop = asyncio.get_running_loop()
         mixer = Mixer(ROOM_FRAME)
         downsampler = Downsampler()
-        sid = self.stream.start.stream_sid
-        send = self.stream.socket.send_text
+        send = self.stream.send_media
         pacer = FramePacer(FRAME_S, loop.time(), self.tuning.max_burst)
         silent = True
         while True:
@@ -619,7 +621,7 @@ class PhoneRoomBridge:
                 silent = False
                 pcm = downsampler.process(mixed)
                 if pcm.size:
-                    await send(tp.media_frame(sid, encode_payload(pcm)))
+                    send(encode_payload(pcm))
                     self.stats["frames_to_caller"] += 1
             self.stats["frames_skipped"] = pacer.skipped
 

@@ -2,7 +2,7 @@
 
 The room tests start a real livekit-server (tests/livekit_server.py): a listener participant
 hears the agent's audio, marks echo once the audio has played in real time, a clear echoes the
-pending marks at once, and a human's speech comes out of ``events()`` as PCM.
+pending marks right after it, and a human's speech reaches the handler's ``on_audio`` as PCM.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from callplane.rooms.playout import PlayoutQueue
 from callplane.transports.base import AudioIn, CallEnded, MarkIn, TransportEvent
 from callplane.transports.livekit import BYTES_PER_MS, FRAME_BYTES, LiveKitRoomTransport, is_human
 from callplane.transports.playback import PlaybackTracker
+from tests.doubles import RecordingHandler
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 
 livekit = livekit_server_fixture()
@@ -149,9 +150,15 @@ async def _join(server: LiveKitServer, identity: str, room: str) -> rtc.Room:
     return lkroom
 
 
-async def _collect(transport: LiveKitRoomTransport, into: list[TransportEvent]) -> None:
-    async for event in transport.events():
-        into.append(event)
+def _collect(transport: LiveKitRoomTransport) -> list[TransportEvent]:
+    """The events the transport hands its handler, as they come."""
+    handler = RecordingHandler()
+    transport.listen(handler)
+    return handler.events
+
+
+async def _ended(events: list[TransportEvent]) -> None:
+    await _wait_for(lambda: events and isinstance(events[-1], CallEnded), 5, "the end")
 
 
 def _tone(ms: int, amplitude: int = 8000, freq: float = 440.0) -> bytes:
@@ -185,15 +192,14 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
         "track_subscribed",
         lambda track, pub, who: readers.append(asyncio.create_task(listen(track))),
     )
-    events: list[TransportEvent] = []
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
             assert transport.track_sid
-            collector = asyncio.create_task(_collect(transport, events))
+            events = _collect(transport)
             await _wait_for(lambda: readers, 10, "the listener to subscribe to the agent's track")
             start = time.monotonic()
-            await transport.play(base64.b64encode(_tone(400)).decode(), "m1")
-            await transport.play(base64.b64encode(_tone(400)).decode(), "m2")
+            transport.play(base64.b64encode(_tone(400)).decode(), "m1")
+            transport.play(base64.b64encode(_tone(400)).decode(), "m2")
             await _wait_for(
                 lambda: sum(isinstance(e, MarkIn) for e in events) == 2, 10, "both marks"
             )
@@ -204,7 +210,7 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
             assert elapsed >= 0.75
             await _wait_for(lambda: any(level > 2000 for level in heard), 5, "audible audio")
             transport.leave("test_done")
-            await asyncio.wait_for(collector, 5)
+            await _ended(events)
             assert isinstance(events[-1], CallEnded) and events[-1].reason == "test_done"
     finally:
         for task in readers:
@@ -215,16 +221,16 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
 
 async def test_clear_echoes_pending_marks_at_once(livekit: LiveKitServer) -> None:
     agent_room = await _join(livekit, "agent-t2", "transport-clear")
-    events: list[TransportEvent] = []
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
-            collector = asyncio.create_task(_collect(transport, events))
+            events = _collect(transport)
             for i in range(5):
-                await transport.play(base64.b64encode(_tone(1000)).decode(), f"m{i}")
+                transport.play(base64.b64encode(_tone(1000)).decode(), f"m{i}")
             await asyncio.sleep(0.3)  # the first second of audio is playing
             assert not any(isinstance(e, MarkIn) for e in events)
             cleared_at = time.monotonic()
-            await transport.clear()
+            transport.clear()
+            assert not any(isinstance(e, MarkIn) for e in events)  # not within clear()
             await _wait_for(
                 lambda: sum(isinstance(e, MarkIn) for e in events) == 5, 1, "the voided marks"
             )
@@ -232,7 +238,7 @@ async def test_clear_echoes_pending_marks_at_once(livekit: LiveKitServer) -> Non
             assert [e.name for e in events if isinstance(e, MarkIn)] == [f"m{i}" for i in range(5)]
             assert transport.playout.idle
             await transport.hang_up()  # leaves the room
-            await asyncio.wait_for(collector, 5)
+            await _ended(events)
             assert events[-1] == CallEnded("agent_hung_up")
             assert not agent_room.isconnected()
     finally:
@@ -243,7 +249,6 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
     agent_room = await _join(livekit, "agent-t3", "transport-hear")
     human = await _join(livekit, "bob", "transport-hear")
     other_agent = await _join(livekit, "agent-other", "transport-hear")
-    events: list[TransportEvent] = []
 
     async def publish(lkroom: rtc.Room) -> rtc.AudioSource:
         source = rtc.AudioSource(24000, 1)
@@ -259,7 +264,7 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
 
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
-            collector = asyncio.create_task(_collect(transport, events))
+            events = _collect(transport)
             bob_mic = await publish(human)
             robot_mic = await publish(other_agent)
             await _wait_for(lambda: transport.humans_heard(), 10, "bob's track in the mix")
@@ -279,7 +284,7 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
             await human.disconnect()
             await _wait_for(lambda: not transport.humans_heard(), 10, "bob to leave the mix")
             transport.leave("done")
-            await asyncio.wait_for(collector, 5)
+            await _ended(events)
     finally:
         await other_agent.disconnect()
         await human.disconnect()
