@@ -4,12 +4,15 @@ while the kernel's buffer is full."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
-from picows import WSMsgType, WSTransport
+from picows import WSMsgType, WSTransport, WSUpgradeRequest, ws_connect, ws_create_server
 from picows.picows import _make_test_ws_frame
 
+from callplane.local.serving import bind_loopback
 from callplane.transports.picows_socket import PicowsSocket
+from tests.doubles import until
 
 
 class _Transport:
@@ -134,3 +137,38 @@ def test_a_pause_during_the_flush_keeps_the_rest_held() -> None:
     socket.send("4")
     socket.resume_writing()
     assert [data for _, data in transport.sent] == ["1", "2", "3", "4"]
+
+
+async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads_again() -> None:
+    """On real loopback sockets: the kernel's buffers fill, picows pauses the socket's writes,
+    FlowControl holds the rest, and a resumed reader gets every message, in order."""
+    served: list[PicowsSocket] = []
+
+    def upgrade(request: WSUpgradeRequest) -> PicowsSocket:
+        socket = PicowsSocket()
+        served.append(socket)
+        return socket
+
+    sock = bind_loopback()
+    server = await ws_create_server(upgrade, sock=sock)
+    transport, client = await ws_connect(PicowsSocket, f"ws://127.0.0.1:{sock.getsockname()[1]}/")
+    assert isinstance(client, PicowsSocket)
+    listener = _Listener()
+    client.listen(listener)
+    try:
+        await asyncio.sleep(0.05)
+        peer = served[0]
+        transport.underlying_transport.pause_reading()  # the client stops reading
+        body = "x" * 300
+        total = 20_000
+        for n in range(total):
+            assert peer.send(f"{n:06d}{body}")
+        assert peer.flow.pauses >= 1 and peer.flow.buffered > 0
+        transport.underlying_transport.resume_reading()
+        await until(lambda: len(listener.got) >= total, "every message", timeout=10)
+        assert [int(data[:6]) for _, data in listener.got] == list(range(total))
+        assert peer.flow.buffered == 0 and peer.flow.open
+    finally:
+        transport.disconnect()
+        server.close()
+        await server.wait_closed()
