@@ -24,6 +24,13 @@ FastAPI ``/twilio/media`` route); ``--bridge streams`` is the picows stream serv
 (``functions.stream_server``) handing the same streams to the same code; ``--bridge noop``
 (``bench/noop_bridge.py``) measures the harness's own ceiling. The sweep runs all three at each N.
 
+The congestion case (``--stall-every K``): every K-th simulated Twilio stream stops reading its
+socket for ``--stall-for`` seconds, ``--stall-after`` seconds into the sending phase (with a
+small receive buffer, so that the bridge's socket to it backs up and its writes pause). The
+frames it receives afterwards show whether the bridge lost, duplicated or reordered any while
+it held them; ``frames.out_*`` and the summary line report them, with ``frames.stalled``
+streams.
+
 The harness (``--load``): by default ``bench/loadgen`` (Go, built at the start of each run
 into ``~/.cache/callplane/bench``) plays both the engine, event for event like the local engine in
 ``--mode load``, and the simulated Twilio; ``--bridge noop`` is then its compiled no-op relay.
@@ -374,6 +381,20 @@ def loadgen_binary() -> Path:
 ENGINE_PROFILE: Path | None = None  # --profile-engine: cProfile output of the engine process
 
 
+@dataclass(frozen=True)
+class Stall:
+    """The congestion case: every ``every``-th stream reads nothing for ``for_s`` seconds,
+    ``after_s`` into the sending phase (0: no stream stalls)."""
+
+    every: int = 0
+    after_s: float = 1.0
+    for_s: float = 2.0
+    read_buffer: int = 4096  # SO_RCVBUF of a stalling stream: congestion within the stall
+
+
+STALL = Stall()  # --stall-every, --stall-after, --stall-for
+
+
 def start_processes(bridge: str, profile_out: Path | None) -> Procs:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GOMAXPROCS": "1"}
@@ -545,6 +566,15 @@ async def drive(
     ticks = int(seconds / TICK_S)
     t0 = loop.time() + 0.05
     totals.window_start_ns = time.monotonic_ns() + 50_000_000
+    stalled = [s for s in streams if STALL.every > 0 and s.index % STALL.every == 0]
+    for stream in stalled:  # the congestion case: these stop reading for a while
+        transport = stream.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL.read_buffer)
+        loop.call_at(t0 + STALL.after_s, transport.pause_reading)
+        loop.call_at(t0 + STALL.after_s + STALL.for_s, transport.resume_reading)
     for tick in range(ticks):
         for g, group in enumerate(groups):
             target = t0 + tick * TICK_S + g * TICK_S / SLOTS
@@ -557,7 +587,7 @@ async def drive(
     cpu1, ecpu1, gcpu1 = bridge_proc.cpu_times(), engine_proc.cpu_times(), me.cpu_times()
     wall = time.monotonic() - wall0
     sampler.cancel()
-    await asyncio.sleep(1.5)  # let frames in flight land
+    await asyncio.sleep(1.5 + (2 * STALL.for_s if STALL.every else 0.0))  # frames in flight
     rss_end = bridge_proc.memory_info().rss
     closed_early = sum(1 for s in streams if s.closed)
     for stream in streams:
@@ -577,6 +607,7 @@ async def drive(
         "rss_idle": rss_idle,
         "rss_peak": max(rss_peak, rss_end),
         "closed_early": closed_early,
+        "stalled": len(stalled),
     }
 
 
@@ -608,6 +639,12 @@ def drive_go(
         "phase_step": 7,
         "settle_s": 1.5,
         "connect_parallel": 20,
+        # a stalled stream's backlog (and the kernel's zero-window probes) need longer to land
+        "drain_s": 1.5 + (2 * STALL.for_s if STALL.every else 0.0),
+        "stall_every": STALL.every,
+        "stall_after_s": STALL.after_s,
+        "stall_for_s": STALL.for_s,
+        "stall_read_buffer": STALL.read_buffer,
     }
     config_path = procs.workdir / "twilio.json"
     out_path = procs.workdir / "twilio-out.json"
@@ -684,6 +721,7 @@ def drive_go(
         "rss_idle": rss_idle,
         "rss_peak": max(rss_peak, rss_end),
         "closed_early": result["closed_early"],
+        "stalled": result.get("stalled", 0),
     }
 
 
@@ -743,6 +781,7 @@ def analyse(engine_dump: dict[str, list[int]], run: dict[str, Any], calls: int) 
             "speech_started": int(ss_ns.size),
             "clears": sum(len(s.clears_ns) for s in streams),
             "streams_closed_early": run["closed_early"],
+            "stalled": run.get("stalled", 0),
         },
         "bridge_process": {
             "cpu_share_of_core": round(run["cpu_share"], 3),
@@ -850,7 +889,10 @@ def summary(r: dict[str, Any]) -> str:
         f"({r['bridge_process']['cpu_us_per_frame']} us/frame) "
         f"rss/call {r['bridge_process']['rss_per_call_kib']} KiB lag p99 "
         f"{r['generator_lag_ms'].get('p99')} lost {r['frames']['in_lost']}"
-        f"/{r['frames']['out_lost']} core1 {r['core1_cpu_share']}"
+        f"/{r['frames']['out_lost']} dup {r['frames']['in_duplicated']}"
+        f"/{r['frames']['out_duplicated']} reordered {r['frames']['in_reordered']}"
+        f"/{r['frames']['out_reordered']} stalled {r['frames']['stalled']} "
+        f"core1 {r['core1_cpu_share']}"
     )
 
 
@@ -877,8 +919,18 @@ def main() -> None:
         default="go",
         help="the harness: bench/loadgen (Go, default) or the Python generator and local engine",
     )
+    parser.add_argument(
+        "--stall-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="congestion case: every K-th Twilio stream stops reading for a while (0: none)",
+    )
+    parser.add_argument("--stall-after", type=float, default=1.0, help="s into sending")
+    parser.add_argument("--stall-for", type=float, default=2.0, help="s a stream reads nothing")
     args = parser.parse_args()
-    global WS_IMPL, ENGINE_PROFILE, LOAD
+    global WS_IMPL, ENGINE_PROFILE, LOAD, STALL
+    STALL = Stall(args.stall_every, args.stall_after, args.stall_for)
     WS_IMPL = args.ws
     LOAD = args.load
     if args.profile_engine is not None and LOAD != "python":

@@ -6,9 +6,14 @@ was heard, cancel), runs tools without blocking audio, maps DTMF, renews the ses
 time limit and reconnects after an unexpected close without dropping the caller, and fills the
 call record.
 
-Hot path: caller audio goes to ``RealtimeClient.append_audio`` untouched (on a transport that
-can, synchronously from its socket's callback: ``DirectAudio``); agent audio goes to
-``Transport.play`` untouched. No validation or logging per frame.
+One path per frame, synchronous: the transport calls :meth:`Conversation.on_audio` (and
+``on_mark``, ``on_dtmf``, ``on_end``) from its socket's callback, and the Realtime client calls
+:meth:`Conversation.on_realtime_event` from its own. Caller audio goes to
+``RealtimeClient.append_audio`` untouched; agent audio goes to ``Transport.play`` untouched; a
+barge-in clears the far end and truncates the item within the callback that brought
+``speech_started``. None of them waits: a congested socket holds what is sent, in order. No
+validation or logging per frame. Coroutines are for what takes time: opening, renewing and
+re-opening the session, tools, and the REST calls that hang up or transfer.
 """
 
 from __future__ import annotations
@@ -22,19 +27,11 @@ from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 from callplane.profiles import AgentProfile, session_config
-from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSettings
+from callplane.realtime.client import Dial, RealtimeClient, RealtimeClosed, RealtimeSettings
 from callplane.realtime.directives import say_exactly
 from callplane.records import CallRecord
 from callplane.tools import CallContext, ToolSet
-from callplane.transports.base import (
-    AudioIn,
-    CallEnded,
-    DirectAudio,
-    DtmfIn,
-    MarkIn,
-    Transport,
-    TransportEvent,
-)
+from callplane.transports.base import Transport
 from callplane.transports.playback import PlaybackTracker
 
 log = logging.getLogger("callplane.conversation")
@@ -96,7 +93,12 @@ class _Context(CallContext):
 
 
 class Conversation:
-    """Run one call to completion with :meth:`run`."""
+    """Run one call to completion with :meth:`run`.
+
+    It is the transport's :class:`~callplane.transports.base.TransportHandler` and the
+    Realtime client's event handler while the call runs (see the module docstring).
+    ``dial`` opens the Realtime socket (tests pass a fake one); None dials with picows.
+    """
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ class Conversation:
         filler: bytes = b"",
         answered_by: str | None = None,
         observer: ConversationObserver | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.transport = transport
         self.profile = profile
@@ -121,9 +124,8 @@ class Conversation:
         # Twilio's AnsweredBy on outbound calls: "human", "machine_end_beep", ... (None inbound)
         self.answered_by = answered_by
         self.playback = PlaybackTracker(transport.bytes_per_ms)
-        # the transport's synchronous side, if it has one (the per-frame fast paths)
-        self._direct = transport if isinstance(transport, DirectAudio) else None
-        self.rt = RealtimeClient(realtime)
+        self._dial = dial
+        self.rt = self._client()
         self._ctx = _Context(self, self.context)
         self._response_active = False
         self._pending_calls: list[tuple[str, asyncio.Task[str]]] = []
@@ -140,7 +142,8 @@ class Conversation:
         self._response_requested_at: float | None = None
         self._tools_in_flight = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._finished = asyncio.Event()
+        self._done: asyncio.Future[None] | None = None  # resolved when the call is over
+        self._reconnecting = False
         self._session_started = 0.0
         self.dropped_audio_frames = 0
         self.observer = observer
@@ -151,23 +154,14 @@ class Conversation:
 
     async def run(self) -> CallRecord:
         reason = "caller_hung_up"
-        direct = self._direct
+        self._done = asyncio.get_running_loop().create_future()
         try:
             await self._open_realtime(greet=True)
             self._set_state("listening")
-            if direct is not None:
-                direct.set_sinks(self._audio_now, self._transport_event_now)
-            realtime = asyncio.create_task(self._pump_realtime())
-            transport = asyncio.create_task(self._pump_transport())
-            renew = asyncio.create_task(self._renewal_timer())
-            limit = asyncio.create_task(self._call_time_limit())
-            done, _ = await asyncio.wait({transport, realtime}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (realtime, transport, renew, limit):
-                task.cancel()
-            await asyncio.gather(realtime, transport, renew, limit, return_exceptions=True)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            self.transport.listen(self)
+            self._spawn(self._renewal_timer())
+            self._spawn(self._call_time_limit())
+            await self._done
             reason = self._end_requested or "caller_hung_up"
         except RealtimeClosed as exc:
             reason = f"realtime_unavailable (close code {exc.code})"
@@ -175,8 +169,7 @@ class Conversation:
             with contextlib.suppress(Exception):
                 await self.transport.hang_up()
         finally:
-            if direct is not None:
-                direct.set_sinks(None, None)
+            self.transport.listen(None)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -197,7 +190,61 @@ class Conversation:
         self._end_requested = self._end_requested or "transferred"
         self._spawn(self._after_playout(lambda: self.transport.transfer(target)))
 
+    def _finish(self, error: BaseException | None = None) -> None:
+        """The call is over: :meth:`run` wraps up (raising ``error`` if there is one)."""
+        done = self._done
+        if done is None or done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    # --- the transport's events (TransportHandler), per frame ------------------------------------
+
+    def on_audio(self, payload_b64: bytes) -> None:
+        """Caller audio, straight into an append."""
+        try:
+            self.rt.append_audio(payload_b64)
+        except RealtimeClosed:
+            self.dropped_audio_frames += 1  # the session is being re-opened
+
+    def on_mark(self, name: str) -> None:
+        self.playback.echoed(name, time.monotonic())
+        if not self.playback.playing:
+            self._idle.set()
+            self._turn_changed.set()
+            self._settle_state()
+
+    def on_dtmf(self, digit: str) -> None:
+        self.record.dtmf.append(digit)
+        action = self.profile.dtmf.get(digit, "tell_model")
+        if action == "end_call":
+            self.request_end("caller_pressed_" + digit)
+        elif action.startswith("transfer:"):
+            self.request_transfer(action.split(":", 1)[1])
+        else:
+            text = f"(The caller pressed {digit} on the keypad.)"
+            content = [{"type": "input_text", "text": text}]
+            item = {"type": "message", "role": "user", "content": content}
+            try:
+                self.rt.send({"type": "conversation.item.create", "item": item})
+                if not self._response_active:
+                    self._request_response()
+            except RealtimeClosed:
+                log.warning("call %s: keypad %s not told: no session", self.record.call_sid, digit)
+
+    def on_end(self, reason: str) -> None:
+        if self._end_requested is None:
+            self._end_requested = reason
+        self._finish()
+
     # --- Realtime session ----------------------------------------------------------------------
+
+    def _client(self) -> RealtimeClient:
+        client = RealtimeClient(self.settings, self._dial)
+        client.listen(self.on_realtime_event, lambda closed: self._realtime_closed(client, closed))
+        return client
 
     async def _open_realtime(
         self, *, greet: bool, seed: list[dict[str, Any]] | None = None
@@ -212,14 +259,14 @@ class Conversation:
             audio_format=self.transport.audio_format,
             extra_instructions=extra,
         )
-        await self.rt.send({"type": "session.update", "session": session})
+        self.rt.send({"type": "session.update", "session": session})
         for item in seed or []:
-            await self.rt.send({"type": "conversation.item.create", "item": item})
+            self.rt.send({"type": "conversation.item.create", "item": item})
         self._session_started = time.monotonic()
         if greet:
-            await self._open_the_call()
+            self._open_the_call()
 
-    async def _open_the_call(self) -> None:
+    def _open_the_call(self) -> None:
         """The agent speaks first: a greeting, an outbound call's opening line, or, to an
         answering machine, the profile's voicemail once and then it hangs up."""
         profile = self.profile
@@ -228,15 +275,15 @@ class Conversation:
                 self.request_end("machine_answered")  # nothing to leave: hang up at once
                 return
             text = _fill(profile.voicemail, self.context)
-            await self._request_response({"instructions": say_exactly(text)})
+            self._request_response({"instructions": say_exactly(text)})
             self.record.voicemail_left = text
             self.request_end("left_voicemail")
             return
         if self.answered_by is not None and profile.outbound_greeting:
             text = _fill(profile.outbound_greeting, self.context)
-            await self._request_response({"instructions": say_exactly(text)})
+            self._request_response({"instructions": say_exactly(text)})
         elif profile.greeting:
-            await self._request_response({"instructions": profile.greeting})
+            self._request_response({"instructions": profile.greeting})
 
     def _history_items(self) -> list[dict[str, Any]]:
         """The conversation so far as text items, to seed a new session."""
@@ -250,18 +297,37 @@ class Conversation:
                 items.append({"type": "message", "role": "assistant", "content": content})
         return items
 
+    def _realtime_closed(self, client: RealtimeClient, closed: RealtimeClosed) -> None:
+        """A session's socket closed without this side asking: re-open it, unless the call
+        is ending anyway or a renewal already replaced that socket."""
+        if client is not self.rt or self._reconnecting:
+            return
+        if self._end_requested is not None:
+            self._finish()
+            return
+        self._reconnecting = True
+        self._spawn(self._reconnect_or_fail(f"close code {closed.code}"))
+
+    async def _reconnect_or_fail(self, why: str) -> None:
+        try:
+            await self._reconnect(why)
+        except RealtimeClosed as exc:
+            self._finish(exc)
+        finally:
+            self._reconnecting = False
+
     async def _reconnect(self, why: str) -> None:
         """The socket died: keep the caller on the line with a filler while we re-open it."""
         self.record.reconnects += 1
         log.warning("call %s: Realtime socket lost (%s); reconnecting", self.record.call_sid, why)
         self._response_active = False
         if self.filler:
-            await self._play_filler()
+            self._play_filler()
         last: Exception | None = None
         for delay in RECONNECT_BACKOFF_S[:RECONNECT_ATTEMPTS]:
             with contextlib.suppress(Exception):
                 await self.rt.close()
-            self.rt = RealtimeClient(self.settings)
+            self.rt = self._client()
             try:
                 await self._open_realtime(greet=False, seed=self._history_items())
                 return
@@ -270,10 +336,10 @@ class Conversation:
                 await asyncio.sleep(delay)
         raise RealtimeClosed(None, f"could not reconnect: {last}")
 
-    async def _play_filler(self) -> None:
+    def _play_filler(self) -> None:
         import base64
 
-        await self.transport.play(
+        self.transport.play(
             base64.b64encode(self.filler).decode("ascii"),
             self.playback.sent("filler", len(self.filler), time.monotonic()),
         )
@@ -288,7 +354,7 @@ class Conversation:
         await self._between_turns()
         goodbye = "The call has reached its time limit. Say a brief, friendly goodbye now."
         with contextlib.suppress(RealtimeClosed):
-            await self._request_response({"instructions": goodbye})
+            self._request_response({"instructions": goodbye})
         self.request_end("call_time_limit")
 
     async def _renewal_timer(self) -> None:
@@ -298,12 +364,20 @@ class Conversation:
                 self._session_started + self.settings.session_limit_s - self.settings.renew_margin_s
             )
             await asyncio.sleep(max(0.5, due - time.monotonic()))
-            if time.monotonic() < due:
+            if time.monotonic() < due or self._reconnecting:
                 continue
             await self._between_turns()
             old = self.rt
-            self.rt = RealtimeClient(self.settings)
-            await self._open_realtime(greet=False, seed=self._history_items())
+            self.rt = self._client()
+            try:
+                await self._open_realtime(greet=False, seed=self._history_items())
+            except (OSError, RealtimeClosed) as exc:
+                self.rt = old  # the old session still has a little time: keep using it
+                log.warning("call %s: renewal failed: %s", self.record.call_sid, exc)
+                socket = old.socket
+                if socket is None or socket.closed:  # and it closed meanwhile
+                    self._realtime_closed(old, RealtimeClosed(None, "closed during a renewal"))
+                continue
             self.record.renewals += 1
             await old.close()
 
@@ -319,13 +393,13 @@ class Conversation:
             or (requested is not None and now - requested < CALLER_TURN_MAX_S)
         )
 
-    async def _request_response(self, response: dict[str, Any] | None = None) -> None:
+    def _request_response(self, response: dict[str, Any] | None = None) -> None:
         """``response.create``; until its ``response.created`` the turn counts as open."""
         self._response_requested_at = time.monotonic()
         event: dict[str, Any] = {"type": "response.create"}
         if response:
             event["response"] = response
-        await self.rt.send(event)
+        self.rt.send(event)
 
     async def _between_turns(self) -> None:
         """Return once nothing is in flight: no response requested or streaming, nothing left
@@ -336,109 +410,21 @@ class Conversation:
                 # woken by every change; the timeout bounds a caller turn that never ends
                 await asyncio.wait_for(self._turn_changed.wait(), CALLER_TURN_MAX_S)
 
-    # --- pumps ----------------------------------------------------------------------------------
+    # --- the Realtime session's events, per event ------------------------------------------------
 
-    async def _pump_transport(self) -> None:
-        async for event in self.transport.events():
-            if isinstance(event, AudioIn):
-                try:
-                    await self.rt.append_audio(event.payload)
-                except RealtimeClosed:
-                    self.dropped_audio_frames += 1  # the realtime pump is reconnecting
-            elif isinstance(event, MarkIn):
-                self._on_mark(event)
-            elif isinstance(event, DtmfIn):
-                await self._on_dtmf(event.digit)
-            elif isinstance(event, CallEnded):
-                if self._end_requested is None:
-                    self._end_requested = event.reason
-                return
-
-    def _on_mark(self, event: MarkIn) -> None:
-        self.playback.echoed(event.name, time.monotonic())
-        if not self.playback.playing:
-            self._idle.set()
-            self._turn_changed.set()
-            self._settle_state()
-
-    # The fast paths: a DirectAudio transport and the Realtime client offer what arrives to
-    # these from their sockets' callbacks, while the pump that would handle it is idle, and
-    # they handle it there and then unless that needs a wait (a congested socket) or is rare
-    # (barge-in, DTMF, the end of the call); what they decline reaches the pumps, in order.
-    # Waking a pump costs more than most events' handling does.
-
-    def _audio_now(self, payload: bytes) -> bool:
-        """Caller audio: what :meth:`_pump_transport` does with an ``AudioIn``. Declines only
-        when the append would have to wait for the Realtime socket to drain."""
-        try:
-            return self.rt.append_audio_now(payload)
-        except RealtimeClosed:
-            self.dropped_audio_frames += 1  # the realtime pump is reconnecting
-            return True
-
-    def _transport_event_now(self, event: TransportEvent) -> bool:
-        """A mark's echo; anything else is left to :meth:`_pump_transport`."""
-        if isinstance(event, MarkIn):
-            self._on_mark(event)
-            return True
-        return False
-
-    async def _pump_realtime(self) -> None:
-        while True:
-            client = self.rt
-            client.set_event_sink(self._on_event_now)
-            try:
-                async for event in client.events():
-                    await self._on_event(event)
-            except RealtimeClosed as exc:
-                if client is not self.rt:
-                    continue  # a renewal replaced this socket on purpose
-                if self._end_requested is not None:
-                    return
-                await self._reconnect(f"close code {exc.code}")
-            finally:
-                client.set_event_sink(None)
-
-    async def _on_event(self, event: dict[str, Any]) -> None:
-        """One Realtime event, in the pump: the two kinds whose handling may wait for a
-        socket, then everything else (:meth:`_on_event_now`)."""
+    def on_realtime_event(self, event: dict[str, Any]) -> None:
+        """One server event, handled where the Realtime socket delivers it."""
         etype = event.get("type")
         if etype == "response.output_audio.delta":
             payload = event["delta"]
-            mark = self._sent(payload, event["item_id"])
-            await self.transport.play(payload, mark)
+            nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
+            mark = self.playback.sent(event["item_id"], nbytes, time.monotonic())
+            self._idle.clear()
+            self._set_state("speaking")
+            self.transport.play(payload, mark)
         elif etype == "input_audio_buffer.speech_started":
             self._caller_turn_since = time.monotonic()
-            await self._barge_in()
-            self._set_state("listening")
-        else:
-            self._on_event_now(event)
-
-    def _sent(self, payload: str, item_id: str) -> str:
-        """Account for an audio delta about to be played; its mark's name."""
-        nbytes = len(payload) * 3 // 4 - payload.count("=", -2)
-        mark = self.playback.sent(item_id, nbytes, time.monotonic())
-        self._idle.clear()
-        self._set_state("speaking")
-        return mark
-
-    def _on_event_now(self, event: dict[str, Any]) -> bool:
-        """Handle a Realtime event without waiting; False (nothing done) for an audio delta
-        or a speech_started (barge-in) that would have to wait for a congested socket, which
-        :meth:`_on_event` then handles."""
-        etype = event.get("type")
-        if etype == "response.output_audio.delta":
-            transport = self._direct
-            if transport is None or not transport.play_ready():
-                return False
-            payload = event["delta"]
-            transport.play_now(payload, self._sent(payload, event["item_id"]))
-        elif etype == "input_audio_buffer.speech_started":
-            transport = self._direct
-            if transport is None or not transport.play_ready() or not self.rt.can_send_now():
-                return False
-            self._caller_turn_since = time.monotonic()
-            self._barge_in_now(transport)
+            self._barge_in()
             self._set_state("listening")
         elif etype == "input_audio_buffer.speech_stopped":
             self._set_state("thinking")
@@ -479,7 +465,6 @@ class Conversation:
                     error.get("code"),
                     error.get("message"),
                 )
-        return True
 
     # --- observer ------------------------------------------------------------------------------
 
@@ -528,24 +513,17 @@ class Conversation:
 
     # --- behaviour -------------------------------------------------------------------------------
 
-    async def _barge_in(self) -> None:
-        """The caller speaks over the agent: stop the audio, remember only what was heard."""
+    def _barge_in(self) -> None:
+        """The caller speaks over the agent: stop the audio, remember only what was heard.
+        ``clear`` goes out within the callback that brought ``speech_started``."""
         clear, events = self._interrupt()
         if clear:
-            await self.transport.clear()
-        for event in events:
-            await self.rt.send(event)
-
-    def _barge_in_now(self, transport: DirectAudio) -> None:
-        """:meth:`_barge_in` without a wait, from the Realtime socket's callback: ``clear``
-        reaches Twilio within the callback that brought ``speech_started``, not after the pump
-        has been woken behind every other ready callback of a busy loop. Call it only when
-        both sockets can send at once (``play_ready``, ``can_send_now``)."""
-        clear, events = self._interrupt()
-        if clear:
-            transport.clear_now()
-        for event in events:
-            self.rt.send_now(event)
+            self.transport.clear()
+        try:
+            for event in events:
+                self.rt.send(event)
+        except RealtimeClosed:
+            pass  # the session is being re-opened; the new one starts from the text so far
 
     def _interrupt(self) -> tuple[bool, list[dict[str, Any]]]:
         """The bookkeeping of a barge-in, done at once: whether to clear the caller's audio,
@@ -599,7 +577,7 @@ class Conversation:
             for entry in self.record.tool_calls:
                 if entry["call_id"] == call_id:
                     entry["output"] = output
-            await self.rt.send(
+            self.rt.send(
                 {
                     "type": "conversation.item.create",
                     "item": {"type": "function_call_output", "call_id": call_id, "output": output},
@@ -607,34 +585,8 @@ class Conversation:
             )
         self._tools_in_flight -= len(calls)
         if self._end_requested is None:
-            await self._request_response()
+            self._request_response()
         self._turn_changed.set()
-
-    async def _on_dtmf(self, digit: str) -> None:
-        self.record.dtmf.append(digit)
-        action = self.profile.dtmf.get(digit, "tell_model")
-        if action == "end_call":
-            self.request_end("caller_pressed_" + digit)
-        elif action.startswith("transfer:"):
-            self.request_transfer(action.split(":", 1)[1])
-        else:
-            await self.rt.send(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "input_text",
-                                "text": f"(The caller pressed {digit} on the keypad.)",
-                            }
-                        ],
-                    },
-                }
-            )
-            if not self._response_active:
-                await self._request_response()
 
     async def _after_playout(self, action: Any) -> None:
         # Let the response that said goodbye finish streaming, then let the caller hear it.

@@ -10,48 +10,18 @@ of the per-frame cost.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
-from starlette.websockets import WebSocketState
+from fastapi import FastAPI, Header, HTTPException, WebSocket
 
 from callplane.media_settings import MediaSettings
 from callplane.records import RecordStore
 from callplane.tools import Tool
+from functions.asgi_socket import AsgiSocket
 from functions.dispatch import Launcher, LocalProcessLauncher, dispatch_routes
 from functions.media_streams import CLOSE_BAD_SIGNATURE, MediaStreams
 from functions.outbound import outbound_routes
-
-
-class _FastAPISocket:
-    """Adapts FastAPI's WebSocket to the transport's TextSocket."""
-
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-
-    async def receive(self) -> str | bytes | None:
-        try:
-            message = await self.ws.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        return bytes(message.get("bytes") or b"")
-
-    async def send_text(self, text: str) -> None:
-        if self.ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                await self.ws.send_text(text)
-
-    async def close(self, code: int = 1000) -> None:
-        if self.ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                await self.ws.close(code=code)
 
 
 def create_app(
@@ -123,7 +93,12 @@ def create_app(
             await ws.close(code=CLOSE_BAD_SIGNATURE)
             return
         await ws.accept()
-        await streams.serve(_FastAPISocket(ws))
+        socket = AsgiSocket(ws)
+        socket.start()
+        try:
+            await streams.serve(socket)
+        finally:
+            await socket.close()
 
     return app
 

@@ -1,10 +1,11 @@
 """A Twilio media stream, from its upgrade to its call record, whichever server accepted it.
 
 Two servers accept media streams: the media app's FastAPI route (``/twilio/media`` on the ASGI
-app, what ``modal.asgi_app`` serves) and the picows stream server (``functions.stream_server``,
-the bridge's fast path). Both hand the same :class:`MediaStreams` the upgrade's signature and
-then a :class:`StreamSocket`, so authentication, profiles, records and the conversation are
-one piece of code with two thin adapters.
+app, what ``modal.asgi_app`` serves, through :mod:`functions.asgi_socket`) and the picows
+stream server (``functions.stream_server``, the bridge's fast path). Both hand the same
+:class:`MediaStreams` the upgrade's signature and then a
+:class:`~callplane.transports.socket.MessageSocket`, so authentication, profiles, records and
+the conversation are one piece of code with two thin adapters.
 
 Every stream is authenticated twice before any Realtime session opens: the upgrade's
 ``X-Twilio-Signature`` (over the public URL, so proxies do not matter) and the stream token the
@@ -18,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 from callplane.audio import PCMU, hold_chime
 from callplane.conversation import Conversation
@@ -35,6 +36,7 @@ from callplane.security import (
 )
 from callplane.tools import Tool
 from callplane.transports import twilio_protocol as tp
+from callplane.transports.socket import MessageSocket
 from callplane.transports.twilio import CallControl, TwilioMediaStream
 
 log = logging.getLogger("callplane.media")
@@ -46,22 +48,6 @@ CLOSE_NO_START = 4400
 CLOSE_UNKNOWN_PROFILE = 4404
 CLOSE_NO_LIVEKIT = 4503  # the profile names a hybrid room but no LiveKit server is configured
 START_TIMEOUT_S = 10.0
-
-
-class StreamSocket(Protocol):
-    """An accepted WebSocket, as the stream handler needs it."""
-
-    async def receive(self) -> str | bytes | None:
-        """The next message, or None when the peer closed."""
-        ...
-
-    async def send_text(self, text: str) -> None:
-        """Send; a closed connection drops it (the call is ending anyway)."""
-        ...
-
-    async def close(self, code: int = 1000) -> None:
-        """Close with ``code``, unless the connection is already gone."""
-        ...
 
 
 class MediaStreams:
@@ -94,7 +80,7 @@ class MediaStreams:
         log.warning("media stream refused: bad or missing X-Twilio-Signature from %s", peer)
         return False
 
-    async def serve(self, socket: StreamSocket) -> None:
+    async def serve(self, socket: MessageSocket) -> None:
         """One accepted stream: check its start and token, run the call, save its record."""
         settings, stats = self.settings, self.stats
         start = await _read_start(socket)
@@ -202,17 +188,47 @@ async def _outbound_job(dialer: Dialer, call_sid: str) -> OutboundJob | None:
     return None
 
 
-async def _read_start(socket: StreamSocket) -> tp.Start | None:
-    """Skip ``connected``; return the ``start`` frame, or None if it does not come in time."""
+async def _read_start(socket: MessageSocket) -> tp.Start | None:
+    """Skip ``connected``; return the ``start`` frame, or None if it does not come in time.
+    What follows ``start`` stays held in the socket for the call's transport."""
+    reader = _StartReader(socket)
+    socket.listen(reader)
     try:
         async with asyncio.timeout(START_TIMEOUT_S):
-            for _ in range(3):
-                frame = await socket.receive()
-                if frame is None or isinstance(frame, bytes):
-                    return None
-                parsed = tp.parse(frame)
-                if isinstance(parsed, tp.Start):
-                    return parsed
+            return await reader.start
     except TimeoutError:
         return None
-    return None
+    finally:
+        reader.stop()
+
+
+class _StartReader:
+    """Listens to a new stream until its ``start`` (at most three frames), then lets go."""
+
+    def __init__(self, socket: MessageSocket) -> None:
+        self.socket = socket
+        self.start: asyncio.Future[tp.Start | None] = asyncio.get_running_loop().create_future()
+        self._frames = 0
+
+    def on_text(self, data: bytes) -> None:
+        self._frames += 1
+        parsed = tp.parse(data.decode("utf-8", "replace"))
+        if isinstance(parsed, tp.Start):
+            self._found(parsed)
+        elif self._frames >= 3:
+            self._found(None)
+
+    def on_binary(self, data: bytes) -> None:
+        self._found(None)
+
+    def on_close(self, code: int | None, reason: str) -> None:
+        self._found(None)
+
+    def _found(self, start: tp.Start | None) -> None:
+        self.stop()  # frames after this one wait in the socket for the transport
+        if not self.start.done():
+            self.start.set_result(start)
+
+    def stop(self) -> None:
+        if not self.start.done():
+            self.socket.listen(None)

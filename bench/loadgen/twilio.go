@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -21,6 +22,11 @@ import (
 // sending 20 ms µ-law frames on an absolute schedule and playing the bridge's audio back the
 // way Twilio does (marks echoed when the audio before them has played, at once on clear).
 // bench/relay.py's docstring describes the load; this is its compiled twin.
+//
+// The congestion case (stall_every > 0): every stall_every-th stream stops reading its socket
+// for stall_for_s, stall_after_s into the sending phase, with a small receive buffer, so that
+// the bridge's socket to it congests; what it then receives shows whether the bridge lost,
+// duplicated or reordered anything while its writes were paused.
 
 type twilioConfig struct {
 	URL         string         `json:"url"`
@@ -33,7 +39,12 @@ type twilioConfig struct {
 	SpeechTicks int            `json:"speech_ticks"`
 	PhaseStep   int            `json:"phase_step"`
 	SettleS     float64        `json:"settle_s"`
+	DrainS      float64        `json:"drain_s"` // after sending, for frames in flight (0: settle_s)
 	Parallel    int            `json:"connect_parallel"`
+	StallEvery  int            `json:"stall_every"`       // 0: no stream stalls
+	StallAfterS float64        `json:"stall_after_s"`     // into the sending phase
+	StallForS   float64        `json:"stall_for_s"`       // how long a stalled stream reads nothing
+	StallRcvBuf int            `json:"stall_read_buffer"` // SO_RCVBUF of a stalling stream (0: the kernel's)
 }
 
 type streamConfig struct {
@@ -61,6 +72,7 @@ type twilioResult struct {
 	OutReordered int            `json:"out_reordered"`
 	Errors       map[string]int `json:"errors"`
 	Streams      []streamResult `json:"streams"`
+	Stalled      int            `json:"stalled"` // streams that stopped reading for stall_for_s
 }
 
 const tick = 20 * time.Millisecond
@@ -72,6 +84,12 @@ const tick = 20 * time.Millisecond
 var windowStartNs atomic.Int64
 
 func init() { windowStartNs.Store(math.MaxInt64) }
+
+// stallAtNs is when stalling streams stop reading (CLOCK_MONOTONIC); the largest int64 until
+// the sending phase starts.
+var stallAtNs atomic.Int64
+
+func init() { stallAtNs.Store(math.MaxInt64) }
 
 var (
 	silentFrame = bytes.Repeat([]byte{0xff}, stampFrameBytes)
@@ -85,6 +103,9 @@ type twilioStream struct {
 	wmu   sync.Mutex
 	phase int
 	sent  int
+
+	stallFor time.Duration // > 0: this stream stops reading once, at stallAtNs, for this long
+	stalled  bool          // reader goroutine only: the stall has happened
 
 	closed   bool // set by the reader when the socket ends
 	closeMu  sync.Mutex
@@ -179,6 +200,11 @@ func (t *twilioStream) read() {
 			t.closed = true
 			t.closeMu.Unlock()
 			return
+		}
+		if t.stallFor > 0 && !t.stalled && monoNs() >= stallAtNs.Load() {
+			// A slow reader: nothing is read for a while, so the bridge's writes back up.
+			t.stalled = true
+			time.Sleep(t.stallFor)
 		}
 		now := time.Now()
 		nowNs := monoNs()
@@ -330,6 +356,12 @@ func runTwilio(configPath, outPath string) error {
 			}
 			t := &twilioStream{index: i, cfg: sc, conn: conn, phase: (i * cfg.PhaseStep) % cfg.CycleTicks,
 				outMax: -1, errors: map[string]int{}, readDone: make(chan struct{})}
+			if cfg.StallEvery > 0 && i%cfg.StallEvery == 0 {
+				t.stallFor = time.Duration(cfg.StallForS * float64(time.Second))
+				if tcp, ok := conn.UnderlyingConn().(*net.TCPConn); ok && cfg.StallRcvBuf > 0 {
+					_ = tcp.SetReadBuffer(cfg.StallRcvBuf)
+				}
+			}
 			streams[i] = t
 			go t.read()
 			t.sendStart(cfg.AccountSid)
@@ -347,6 +379,7 @@ func runTwilio(configPath, outPath string) error {
 	ticks := int(cfg.Seconds / tick.Seconds())
 	start := time.Now().Add(50 * time.Millisecond)
 	windowStartNs.Store(monoNs() + int64(50*time.Millisecond))
+	stallAtNs.Store(monoNs() + int64(50*time.Millisecond) + int64(cfg.StallAfterS*float64(time.Second)))
 	fmt.Println("sending")
 	lags := make([][]float64, cfg.Slots)
 	var send sync.WaitGroup
@@ -371,7 +404,11 @@ func runTwilio(configPath, outPath string) error {
 	send.Wait()
 	wall := time.Since(start).Seconds()
 	fmt.Println("sent")
-	time.Sleep(time.Duration(cfg.SettleS * float64(time.Second))) // let frames in flight land
+	drain := cfg.DrainS
+	if drain <= 0 {
+		drain = cfg.SettleS
+	}
+	time.Sleep(time.Duration(drain * float64(time.Second))) // let frames in flight land
 
 	result := twilioResult{SetupS: setup, WallS: wall, Errors: map[string]int{}, OutMs: []float64{}, OutSetupMs: []float64{}, LagMs: []float64{}}
 	for _, t := range streams {
@@ -413,6 +450,9 @@ func runTwilio(configPath, outPath string) error {
 			result.Errors[k] += v
 		}
 		result.Streams = append(result.Streams, streamResult{Index: t.index, Sent: t.sent, OutUnique: unique, ClearsNs: clears})
+		if t.stalled {
+			result.Stalled++
+		}
 	}
 	for _, l := range lags {
 		result.LagMs = append(result.LagMs, l...)

@@ -16,8 +16,9 @@ client's share of a paced relay from 74.8 to 57.3 µs of CPU per frame in ``benc
 from __future__ import annotations
 
 import json
+import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +26,9 @@ from urllib.parse import urlencode
 from picows import WSError, ws_connect
 
 from callplane.transports.picows_socket import PicowsSocket
+from callplane.transports.socket import MessageSocket
+
+log = logging.getLogger("callplane.realtime")
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # a session.update with long instructions is the biggest
@@ -56,10 +60,48 @@ class RealtimeClosed(Exception):
         self.code = code
 
 
+# Opens the WebSocket: (url, request headers) -> a connected socket. The default dials with
+# picows; tests pass one that returns a fake socket.
+Dial = Callable[[str, dict[str, str]], Awaitable[MessageSocket]]
+EventHandler = Callable[[dict[str, Any]], None]
+CloseHandler = Callable[[RealtimeClosed], None]
+
+
+async def dial_picows(url: str, headers: dict[str, str]) -> MessageSocket:
+    """Open ``url`` with picows (TLS for ``wss:``)."""
+    try:
+        _, socket = await ws_connect(
+            PicowsSocket,
+            url,
+            ssl_context=ssl.create_default_context() if url.startswith("wss:") else None,
+            extra_headers=headers,
+            websocket_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            max_frame_size=MAX_FRAME_BYTES,
+        )
+    except WSError as exc:  # refused upgrade (401, 404, ...) or a malformed handshake
+        raise RealtimeClosed(None, f"handshake with {url.split('?')[0]} failed: {exc}") from exc
+    except TimeoutError as exc:
+        raise RealtimeClosed(None, f"no handshake answer from {url.split('?')[0]}") from exc
+    assert isinstance(socket, PicowsSocket)
+    return socket
+
+
 class RealtimeClient:
-    def __init__(self, settings: RealtimeSettings) -> None:
+    """One Realtime session's socket: events in through a handler, events out without a wait.
+
+    :meth:`listen` registers the handler that gets every server event, synchronously, as the
+    socket delivers it, and the handler told once the socket has closed (unless this side
+    closed it with :meth:`close`). :meth:`send` and :meth:`append_audio` never wait: while the
+    server does not keep up, the socket's flow control holds what is sent, in order. Both
+    raise :class:`RealtimeClosed` once the socket is gone.
+    """
+
+    def __init__(self, settings: RealtimeSettings, dial: Dial | None = None) -> None:
         self.settings = settings
-        self._socket: PicowsSocket | None = None
+        self._dial = dial or dial_picows
+        self._socket: MessageSocket | None = None
+        self._on_event: EventHandler | None = None
+        self._on_close: CloseHandler | None = None
 
     async def connect(self) -> None:
         if not self.settings.api_key:
@@ -67,103 +109,67 @@ class RealtimeClient:
                 "RealtimeSettings.api_key is empty: set the OpenAI API key (or any key for the "
                 "local engine)."
             )
-        url = self.settings.ws_url()
-        try:
-            _, socket = await ws_connect(
-                PicowsSocket,
-                url,
-                ssl_context=ssl.create_default_context() if url.startswith("wss:") else None,
-                extra_headers={"Authorization": f"Bearer {self.settings.api_key}"},
-                websocket_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-                max_frame_size=MAX_FRAME_BYTES,
-            )
-        except WSError as exc:  # refused upgrade (401, 404, ...) or a malformed handshake
-            raise RealtimeClosed(None, f"handshake with {self.settings.url} failed: {exc}") from exc
-        except TimeoutError as exc:
-            raise RealtimeClosed(None, f"no handshake answer from {self.settings.url}") from exc
-        assert isinstance(socket, PicowsSocket)
-        self._socket = socket
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"}
+        self._socket = socket = await self._dial(self.settings.ws_url(), headers)
+        if self._on_event is not None:
+            socket.listen(self)
 
     @property
     def connected(self) -> bool:
         return self._socket is not None
 
-    async def send(self, event: dict[str, Any]) -> None:
-        await self._send(json.dumps(event))
+    @property
+    def socket(self) -> MessageSocket | None:
+        """The session's socket once connected (its flow control shows congestion)."""
+        return self._socket
 
-    async def append_audio(self, payload_b64: str) -> None:
-        """Hot path: base64 audio straight into an append event, no JSON encoder."""
-        await self._send('{"type":"input_audio_buffer.append","audio":"' + payload_b64 + '"}')
+    def listen(self, on_event: EventHandler, on_close: CloseHandler) -> None:
+        """Hand every server event to ``on_event`` (those that came before too) and the
+        socket's end to ``on_close``."""
+        self._on_event = on_event
+        self._on_close = on_close
+        if self._socket is not None:
+            self._socket.listen(self)
 
-    def append_audio_now(self, payload_b64: bytes) -> bool:
-        """The fast path of :meth:`append_audio`, for a caller that cannot wait (a socket
-        callback): send the append unless the socket's buffer is full, in which case return
-        False and send nothing (the caller then uses :meth:`append_audio`, which waits).
-        ``payload_b64`` is base64 as ASCII bytes, checked by the caller."""
+    def send(self, event: dict[str, Any]) -> None:
+        """Send a client event (held in order while the socket is congested)."""
+        socket = self._socket
+        if socket is None or not socket.send(json.dumps(event)):
+            raise self._closed()
+
+    def append_audio(self, payload_b64: bytes) -> None:
+        """The per-frame path: base64 audio (ASCII bytes, checked by the transport) straight
+        into an append event, no JSON encoder."""
+        socket = self._socket
+        if socket is None or not socket.send(_APPEND_HEAD + payload_b64 + _APPEND_TAIL):
+            raise self._closed()
+
+    def _closed(self) -> RealtimeClosed:
         socket = self._socket
         if socket is None:
-            raise RealtimeClosed(None, "not connected")
-        if not socket.writable.is_set():
-            return False
-        if not socket.send_now(_APPEND_HEAD + payload_b64 + _APPEND_TAIL):
-            raise RealtimeClosed(socket.close_code, socket.close_reason or "disconnected")
-        return True
+            return RealtimeClosed(None, "not connected")
+        return RealtimeClosed(socket.close_code, socket.close_reason or "disconnected")
 
-    def can_send_now(self) -> bool:
-        """True when :meth:`send_now` would not outrun a congested socket."""
-        socket = self._socket
-        return socket is not None and not socket.disconnected and socket.writable.is_set()
+    # ---- SocketListener ------------------------------------------------------------------------
 
-    def send_now(self, event: dict[str, Any]) -> None:
-        """:meth:`send` without the wait for a congested socket to drain, for a caller that
-        cannot wait (a socket callback); check :meth:`can_send_now` first."""
-        socket = self._socket
-        if socket is None or not socket.send_now(json.dumps(event)):
-            raise RealtimeClosed(
-                None if socket is None else socket.close_code,
-                "not connected" if socket is None else socket.close_reason or "disconnected",
-            )
+    def on_text(self, data: bytes) -> None:
+        event = json.loads(data)
+        if isinstance(event, dict):  # anything else is not Realtime protocol: skipped
+            on_event = self._on_event
+            if on_event is not None:
+                on_event(event)
 
-    async def _send(self, frame: str) -> None:
-        socket = self._socket
-        if socket is None:
-            raise RealtimeClosed(None, "not connected")
-        if not socket.send_now(frame):
-            raise RealtimeClosed(socket.close_code, socket.close_reason or "disconnected")
-        if not socket.writable.is_set():  # the kernel's buffer is full: wait for it to drain
-            await socket.writable.wait()
+    def on_binary(self, data: bytes) -> None:
+        log.warning("Realtime server sent a binary frame (%d bytes); ignored", len(data))
 
-    def set_event_sink(self, sink: Callable[[dict[str, Any]], bool] | None) -> None:
-        """Offer each server event to ``sink`` as it arrives, from the socket's callback, while
-        the reader of :meth:`events` waits for the next one (waking that reader per event costs
-        more than handling most events). ``sink`` returns False for an event it leaves to
-        :meth:`events`; an event it declines and everything after it come from there, in
-        order. None stops it."""
-        socket = self._socket
-        if socket is None:
-            return
-        if sink is None:
-            socket.on_text_now = None
-            return
-
-        def event_now(data: bytes) -> bool:
-            event = json.loads(data.decode("utf-8"))  # exactly what events() would decode
-            return not isinstance(event, dict) or sink(event)  # events() skips non-objects
-
-        socket.on_text_now = event_now
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Server events until the socket closes; then RealtimeClosed."""
-        socket = self._socket
-        if socket is None:
-            raise RealtimeClosed(None, "not connected")
-        while (message := await socket.receive()) is not None:
-            event = json.loads(message)  # a binary frame is not Realtime protocol: fails here
-            if isinstance(event, dict):
-                yield event
-        raise RealtimeClosed(socket.close_code, socket.close_reason or "closed")
+    def on_close(self, code: int | None, reason: str) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close(RealtimeClosed(code, reason or "closed"))
 
     async def close(self) -> None:
+        """Close the socket; the close handler is not called for a close this side asked for."""
+        self._on_close = None
         socket, self._socket = self._socket, None
         if socket is not None:
             await socket.close()

@@ -7,17 +7,18 @@ Opus decoder gives).
 * In: every human in the room is heard. Each remote audio track of a participant that is not an
   agent (identity without :data:`~callplane.livekit_settings.AGENT_IDENTITY_PREFIX`, kind not
   agent) is read with ``rtc.AudioStream`` in 20 ms frames into a :class:`~callplane.rooms.mixer.
-  Mixer`; a 20 ms clock pulls the mixed frame and yields it as :class:`AudioIn`. Tracks that
-  appear or go away mid-call join or leave the mix.
+  Mixer`; a 20 ms clock pulls the mixed frame and hands it to the handler's ``on_audio``,
+  from the clock's task, without a queue. Tracks that appear or go away mid-call join or leave
+  the mix.
 * Out: one ``AudioSource`` and its ``LocalAudioTrack``, published as the agent's microphone.
   :meth:`play` queues PCM and its mark in a :class:`~callplane.rooms.playout.PlayoutQueue`; a
   playout task feeds the source 20 ms frames (``capture_frame`` paces in real time once the
-  source's small queue is full) and every mark is echoed as :class:`MarkIn` when the audio
-  before it has been played out, which is what the core's barge-in truncation relies on.
-  :meth:`clear` drops the queue, clears the source and echoes the pending marks at once (as
-  Twilio does on ``clear``; the core treats them as void).
-* End: :class:`CallEnded` when the room disconnects, when :meth:`hang_up` makes the agent leave,
-  or when the job calls :meth:`leave` (the room emptied, the job was stopped).
+  source's small queue is full) and every mark is echoed to the handler's ``on_mark`` when the
+  audio before it has been played out, which is what the core's barge-in truncation relies on.
+  :meth:`clear` drops the queue, clears the source and echoes the pending marks right after it
+  returns (as Twilio does on ``clear``; the core treats them as void).
+* End: the handler's ``on_end`` when the room disconnects, when :meth:`hang_up` makes the agent
+  leave, or when the job calls :meth:`leave` (the room emptied, the job was stopped).
 
 Hot paths (a frame in, a frame out) do no validation, no logging and nothing blocking.
 """
@@ -29,7 +30,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import deque
 from typing import Literal
 
 from livekit import rtc
@@ -37,7 +38,7 @@ from livekit import rtc
 from callplane.livekit_settings import AGENT_IDENTITY_PREFIX
 from callplane.rooms.mixer import FRAME_MS, SAMPLE_RATE, Mixer
 from callplane.rooms.playout import PlayoutQueue
-from callplane.transports.base import AudioIn, CallEnded, MarkIn, TransportEvent
+from callplane.transports.base import AudioIn, CallEnded, MarkIn, TransportEvent, TransportHandler
 
 log = logging.getLogger("callplane.livekit")
 
@@ -71,7 +72,9 @@ class LiveKitRoomTransport:
         self.room = room
         self.mixer = Mixer()
         self.playout = PlayoutQueue(FRAME_BYTES, SAMPLE_RATE * 2)
-        self._events: asyncio.Queue[TransportEvent] = asyncio.Queue()
+        self._handler: TransportHandler | None = None
+        # events that came while no handler listened, for the next one (in order)
+        self._held: deque[TransportEvent] = deque()
         self._ended = False
         self._source: rtc.AudioSource | None = None
         self._track: rtc.LocalAudioTrack | None = None
@@ -135,7 +138,7 @@ class LiveKitRoomTransport:
         """End the call with ``reason`` (the job decided to leave); idempotent."""
         if not self._ended:
             self._ended = True
-            self._events.put_nowait(CallEnded(reason))
+            self._emit(CallEnded(reason))
 
     # --- who is heard ----------------------------------------------------------------------------
 
@@ -220,30 +223,45 @@ class LiveKitRoomTransport:
                 next_tick = time.monotonic()  # the loop stalled: restart the schedule
             frame = self.mixer.pull()
             if frame is not None and not self._ended:
-                self._events.put_nowait(AudioIn(base64.b64encode(frame).decode("ascii")))
+                handler = self._handler
+                if handler is not None and not self._held:
+                    handler.on_audio(base64.b64encode(frame))
+                else:
+                    self._emit(AudioIn(base64.b64encode(frame)))
 
     # --- the agent's audio -----------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[TransportEvent]:
-        while True:
-            event = await self._events.get()
-            yield event
-            if isinstance(event, CallEnded):
-                return
+    def listen(self, handler: TransportHandler | None) -> None:
+        self._handler = handler
+        held = self._held
+        while handler is not None and held and self._handler is handler:
+            _dispatch(handler, held.popleft())
 
-    async def play(self, payload_b64: str, mark: str) -> None:
+    def _emit(self, event: TransportEvent) -> None:
+        """An event to the handler, or held for the next one."""
+        handler = self._handler
+        if handler is None or self._held:
+            self._held.append(event)
+        else:
+            _dispatch(handler, event)
+
+    def play(self, payload_b64: str, mark: str) -> None:
         self.playout.push(base64.b64decode(payload_b64), mark)
         self._audio_ready.set()
 
-    async def clear(self) -> None:
-        # No await before the echoes are queued: the core forgets its queue right after this
-        # returns, and must not see these echoes before it has (they would count as played).
+    def clear(self) -> None:
         voided = self.playout.clear(time.monotonic())
         if self._source is not None:
             self._source.clear_queue()
-        for mark in voided:
-            self._events.put_nowait(MarkIn(mark))
+        # The echoes go out after this returns: the core forgets its queue after it cleared,
+        # and must not see these echoes before it has (they would count as played).
+        if voided:
+            asyncio.get_running_loop().call_soon(self._echo_voided, voided)
         self._marks_changed.set()
+
+    def _echo_voided(self, marks: list[str]) -> None:
+        for mark in marks:
+            self._emit(MarkIn(mark))
 
     async def hang_up(self) -> None:
         """The agent leaves the room."""
@@ -278,9 +296,18 @@ class LiveKitRoomTransport:
         while True:
             now = time.monotonic()
             for mark in self.playout.due(now):
-                self._events.put_nowait(MarkIn(mark))
+                self._emit(MarkIn(mark))
             due = self.playout.next_due()
             self._marks_changed.clear()
             timeout = None if due is None else max(0.0, due - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._marks_changed.wait(), timeout)
+
+
+def _dispatch(handler: TransportHandler, event: TransportEvent) -> None:
+    if isinstance(event, AudioIn):
+        handler.on_audio(event.payload)
+    elif isinstance(event, MarkIn):
+        handler.on_mark(event.name)
+    elif isinstance(event, CallEnded):
+        handler.on_end(event.reason)

@@ -51,8 +51,7 @@ from callplane.rooms.phone_audio import (
     decode_payload,
     encode_payload,
 )
-from callplane.transports import twilio_protocol as tp
-from callplane.transports.base import AudioIn, CallEnded, DtmfIn
+from callplane.transports.base import AudioIn, CallEnded, DtmfIn, EventQueue
 from callplane.transports.twilio import TwilioMediaStream
 
 __all__ = [
@@ -307,6 +306,7 @@ class PhoneRoomBridge:
 
     async def _leave(self) -> None:
         self._leaving = True
+        self.stream.listen(None)
         for sid in list(self._sources):
             self._remove_source(sid)
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -323,9 +323,12 @@ class PhoneRoomBridge:
         upsampler = Upsampler()
         source = self._source
         assert source is not None  # set by _join
-        async for event in self.stream.events():
+        # LiveKit's capture is a coroutine per frame, so the stream's events are queued for it.
+        events = EventQueue()
+        self.stream.listen(events)
+        async for event in events:
             if isinstance(event, AudioIn):
-                pcm = upsampler.process(decode_payload(event.payload))
+                pcm = upsampler.process(decode_payload(event.payload.decode("ascii")))
                 frame = rtc.AudioFrame(pcm.tobytes(), ROOM_RATE, 1, pcm.size)
                 try:
                     await source.capture_frame(frame)
@@ -357,8 +360,7 @@ class PhoneRoomBridge:
         """Mix the room every 20 ms and send it to Twilio on a real-time schedule."""
         loop = asyncio.get_running_loop()
         downsampler = Downsampler()
-        sid = self.stream.start.stream_sid
-        send = self.stream.socket.send_text
+        send = self.stream.send_media
         pacer = FramePacer(FRAME_S, loop.time(), self.tuning.max_burst)
         silent = True
         while True:
@@ -377,7 +379,7 @@ class PhoneRoomBridge:
                 silent = False
                 pcm = downsampler.process(np.frombuffer(mixed, dtype="<i2"))
                 if pcm.size:
-                    await send(tp.media_frame(sid, encode_payload(pcm)))
+                    send(encode_payload(pcm))
                     self.stats["frames_to_caller"] += 1
             self.stats["frames_skipped"] = pacer.skipped
 

@@ -1,22 +1,81 @@
 """What the conversation core needs from a transport (a Twilio stream, a LiveKit room, a test).
 
-The conversation never sees a transport's wire format: it gets these events and calls these
-methods, the way pipecat separates serializers from transports and LiveKit agents separate
-sessions from rooms.
+The conversation never sees a transport's wire format. A transport calls its
+:class:`TransportHandler` once per inbound event, synchronously (from its socket's callback, or
+from the clock that mixes a room), and the handler answers with :meth:`Transport.play` and
+:meth:`Transport.clear`, which never wait: a congested socket holds what is sent, in order.
+So a frame of a call is handled where it arrives, without waking a coroutine. Only what is
+rare and slow (hanging up and transferring through a REST API) is a coroutine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol
+
+
+class TransportHandler(Protocol):
+    """Takes a call's inbound events; called synchronously, so every method returns at once."""
+
+    def on_audio(self, payload_b64: bytes) -> None:
+        """One frame of caller audio: base64 (as ASCII bytes) in the transport's format
+        (µ-law for phone calls)."""
+        ...
+
+    def on_mark(self, name: str) -> None:
+        """The far end played everything up to this mark (or dropped it on a clear)."""
+        ...
+
+    def on_dtmf(self, digit: str) -> None:
+        """The caller pressed a key."""
+        ...
+
+    def on_end(self, reason: str) -> None:
+        """The call ended on the transport's side; nothing follows."""
+        ...
+
+
+class Transport(Protocol):
+    @property
+    def audio_format(self) -> Literal["audio/pcmu", "audio/pcm"]:
+        """The Realtime session's audio format on this transport (both directions)."""
+        ...
+
+    @property
+    def bytes_per_ms(self) -> float:
+        """Bytes of audio per millisecond in that format, for played-position accounting."""
+        ...
+
+    def listen(self, handler: TransportHandler | None) -> None:
+        """Send inbound events to ``handler`` from now on, first any that came before; None
+        stops (what comes then waits for the next handler)."""
+        ...
+
+    def play(self, payload_b64: str, mark: str) -> None:
+        """Queue agent audio at the far end, followed by a mark that echoes once played."""
+        ...
+
+    def clear(self) -> None:
+        """Drop agent audio queued at the far end (barge-in). The echoes of the marks it
+        drops reach the handler after this returns, never within it."""
+        ...
+
+    async def hang_up(self) -> None: ...
+
+    async def transfer(self, to: str) -> None: ...
+
+
+# The events as values, for a consumer that handles them in a coroutine of its own (the phone
+# bridge, whose caller audio goes to LiveKit's capture coroutine) and for tests.
 
 
 @dataclass(frozen=True, slots=True)
 class AudioIn:
-    """Caller audio, base64, in the transport's format (µ-law for phone calls)."""
+    """Caller audio, base64 as ASCII bytes, in the transport's format."""
 
-    payload: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,61 +98,28 @@ class CallEnded:
 TransportEvent = AudioIn | DtmfIn | MarkIn | CallEnded
 
 
-class Transport(Protocol):
-    @property
-    def audio_format(self) -> Literal["audio/pcmu", "audio/pcm"]:
-        """The Realtime session's audio format on this transport (both directions)."""
-        ...
+class EventQueue:
+    """A :class:`TransportHandler` that queues the events, for a consumer that must await per
+    event anyway (LiveKit's ``capture_frame``): iterate it until :class:`CallEnded`."""
 
-    @property
-    def bytes_per_ms(self) -> float:
-        """Bytes of audio per millisecond in that format, for played-position accounting."""
-        ...
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[TransportEvent] = asyncio.Queue()
 
-    def events(self) -> AsyncIterator[TransportEvent]:
-        """Inbound events until the call ends (the last one is CallEnded)."""
-        ...
+    def on_audio(self, payload_b64: bytes) -> None:
+        self._queue.put_nowait(AudioIn(payload_b64))
 
-    async def play(self, payload_b64: str, mark: str) -> None:
-        """Queue agent audio at the far end, followed by a mark that echoes once played."""
-        ...
+    def on_mark(self, name: str) -> None:
+        self._queue.put_nowait(MarkIn(name))
 
-    async def clear(self) -> None:
-        """Drop agent audio queued at the far end (barge-in)."""
-        ...
+    def on_dtmf(self, digit: str) -> None:
+        self._queue.put_nowait(DtmfIn(digit))
 
-    async def hang_up(self) -> None: ...
+    def on_end(self, reason: str) -> None:
+        self._queue.put_nowait(CallEnded(reason))
 
-    async def transfer(self, to: str) -> None: ...
-
-
-# Take one frame of caller audio (base64, as ASCII bytes) or another inbound event at once;
-# False if it cannot be handled now (it then comes from Transport.events()).
-AudioSink = Callable[[bytes], bool]
-EventSink = Callable[[TransportEvent], bool]
-
-
-@runtime_checkable
-class DirectAudio(Protocol):
-    """A transport that can also be driven synchronously, from its socket's callbacks: the
-    per-frame fast path of a phone call (optional; see ``Conversation``)."""
-
-    def set_sinks(self, audio: AudioSink | None, event: EventSink | None) -> None:
-        """From now on offer each inbound audio frame to ``audio`` and each other event to
-        ``event`` as it arrives, while the reader of :meth:`Transport.events` waits for the
-        next one; what they decline comes from ``events()`` as usual, in order. None stops
-        it."""
-        ...
-
-    def play_ready(self) -> bool:
-        """True when :meth:`play_now` can send at once (the socket is not congested)."""
-        ...
-
-    def play_now(self, payload_b64: str, mark: str) -> None:
-        """:meth:`Transport.play` without the wait for a congested socket to drain; call it
-        only after :meth:`play_ready`."""
-        ...
-
-    def clear_now(self) -> None:
-        """:meth:`Transport.clear` without the wait; call it only after :meth:`play_ready`."""
-        ...
+    async def __aiter__(self) -> AsyncIterator[TransportEvent]:
+        while True:
+            event = await self._queue.get()
+            yield event
+            if isinstance(event, CallEnded):
+                return

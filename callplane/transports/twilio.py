@@ -11,38 +11,20 @@ import asyncio
 import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from callplane.transports import twilio_protocol as tp
-from callplane.transports.base import (
-    AudioIn,
-    AudioSink,
-    CallEnded,
-    DtmfIn,
-    EventSink,
-    MarkIn,
-    TransportEvent,
-)
-from callplane.transports.picows_socket import PicowsSocket
+from callplane.transports.base import TransportHandler
+from callplane.transports.socket import MessageSocket
 
 log = logging.getLogger("callplane.twilio")
 T = TypeVar("T")
-
-
-class TextSocket(Protocol):
-    """The little the transport needs from a WebSocket (FastAPI's, or a test's)."""
-
-    async def receive(self) -> str | bytes | None:
-        """The next frame, or None when the peer closed."""
-        ...
-
-    async def send_text(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,14 +74,22 @@ class CallControl:
 
 
 class TwilioMediaStream:
-    """A Transport over one Twilio media stream whose ``start`` has already been read."""
+    """A Transport over one Twilio media stream whose ``start`` has already been read.
+
+    It is its socket's listener: each text frame is parsed where the socket's callback
+    delivers it and goes on to the handler at once. A compact media frame (nearly all of
+    them) is read from the bytes without the JSON decoder (:func:`twilio_protocol.
+    media_payload`); anything else goes through the full parser. Any
+    :class:`~callplane.transports.socket.MessageSocket` will do: picows's, the media app's
+    ASGI adapter, a test's.
+    """
 
     audio_format: Literal["audio/pcmu"] = "audio/pcmu"
     bytes_per_ms = 8.0
 
     def __init__(
         self,
-        socket: TextSocket,
+        socket: MessageSocket,
         start: tp.Start,
         control: CallControl | None,
         on_invalid: Callable[[str], None] | None = None,
@@ -110,93 +100,82 @@ class TwilioMediaStream:
         self.dropped: Counter[str] = Counter()
         self._on_invalid = on_invalid
         self._sid = start.stream_sid
+        self._handler: TransportHandler | None = None
+        self._audio: Callable[[bytes], None] = _ignore
+        self._ended = False
 
-    async def events(self) -> AsyncIterator[TransportEvent]:
-        while True:
-            frame = await self.socket.receive()
-            if frame is None:
-                yield CallEnded("stream_closed")
-                return
-            if isinstance(frame, bytes):
-                self._drop("binary_frame")
-                continue
-            parsed = tp.parse(frame)
-            if isinstance(parsed, tp.Media):
-                yield AudioIn(parsed.payload)
-            elif isinstance(parsed, tp.Mark):
-                yield MarkIn(parsed.name)
-            elif isinstance(parsed, tp.Dtmf):
-                yield DtmfIn(parsed.digit)
-            elif isinstance(parsed, tp.Stop):
-                yield CallEnded("caller_hung_up")
-                return
-            elif isinstance(parsed, tp.Invalid):
-                self._drop(parsed.reason)
+    # ---- Transport ---------------------------------------------------------------------------
 
-    def set_sinks(self, audio: AudioSink | None, event: EventSink | None) -> None:
-        """Frames straight to the sinks from the socket's callback (see
-        :class:`~callplane.transports.base.DirectAudio`): on a picows socket only; on any
-        other socket everything keeps coming from :meth:`events`."""
-        socket = self.socket
-        if isinstance(socket, PicowsSocket):
-            socket.on_text_now = None if audio is None else self._frame_now(audio, event)
+    def listen(self, handler: TransportHandler | None) -> None:
+        self._handler = handler
+        if handler is None:
+            self.socket.listen(None)  # frames wait in the socket for the next handler
+            return
+        self._audio = handler.on_audio
+        self.socket.listen(self)
 
-    @staticmethod
-    def _frame_now(audio: AudioSink, event: EventSink | None) -> Callable[[bytes], bool]:
-        media_payload = tp.media_payload
-
-        def frame_now(data: bytes) -> bool:
-            # What events() would do with this frame, minus waking its reader: a compact
-            # media frame (nearly all of them) is audio for the sink, read from the bytes;
-            # a mark is offered as MarkIn. Anything else (DTMF, stop, an invalid frame or
-            # one the sinks decline) is queued and parsed again in events().
-            payload = media_payload(data)
-            if payload is not None:
-                return audio(payload)
-            if event is None:
-                return False
-            frame = tp.parse(data.decode("utf-8"))
-            return isinstance(frame, tp.Mark) and event(MarkIn(frame.name))
-
-        return frame_now
-
-    def play_ready(self) -> bool:
-        socket = self.socket
-        return (
-            isinstance(socket, PicowsSocket)
-            and not socket.disconnected
-            and socket.writable.is_set()
-        )
-
-    def play_now(self, payload_b64: str, mark: str) -> None:
-        socket = self.socket
-        assert isinstance(socket, PicowsSocket)
+    def play(self, payload_b64: str, mark: str) -> None:
+        send = self.socket.send
         sid = self._sid
-        socket.send_now(tp.media_frame(sid, payload_b64))
-        socket.send_now(tp.mark_frame(sid, mark))
+        send(tp.media_frame(sid, payload_b64))
+        send(tp.mark_frame(sid, mark))
 
-    def clear_now(self) -> None:
-        socket = self.socket
-        assert isinstance(socket, PicowsSocket)
-        socket.send_now(tp.clear_frame(self._sid))
+    def send_media(self, payload_b64: str) -> None:
+        """Audio without a mark (the phone bridge paces its own frames and needs no echo)."""
+        self.socket.send(tp.media_frame(self._sid, payload_b64))
 
-    def _drop(self, reason: str) -> None:
-        self.dropped[reason] += 1
-        if self._on_invalid is not None:
-            self._on_invalid(reason)
-
-    async def play(self, payload_b64: str, mark: str) -> None:
-        await self.socket.send_text(tp.media_frame(self._sid, payload_b64))
-        await self.socket.send_text(tp.mark_frame(self._sid, mark))
-
-    async def clear(self) -> None:
-        await self.socket.send_text(tp.clear_frame(self._sid))
+    def clear(self) -> None:
+        self.socket.send(tp.clear_frame(self._sid))
 
     async def hang_up(self) -> None:
         await self._control("hang_up", lambda c: c.hang_up())
 
     async def transfer(self, to: str) -> None:
         await self._control("transfer", lambda c: c.transfer(to))
+
+    # ---- SocketListener ------------------------------------------------------------------------
+
+    def on_text(self, data: bytes) -> None:
+        payload = _media_payload(data)
+        if payload is not None:
+            self._audio(payload)
+        else:
+            self._other(data)
+
+    def on_binary(self, data: bytes) -> None:
+        self._drop("binary_frame")
+
+    def on_close(self, code: int | None, reason: str) -> None:
+        self._end("stream_closed")
+
+    def _other(self, data: bytes) -> None:
+        """A frame that is not compact media: the full parser judges it."""
+        handler = self._handler
+        if handler is None or self._ended:
+            return
+        parsed = tp.parse(data.decode("utf-8", "replace"))
+        if isinstance(parsed, tp.Media):
+            handler.on_audio(parsed.payload.encode("ascii"))  # checked to be base64
+        elif isinstance(parsed, tp.Mark):
+            handler.on_mark(parsed.name)
+        elif isinstance(parsed, tp.Dtmf):
+            handler.on_dtmf(parsed.digit)
+        elif isinstance(parsed, tp.Stop):
+            self._end("caller_hung_up")
+        elif isinstance(parsed, tp.Invalid):
+            self._drop(parsed.reason)
+
+    def _end(self, reason: str) -> None:
+        handler = self._handler
+        if handler is not None and not self._ended:
+            self._ended = True
+            self._audio = _ignore
+            handler.on_end(reason)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        if self._on_invalid is not None:
+            self._on_invalid(reason)
 
     async def _control(self, what: str, action: Callable[[CallControl], Awaitable[None]]) -> None:
         if self.control is None:
@@ -210,3 +189,10 @@ class TwilioMediaStream:
             await action(self.control)
         except Exception:
             log.exception("call %s: %s through Twilio's REST API failed", self.start.call_sid, what)
+
+
+_media_payload = tp.media_payload
+
+
+def _ignore(payload: bytes) -> None:
+    """Caller audio with nobody to take it (the call has ended)."""

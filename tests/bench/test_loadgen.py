@@ -247,3 +247,39 @@ def test_relay_bench_measures_a_real_bridge_through_the_go_harness(
     assert run["inbound_ms"]["count"] == frames["in_received"]
     assert run["barge_in_ms"]["count"] == frames["clears"]
     assert run["errors"] == {} and frames["streams_closed_early"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_relay_bench_congestion_case_loses_nothing_while_twilio_stalls(tmp_path: Path) -> None:
+    """Every stream stops reading for a second: the bridge holds what it cannot send and
+    delivers all of it afterwards, in order."""
+    out = tmp_path / "relay.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "bench/relay.py",
+            "--calls",
+            "3",
+            "--seconds",
+            "3",
+            "--stall-every",
+            "1",
+            "--stall-after",
+            "0.5",
+            "--stall-for",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+    )
+    run = json.loads(out.read_text())["runs"][0]
+    frames = run["frames"]
+    assert frames["stalled"] == 3
+    assert frames["in_lost"] == frames["in_duplicated"] == frames["in_reordered"] == 0
+    assert frames["out_sent"] > 0 and frames["out_received"] == frames["out_sent"]
+    assert frames["out_lost"] == frames["out_duplicated"] == frames["out_reordered"] == 0
+    assert run["outbound_ms"]["max"] >= 500  # the stall shows: frames waited for the reader

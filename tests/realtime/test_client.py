@@ -1,5 +1,6 @@
 """The Realtime client's socket handling against a real WebSocket server on loopback: whole
-and fragmented messages, the server's close code, a refused handshake, and sends in order."""
+and fragmented messages, the server's close code, a refused handshake, and sends in order;
+and over the tests' fake socket, sends held in order while the server does not keep up."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from callplane.realtime.client import RealtimeClient, RealtimeClosed, RealtimeSettings
+from tests.doubles import FakeRealtime
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -33,14 +35,12 @@ def settings(url: str) -> RealtimeSettings:
     return RealtimeSettings(url=url, api_key="sk-test")
 
 
-async def collect(client: RealtimeClient) -> tuple[list[dict[str, object]], RealtimeClosed]:
-    got: list[dict[str, object]] = []
-    try:
-        async for event in client.events():
-            got.append(event)
-    except RealtimeClosed as closed:
-        return got, closed
-    raise AssertionError("events() ended without RealtimeClosed")
+async def collect(client: RealtimeClient) -> tuple[list[dict[str, Any]], RealtimeClosed]:
+    """Every event the client's handler gets until the socket closes, and the close."""
+    got: list[dict[str, Any]] = []
+    closed: asyncio.Future[RealtimeClosed] = asyncio.get_running_loop().create_future()
+    client.listen(got.append, closed.set_result)
+    return got, await asyncio.wait_for(closed, 5)
 
 
 async def test_whole_and_fragmented_messages_arrive_in_order_then_the_close_code() -> None:
@@ -78,14 +78,14 @@ async def test_sends_arrive_in_order_and_a_send_after_the_close_raises() -> None
     async with server(handler) as url:
         client = RealtimeClient(settings(url))
         await client.connect()
-        await client.send({"type": "session.update", "session": {"type": "realtime"}})
+        client.send({"type": "session.update", "session": {"type": "realtime"}})
         for i in range(1000):
-            await client.append_audio(f"AAAA{i:04d}")
+            client.append_audio(f"AAAA{i:04d}".encode())
         await asyncio.wait_for(done.wait(), 5)
         _, closed = await collect(client)
         assert closed.code == 1000
         with pytest.raises(RealtimeClosed):
-            await client.append_audio("AAAA")
+            client.append_audio(b"AAAA")
         await client.close()
     assert json.loads(received[0])["type"] == "session.update"
     appends = [json.loads(m) for m in received[1:]]
@@ -117,34 +117,22 @@ async def test_an_empty_key_is_refused_before_connecting() -> None:
         await RealtimeClient(RealtimeSettings(url="ws://127.0.0.1:9/")).connect()
 
 
-async def test_the_event_sink_takes_events_while_the_reader_waits_and_the_rest_keep_order() -> None:
+async def test_events_that_come_before_the_handler_are_handed_to_it_in_order() -> None:
     async def handler(ws: ServerConnection) -> None:
-        await asyncio.sleep(0.05)  # the client is reading by then
         for i in range(6):
-            await ws.send(json.dumps({"type": "keep" if i in (2, 4) else "take", "i": i}))
-            await asyncio.sleep(0.02)  # the client's reader is waiting again by the next one
+            await ws.send(json.dumps({"type": "server.event", "i": i}))
+        await asyncio.sleep(0.05)
+        await ws.send(json.dumps(["not", "an", "object"]))  # skipped
+        await ws.send(json.dumps({"type": "server.event", "i": 6}))
         await ws.close(1000)
 
     async with server(handler) as url:
         client = RealtimeClient(settings(url))
         await client.connect()
-        taken: list[int] = []
-
-        def sink(event: dict[str, object]) -> bool:
-            if event["type"] != "take":
-                return False
-            taken.append(cast(int, event["i"]))
-            return True
-
-        client.set_event_sink(sink)
+        await asyncio.sleep(0.03)  # the first events arrive before anyone listens
         got, closed = await collect(client)
         await client.close()
-    read = [cast(int, e["i"]) for e in got]
-    # each event exactly once; the declined ones (and any that came while the reader was
-    # busy) through events(), in order
-    assert sorted([*taken, *read]) == list(range(6))
-    assert {2, 4} <= set(read) and read == sorted(read)
-    assert taken == sorted(taken) and taken
+    assert [e["i"] for e in got] == list(range(7))
     assert closed.code == 1000
 
 
@@ -161,18 +149,18 @@ def recorder(received: list[str], close_after: int) -> Handler:
     return handler
 
 
-async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -> None:
+async def test_append_audio_sends_the_append_and_raises_once_closed() -> None:
     received: list[str] = []
 
     async with server(recorder(received, close_after=2)) as url:
         client = RealtimeClient(settings(url))
         await client.connect()
-        assert client.append_audio_now(b"AAAA")
-        await client.append_audio("BBBB")
+        client.append_audio(b"AAAA")
+        client.append_audio(b"BBBB")
         _, closed = await collect(client)
         assert closed.code == 1000
         with pytest.raises(RealtimeClosed):
-            client.append_audio_now(b"CCCC")
+            client.append_audio(b"CCCC")
         await client.close()
     assert [json.loads(m) for m in received] == [
         {"type": "input_audio_buffer.append", "audio": "AAAA"},
@@ -180,25 +168,48 @@ async def test_append_audio_now_sends_the_same_append_and_raises_once_closed() -
     ]
 
 
-async def test_send_now_sends_in_order_with_awaited_sends_and_raises_once_closed() -> None:
+async def test_send_keeps_order_with_appends_and_raises_before_connecting_and_once_closed() -> None:
     received: list[str] = []
 
     async with server(recorder(received, close_after=3)) as url:
         client = RealtimeClient(settings(url))
-        assert not client.can_send_now()  # not connected yet
+        with pytest.raises(RealtimeClosed, match="not connected"):
+            client.send({"type": "response.cancel"})
         await client.connect()
-        assert client.can_send_now()
-        client.send_now({"type": "conversation.item.truncate", "item_id": "item_1"})
-        await client.send({"type": "response.cancel"})
-        client.send_now({"type": "response.create"})
+        client.send({"type": "conversation.item.truncate", "item_id": "item_1"})
+        client.append_audio(b"AAAA")
+        client.send({"type": "response.create"})
         _, closed = await collect(client)
         assert closed.code == 1000
-        assert not client.can_send_now()
         with pytest.raises(RealtimeClosed):
-            client.send_now({"type": "response.cancel"})
+            client.send({"type": "response.cancel"})
         await client.close()
     assert [json.loads(m)["type"] for m in received] == [
         "conversation.item.truncate",
-        "response.cancel",
+        "input_audio_buffer.append",
         "response.create",
     ]
+
+
+async def test_sends_to_a_congested_server_are_held_and_flushed_in_order() -> None:
+    realtime = FakeRealtime()
+    client = RealtimeClient(settings("ws://realtime.test/v1/realtime"), realtime.dial)
+    await client.connect()
+    socket = realtime.session
+    client.append_audio(b"AAAA")
+    socket.congest()
+    for payload in (b"BBBB", b"CCCC", b"DDDD"):
+        client.append_audio(payload)
+    client.send({"type": "response.cancel"})
+    assert len(socket.written) == 1 and socket.flow.buffered == 4
+    socket.drain()
+    sent = realtime.received(appends=True)
+    assert [e.get("audio", e["type"]) for e in sent] == [
+        "AAAA",
+        "BBBB",
+        "CCCC",
+        "DDDD",
+        "response.cancel",
+    ]
+    await client.close()
+    assert socket.closed_with == 1000

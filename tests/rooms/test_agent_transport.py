@@ -2,7 +2,7 @@
 
 The room tests start a real livekit-server (tests/livekit_server.py): a listener participant
 hears the agent's audio, marks echo once the audio has played in real time, a clear echoes the
-pending marks at once, and a human's speech comes out of ``events()`` as PCM.
+pending marks right after it, and a human's speech reaches the handler's ``on_audio`` as PCM.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from callplane.rooms.agent_transport import (
 from callplane.rooms.playout import PlayoutQueue
 from callplane.transports.base import AudioIn, CallEnded, MarkIn, TransportEvent
 from callplane.transports.playback import PlaybackTracker
+from tests.doubles import RecordingHandler
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.support.livekit_people import join, publish_microphone
 from tests.support.waiting import until
@@ -150,9 +151,15 @@ def test_echoes_of_a_clear_are_void_for_the_core() -> None:
 # --- the transport in a real room ---------------------------------------------------------------
 
 
-async def _collect(transport: LiveKitRoomTransport, into: list[TransportEvent]) -> None:
-    async for event in transport.events():
-        into.append(event)
+def _collect(transport: LiveKitRoomTransport) -> list[TransportEvent]:
+    """The events the transport hands its handler, as they come."""
+    handler = RecordingHandler()
+    transport.listen(handler)
+    return handler.events
+
+
+async def _ended(events: list[TransportEvent]) -> None:
+    await until(lambda: events and isinstance(events[-1], CallEnded), 5, "the end")
 
 
 def _tone(ms: int, amplitude: int = 8000, freq: float = 440.0) -> bytes:
@@ -177,15 +184,14 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
         "track_subscribed",
         lambda track, pub, who: readers.append(asyncio.create_task(listen(track))),
     )
-    events: list[TransportEvent] = []
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
             assert transport.track_sid
-            collector = asyncio.create_task(_collect(transport, events))
+            events = _collect(transport)
             await until(lambda: readers, 10, "the listener to subscribe to the agent's track")
             start = time.monotonic()
-            await transport.play(base64.b64encode(_tone(400)).decode(), "m1")
-            await transport.play(base64.b64encode(_tone(400)).decode(), "m2")
+            transport.play(base64.b64encode(_tone(400)).decode(), "m1")
+            transport.play(base64.b64encode(_tone(400)).decode(), "m2")
             await until(lambda: sum(isinstance(e, MarkIn) for e in events) == 2, 10, "both marks")
             elapsed = time.monotonic() - start
             marks = [e.name for e in events if isinstance(e, MarkIn)]
@@ -194,7 +200,7 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
             assert elapsed >= 0.75
             await until(lambda: any(level > 2000 for level in heard), 5, "audible audio")
             transport.leave("test_done")
-            await asyncio.wait_for(collector, 5)
+            await _ended(events)
             assert isinstance(events[-1], CallEnded) and events[-1].reason == "test_done"
     finally:
         for task in readers:
@@ -205,27 +211,24 @@ async def test_agent_audio_reaches_a_listener_and_marks_echo_in_real_time(
 
 async def test_clear_echoes_pending_marks_at_once(livekit: LiveKitServer) -> None:
     agent_room = await join(livekit, "agent-t2", "transport-clear")
-    events: list[TransportEvent] = []
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
-            collector = asyncio.create_task(_collect(transport, events))
+            events = _collect(transport)
             for i in range(5):
-                await transport.play(base64.b64encode(_tone(1000)).decode(), f"m{i}")
+                transport.play(base64.b64encode(_tone(1000)).decode(), f"m{i}")
             await asyncio.sleep(0.3)  # the first second of audio is playing
             assert not any(isinstance(e, MarkIn) for e in events)
             cleared_at = time.monotonic()
-            await transport.clear()
+            transport.clear()
+            assert not any(isinstance(e, MarkIn) for e in events)  # not within clear()
             await until(
-                lambda: sum(isinstance(e, MarkIn) for e in events) == 5,
-                1,
-                "the voided marks",
-                interval=0.02,  # the clear is timed below
+                lambda: sum(isinstance(e, MarkIn) for e in events) == 5, 1, "the voided marks"
             )
             assert time.monotonic() - cleared_at < 0.5
             assert [e.name for e in events if isinstance(e, MarkIn)] == [f"m{i}" for i in range(5)]
             assert transport.playout.idle
             await transport.hang_up()  # leaves the room
-            await asyncio.wait_for(collector, 5)
+            await _ended(events)
             assert events[-1] == CallEnded("agent_hung_up")
             assert not agent_room.isconnected()
     finally:
@@ -236,7 +239,6 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
     agent_room = await join(livekit, "agent-t3", "transport-hear")
     human = await join(livekit, "bob", "transport-hear")
     other_agent = await join(livekit, "agent-other", "transport-hear")
-    events: list[TransportEvent] = []
 
     async def talk(source: rtc.AudioSource, amplitude: int, freq: float, seconds: float) -> None:
         chunk = _tone(20, amplitude, freq)
@@ -245,7 +247,7 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
 
     try:
         async with LiveKitRoomTransport(agent_room) as transport:
-            collector = asyncio.create_task(_collect(transport, events))
+            events = _collect(transport)
             bob_mic, _ = await publish_microphone(human)
             robot_mic, _ = await publish_microphone(other_agent)
             await until(lambda: transport.humans_heard(), 10, "bob's track in the mix")
@@ -265,7 +267,7 @@ async def test_a_human_is_heard_and_another_agent_is_not(livekit: LiveKitServer)
             await human.disconnect()
             await until(lambda: not transport.humans_heard(), 10, "bob to leave the mix")
             transport.leave("done")
-            await asyncio.wait_for(collector, 5)
+            await _ended(events)
     finally:
         await other_agent.disconnect()
         await human.disconnect()

@@ -42,6 +42,7 @@ from callplane.rooms.phone_audio import (
 )
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
+from tests.doubles import FakeSocket
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.support.livekit_people import join, publish_microphone
 from tests.support.ports import free_port
@@ -224,19 +225,17 @@ class RecordingControl(CallControl):
         self.hung_up.set()
 
 
-@dataclass
-class FakeTwilio:
+class FakeTwilio(FakeSocket):
     """Twilio's side of a media stream, in memory: frames in, frames out with arrival times."""
 
-    call_sid: str = "CA_room_call"
-    inbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
-    sent: list[tuple[float, str]] = field(default_factory=list)
+    def __init__(self, call_sid: str = "CA_room_call") -> None:
+        super().__init__()
+        self.call_sid = call_sid
+        self.sent: list[tuple[float, str]] = []
 
-    async def receive(self) -> str | bytes | None:
-        return await self.inbox.get()
-
-    async def send_text(self, text: str) -> None:
-        self.sent.append((time.monotonic(), text))
+    def _write(self, text: str | bytes) -> None:
+        super()._write(text)
+        self.sent.append((time.monotonic(), self.written[-1]))
 
     def stream(self, control: CallControl | None = None) -> TwilioMediaStream:
         start = tp.Start(
@@ -252,14 +251,14 @@ class FakeTwilio:
         for n, i in enumerate(range(0, pcm.size - PHONE_FRAME + 1, PHONE_FRAME)):
             payload = encode_payload(pcm[i : i + PHONE_FRAME])
             frame = {"event": "media", "media": {"payload": payload, "timestamp": str(n * 20)}}
-            await self.inbox.put(json.dumps(frame))
+            self.deliver(frame)
             await asyncio.sleep(0.02)
 
     def press(self, digit: str) -> None:
-        self.inbox.put_nowait(json.dumps({"event": "dtmf", "dtmf": {"digit": digit}}))
+        self.deliver({"event": "dtmf", "dtmf": {"digit": digit}})
 
     def hang_up(self) -> None:
-        self.inbox.put_nowait(json.dumps({"event": "stop", "stop": {"callSid": self.call_sid}}))
+        self.deliver({"event": "stop", "stop": {"callSid": self.call_sid}})
 
     def media(self) -> list[tuple[float, Int16Array]]:
         """The media frames the bridge sent, decoded, with when they arrived."""

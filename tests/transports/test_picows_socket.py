@@ -1,15 +1,18 @@
-"""PicowsSocket's fast path: a synchronous consumer gets a text message only while a reader
-waits with nothing queued, and whatever it declines (or fails on) reaches the reader in order."""
+"""PicowsSocket as a MessageSocket: text frames go straight to the listener (held, in order,
+while there is none), a failing listener does not stop the socket, and sends are held in order
+while the kernel's buffer is full."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, cast
 
-from picows import WSMsgType, WSTransport
+from picows import WSMsgType, WSTransport, WSUpgradeRequest, ws_connect, ws_create_server
 from picows.picows import _make_test_ws_frame
 
 from callplane.transports.picows_socket import PicowsSocket
+from callplane_standins.serving import bind_loopback
+from tests.doubles import until
 
 
 class _Transport:
@@ -22,53 +25,150 @@ class _Transport:
         self.sent.append((kind, data))
 
 
-def _text(socket: PicowsSocket, text: str) -> None:
-    frame = _make_test_ws_frame(WSMsgType.TEXT, text.encode(), True, False)
+class _Listener:
+    def __init__(self, fail_on: bytes | None = None) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.fail_on = fail_on
+        self.closed: list[tuple[int | None, str]] = []
+
+    def on_text(self, data: bytes) -> None:
+        if data == self.fail_on:
+            raise ValueError("not this one")
+        self.got.append(("text", data))
+
+    def on_binary(self, data: bytes) -> None:
+        self.got.append(("binary", data))
+
+    def on_close(self, code: int | None, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+def _frame(socket: PicowsSocket, kind: WSMsgType, data: bytes, fin: bool = True) -> None:
+    frame = _make_test_ws_frame(kind, data, fin, False)
     socket.on_ws_frame(cast(WSTransport, _Transport()), frame)
 
 
-async def test_the_consumer_is_offered_messages_only_while_a_reader_waits() -> None:
+def _text(socket: PicowsSocket, text: str) -> None:
+    _frame(socket, WSMsgType.TEXT, text.encode())
+
+
+def test_messages_are_held_until_a_listener_comes_then_delivered_in_order() -> None:
     socket = PicowsSocket()
-    taken: list[bytes] = []
-
-    def now(data: bytes) -> bool:
-        taken.append(data)
-        return data.startswith(b"take")
-
-    socket.on_text_now = now
-    _text(socket, "take 1")  # nobody reading: queued, not offered
-    assert taken == [] and list(socket.messages) == ["take 1"]
-    assert await socket.receive() == "take 1"
-
-    reader = asyncio.ensure_future(socket.receive())
-    await asyncio.sleep(0)  # the reader now waits
-    _text(socket, "take 2")  # taken at once
-    _text(socket, "keep 3")  # declined: queued, and wakes the reader
-    _text(socket, "take 4")  # something is queued: behind it, not offered
-    assert taken == [b"take 2", b"keep 3"]
-    assert await reader == "keep 3"
-    assert await socket.receive() == "take 4"
+    _text(socket, "one")
+    _frame(socket, WSMsgType.BINARY, b"\x00two")
+    listener = _Listener()
+    socket.listen(listener)
+    _text(socket, "three")
+    assert listener.got == [("text", b"one"), ("binary", b"\x00two"), ("text", b"three")]
+    socket.listen(None)
+    _text(socket, "four")  # held for the next listener
+    assert len(listener.got) == 3
+    other = _Listener()
+    socket.listen(other)
+    assert other.got == [("text", b"four")]
 
 
-async def test_a_consumer_that_raises_leaves_the_message_to_the_reader() -> None:
-    socket = PicowsSocket()
-
-    def now(data: bytes) -> bool:
-        raise ValueError("not now")
-
-    socket.on_text_now = now
-    reader = asyncio.ensure_future(socket.receive())
-    await asyncio.sleep(0)
-    _text(socket, "hello")
-    assert await reader == "hello"
-
-
-async def test_send_now_takes_text_or_bytes_and_refuses_once_disconnected() -> None:
+def test_fragments_are_put_together_and_the_close_comes_after_every_message() -> None:
     socket = PicowsSocket()
     transport = _Transport()
     socket.on_ws_connected(cast(WSTransport, transport))
-    assert socket.send_now("a") and socket.send_now(b"b")
+    _frame(socket, WSMsgType.TEXT, b'{"a":', fin=False)
+    _frame(socket, WSMsgType.CONTINUATION, b"1}")
+    socket.on_ws_disconnected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)  # late: the message first, then the close
+    assert listener.got == [("text", b'{"a":1}')]
+    assert listener.closed == [(None, "")]
+    assert socket.closed
+
+
+def test_a_listener_that_raises_does_not_stop_the_socket() -> None:
+    socket = PicowsSocket()
+    listener = _Listener(fail_on=b"bad")
+    socket.listen(listener)
+    _text(socket, "bad")
+    _text(socket, "good")
+    assert listener.got == [("text", b"good")]
+
+
+def test_send_takes_text_or_bytes_and_refuses_once_disconnected() -> None:
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    assert socket.send("a") and socket.send(b"b")
     assert transport.sent == [(WSMsgType.TEXT, "a"), (WSMsgType.TEXT, b"b")]
     socket.on_ws_disconnected(cast(WSTransport, transport))
-    assert not socket.send_now("c")
-    assert await socket.receive() is None
+    assert not socket.send("c")
+    assert socket.closed
+
+
+def test_sends_while_the_peer_is_paused_are_held_and_written_in_order_on_resume() -> None:
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    socket.send("1")
+    socket.pause_writing()
+    for n in ("2", "3", "4"):
+        assert socket.send(n)
+    assert [data for _, data in transport.sent] == ["1"]
+    assert socket.flow.buffered == 3 and socket.flow.pauses == 1
+    socket.resume_writing()
+    socket.send("5")
+    assert [data for _, data in transport.sent] == ["1", "2", "3", "4", "5"]
+    assert socket.flow.buffered == 0 and socket.flow.open
+
+
+def test_a_pause_during_the_flush_keeps_the_rest_held() -> None:
+    socket = PicowsSocket()
+
+    class Pausing(_Transport):
+        def send(self, kind: Any, data: Any) -> None:
+            super().send(kind, data)
+            if data == "2":  # this write fills the kernel's buffer again
+                socket.pause_writing()
+
+    transport = Pausing()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    socket.pause_writing()
+    for n in ("1", "2", "3"):
+        socket.send(n)
+    socket.resume_writing()
+    assert [data for _, data in transport.sent] == ["1", "2"]
+    socket.send("4")
+    socket.resume_writing()
+    assert [data for _, data in transport.sent] == ["1", "2", "3", "4"]
+
+
+async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads_again() -> None:
+    """On real loopback sockets: the kernel's buffers fill, picows pauses the socket's writes,
+    FlowControl holds the rest, and a resumed reader gets every message, in order."""
+    served: list[PicowsSocket] = []
+
+    def upgrade(request: WSUpgradeRequest) -> PicowsSocket:
+        socket = PicowsSocket()
+        served.append(socket)
+        return socket
+
+    sock = bind_loopback()
+    server = await ws_create_server(upgrade, sock=sock)
+    transport, client = await ws_connect(PicowsSocket, f"ws://127.0.0.1:{sock.getsockname()[1]}/")
+    assert isinstance(client, PicowsSocket)
+    listener = _Listener()
+    client.listen(listener)
+    try:
+        await asyncio.sleep(0.05)
+        peer = served[0]
+        transport.underlying_transport.pause_reading()  # the client stops reading
+        body = "x" * 300
+        total = 20_000
+        for n in range(total):
+            assert peer.send(f"{n:06d}{body}")
+        assert peer.flow.pauses >= 1 and peer.flow.buffered > 0
+        transport.underlying_transport.resume_reading()
+        await until(lambda: len(listener.got) >= total, "every message", timeout=10)
+        assert [int(data[:6]) for _, data in listener.got] == list(range(total))
+        assert peer.flow.buffered == 0 and peer.flow.open
+    finally:
+        transport.disconnect()
+        server.close()
+        await server.wait_closed()

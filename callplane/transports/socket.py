@@ -1,0 +1,237 @@
+"""The one WebSocket interface the bridge's code sees, whichever server or client holds it.
+
+A call's sockets carry 50 frames a second each way, so the interface is synchronous on both
+sides: a socket calls its listener once per inbound message, from its own callback, and
+``send`` never waits. Waking a coroutine per frame would cost more than forwarding the frame.
+
+* :class:`MessageSocket`: ``send`` (non-blocking), ``listen`` (register the listener that gets
+  every message), ``flow`` (whether the peer keeps up) and ``close``. The picows socket
+  (:mod:`callplane.transports.picows_socket`), the ASGI adapter of the media app's route
+  (:mod:`functions.asgi_socket`) and the tests' fake implement it.
+* :class:`SocketListener`: what a socket calls: text messages (as UTF-8 bytes, so that a media
+  frame's base64 goes on without a decode and an encode), binary messages, and the close.
+* :class:`FlowControl`: per socket, whether the peer is writable; while it is not (the kernel's
+  buffer is full, a slow reader), sends are kept in order and written when it is again, so
+  that congestion loses, duplicates and reorders nothing.
+* :class:`Inbox`: the receiving half every implementation shares: messages that arrive while
+  no listener is registered are held in order and handed to the next one, so a consumer may
+  take over a socket mid-stream (the stream handler reads ``start``, then the call's transport
+  reads the rest) without a message slipping past.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("callplane.socket")
+
+
+class SocketListener(Protocol):
+    """Called by a socket for every inbound message, synchronously, on the event loop. The
+    calls must not block; an exception is logged by the socket and does not stop it."""
+
+    def on_text(self, data: bytes) -> None:
+        """A whole text message, as its UTF-8 bytes."""
+        ...
+
+    def on_binary(self, data: bytes) -> None:
+        """A whole binary message."""
+        ...
+
+    def on_close(self, code: int | None, reason: str) -> None:
+        """The connection is gone (``code`` is the peer's close code, if it sent one); called
+        once, after every message that arrived before it."""
+        ...
+
+
+Write = Callable[[str | bytes], None]
+
+
+class FlowControl:
+    """Whether the peer is writable, and the messages held back while it is not.
+
+    The socket calls :meth:`pause_writing` when its transport's buffer passes its high-water
+    mark and :meth:`resume_writing` when it has drained (asyncio's protocol callbacks, which
+    uvicorn's ``FlowControl`` follows too). While paused, :meth:`send` keeps messages in a
+    queue instead of writing them; on resume the queue is written in order, stopping again if
+    the transport pauses midway. Messages sent while the queue is not empty join it, so order
+    never changes. Nothing is dropped: a peer that stops reading costs memory
+    (:attr:`buffered`), not audio.
+
+    ``open`` is True exactly when a message may be written at once, so that a socket's send
+    can test one attribute before writing directly (the per-frame case).
+    """
+
+    __slots__ = ("_backlog", "_write", "open", "pauses", "write_paused")
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+        self._backlog: deque[str | bytes] = deque()
+        self.write_paused = False
+        self.open = True
+        self.pauses = 0  # how often the peer stopped keeping up, for stats and tests
+
+    def send(self, message: str | bytes) -> None:
+        """Write ``message`` now, or queue it behind what is held back."""
+        if self.open:
+            self._write(message)
+        else:
+            self._backlog.append(message)
+
+    def hold(self, message: str | bytes) -> None:
+        """Queue ``message`` (for a socket that tested :attr:`open` itself)."""
+        self._backlog.append(message)
+
+    def pause_writing(self) -> None:
+        if not self.write_paused:
+            self.write_paused = True
+            self.open = False
+            self.pauses += 1
+
+    def resume_writing(self) -> None:
+        """Write what was held back, in order, for as long as the peer keeps up."""
+        self.write_paused = False
+        backlog = self._backlog
+        while backlog:
+            if self.write_paused:  # the write below filled the buffer again
+                return
+            self._write(backlog.popleft())
+        self.open = not self.write_paused
+
+    @property
+    def buffered(self) -> int:
+        """Messages held back, waiting for the peer."""
+        return len(self._backlog)
+
+    def discard(self) -> None:
+        """The connection is gone: what was held back will never be written."""
+        self._backlog.clear()
+
+
+class MessageSocket(Protocol):
+    """A WebSocket as the bridge uses it (see the module docstring)."""
+
+    @property
+    def flow(self) -> FlowControl:
+        """This socket's flow control: whether its peer keeps up."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """The connection is gone (either side closed it)."""
+        ...
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code, once it sent one."""
+        ...
+
+    @property
+    def close_reason(self) -> str:
+        """The peer's close reason, once it sent one."""
+        ...
+
+    def send(self, text: str | bytes) -> bool:
+        """Send a text message (``str``, or its UTF-8 bytes) without waiting: written now, or
+        held in order by :attr:`flow` while the peer does not keep up. False (and nothing
+        sent) once the connection is gone."""
+        ...
+
+    def listen(self, listener: SocketListener | None) -> None:
+        """Deliver every inbound message to ``listener`` from now on, first those held while
+        there was none; None holds them again."""
+        ...
+
+    async def close(self, code: int = 1000) -> None:
+        """Close with ``code`` (4000-4999 for the application's reasons) unless already gone."""
+        ...
+
+
+_TEXT = True
+_BINARY = False
+
+
+class Inbox:
+    """Hands inbound messages to a socket's listener, holding them while there is none.
+
+    :attr:`on_text` is the listener's ``on_text`` while it can take a message at once (a
+    listener is registered and nothing is held): a socket's per-frame path calls it directly
+    and uses :meth:`text` otherwise.
+    """
+
+    __slots__ = ("_held", "_listener", "close_code", "close_reason", "closed", "on_text")
+
+    def __init__(self) -> None:
+        self.on_text: Callable[[bytes], None] | None = None
+        self._listener: SocketListener | None = None
+        self._held: deque[tuple[bool, bytes]] = deque()
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    def listen(self, listener: SocketListener | None) -> None:
+        """Make ``listener`` the receiver, after handing it what was held (it may stop
+        listening midway, which leaves the rest held)."""
+        self._listener = listener
+        self.on_text = None
+        if listener is None:
+            return
+        held = self._held
+        while held:
+            if self._listener is not listener:
+                return
+            text, data = held.popleft()
+            _deliver(listener, text, data)
+        if self._listener is not listener:
+            return
+        if self.closed:
+            _closed(listener, self.close_code, self.close_reason)
+        else:
+            self.on_text = listener.on_text
+
+    def text(self, data: bytes) -> None:
+        """A text message: to the listener, or held."""
+        self._message(_TEXT, data)
+
+    def binary(self, data: bytes) -> None:
+        """A binary message: to the listener, or held."""
+        self._message(_BINARY, data)
+
+    def _message(self, text: bool, data: bytes) -> None:
+        listener = self._listener
+        if listener is None or self._held:
+            self._held.append((text, data))
+        else:
+            _deliver(listener, text, data)
+
+    def peer_gone(self, code: int | None, reason: str) -> None:
+        """The connection ended: tell the listener once it has had every message."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self.on_text = None
+        listener = self._listener
+        if listener is not None and not self._held:
+            _closed(listener, code, reason)
+
+
+def _deliver(listener: SocketListener, text: bool, data: bytes) -> None:
+    try:
+        if text:
+            listener.on_text(data)
+        else:
+            listener.on_binary(data)
+    except Exception:
+        log.exception("a socket listener failed on a message; the socket goes on")
+
+
+def _closed(listener: SocketListener, code: int | None, reason: str) -> None:
+    try:
+        listener.on_close(code, reason)
+    except Exception:
+        log.exception("a socket listener failed on the close")

@@ -1,0 +1,297 @@
+"""Named test doubles for the bridge's core, so its rules can be tested without a network.
+
+* :class:`FakeSocket`: a :class:`~callplane.transports.socket.MessageSocket` in memory. The
+  test plays the peer: it delivers messages, closes, and congests or drains the socket.
+* :class:`FakeRealtime`: a Realtime server for :class:`~callplane.realtime.client.
+  RealtimeClient`'s ``dial``: every session is a :class:`FakeSocket`; the test reads the
+  client events a session got (each checked against the ``openai`` SDK's GA models) and
+  injects server events.
+* :class:`FakeTransport`: a :class:`~callplane.transports.base.Transport` that records what
+  was played, cleared, hung up and transferred, and lets the test send caller audio, mark
+  echoes, keypad presses and the end of the call.
+* :class:`RecordingHandler`: a :class:`~callplane.transports.base.TransportHandler` that keeps
+  every event a real transport delivers.
+* :class:`FakeClock`: stands in for the ``time`` module of the code under test, so positions
+  in played audio are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from callplane.realtime.conformance import validate_client_event
+from callplane.transports.base import (
+    AudioIn,
+    CallEnded,
+    DtmfIn,
+    MarkIn,
+    TransportEvent,
+    TransportHandler,
+)
+from callplane.transports.socket import FlowControl, Inbox, MessageSocket, SocketListener
+
+
+class FakeSocket:
+    """A :class:`~callplane.transports.socket.MessageSocket` whose peer is the test.
+
+    ``written`` is what reached the peer, in order; while the test keeps the socket congested
+    (:meth:`congest`), sends are held by the socket's flow control as a real socket's are,
+    and :meth:`drain` lets them through.
+    """
+
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+        self.written: list[str] = []
+        self._flow = FlowControl(self._write)
+        self._gone = False
+        self.closed_with: int | None = None  # the code this side closed with
+
+    # ---- MessageSocket -----------------------------------------------------------------------
+
+    @property
+    def flow(self) -> FlowControl:
+        return self._flow
+
+    @property
+    def closed(self) -> bool:
+        return self._gone
+
+    @property
+    def close_code(self) -> int | None:
+        return self.inbox.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self.inbox.close_reason
+
+    def send(self, text: str | bytes) -> bool:
+        if self._gone:
+            return False
+        self._flow.send(text)
+        return True
+
+    def listen(self, listener: SocketListener | None) -> None:
+        self.inbox.listen(listener)
+
+    async def close(self, code: int = 1000) -> None:
+        if not self._gone:
+            self.closed_with = code
+            self._gone_now(code, "")
+
+    def _write(self, text: str | bytes) -> None:
+        self.written.append(text if isinstance(text, str) else text.decode("utf-8"))
+
+    def _gone_now(self, code: int | None, reason: str) -> None:
+        self._gone = True
+        self._flow.discard()
+        self.inbox.peer_gone(code, reason)
+
+    # ---- the peer, played by the test --------------------------------------------------------
+
+    def deliver(self, message: str | bytes | dict[str, Any]) -> None:
+        """A text message from the peer (a dict is sent as JSON)."""
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        self.inbox.text(message.encode("utf-8") if isinstance(message, str) else message)
+
+    def deliver_binary(self, data: bytes) -> None:
+        self.inbox.binary(data)
+
+    def peer_close(self, code: int | None = 1000, reason: str = "") -> None:
+        """The peer closes the connection (None: it just went away)."""
+        if not self._gone:
+            self._gone_now(code, reason)
+
+    def congest(self) -> None:
+        """The peer stops reading: the socket's writes pause."""
+        self._flow.pause_writing()
+
+    def drain(self) -> None:
+        """The peer reads again: what was held is written, in order."""
+        self._flow.resume_writing()
+
+    def written_json(self) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.written]
+
+
+def _check(socket: MessageSocket) -> MessageSocket:
+    """mypy checks here that FakeSocket is a MessageSocket."""
+    return socket
+
+
+_check(FakeSocket())
+
+
+@dataclass
+class FakeRealtime:
+    """A Realtime server in memory. Pass :meth:`dial` to ``RealtimeClient`` (or
+    ``Conversation(dial=...)``); each connection is a new session (:attr:`sessions`).
+
+    ``refuse`` connections are refused first (as a server that is down). Every client event
+    a session gets is checked against the ``openai`` SDK's GA models; the first that does
+    not conform fails the test.
+    """
+
+    refuse: int = 0
+    sessions: list[FakeSocket] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    check_events: bool = True
+
+    async def dial(self, url: str, headers: dict[str, str]) -> MessageSocket:
+        from callplane.realtime.client import RealtimeClosed
+
+        self.urls.append(url)
+        if self.refuse > 0:
+            self.refuse -= 1
+            raise RealtimeClosed(None, f"handshake with {url} failed: refused by the test")
+        socket = FakeSocket()
+        self.sessions.append(socket)
+        return socket
+
+    @property
+    def session(self) -> FakeSocket:
+        """The latest session."""
+        assert self.sessions, "no Realtime session was opened"
+        return self.sessions[-1]
+
+    def send(self, event: dict[str, Any], session: int = -1) -> None:
+        """A server event to a session (the latest by default)."""
+        self.sessions[session].deliver(event)
+
+    def received(self, session: int = -1, *, appends: bool = False) -> list[dict[str, Any]]:
+        """The client events a session got, in order; appends left out unless asked for."""
+        events = self.sessions[session].written_json()
+        if self.check_events:
+            for event in events:
+                validate_client_event(event)
+        if not appends:
+            events = [e for e in events if e["type"] != "input_audio_buffer.append"]
+        return events
+
+    def types(self, session: int = -1) -> list[str]:
+        return [e["type"] for e in self.received(session)]
+
+
+Played = tuple[Literal["play"], str, str] | tuple[Literal["clear"]]
+
+
+class FakeTransport:
+    """A :class:`~callplane.transports.base.Transport` in memory (µ-law, 8 bytes per ms).
+
+    ``log`` is what the core did to the far end, in order: ``("play", payload, mark)`` and
+    ``("clear",)``. Hanging up or transferring ends the call, as Twilio's stream does.
+    """
+
+    audio_format: Literal["audio/pcmu"] = "audio/pcmu"
+    bytes_per_ms = 8.0
+
+    def __init__(self) -> None:
+        self.handler: TransportHandler | None = None
+        self.log: list[Played] = []
+        self.hang_ups = 0
+        self.transfers: list[str] = []
+        self.listened = asyncio.Event()
+
+    # ---- Transport ---------------------------------------------------------------------------
+
+    def listen(self, handler: TransportHandler | None) -> None:
+        self.handler = handler
+        if handler is not None:
+            self.listened.set()
+
+    def play(self, payload_b64: str, mark: str) -> None:
+        self.log.append(("play", payload_b64, mark))
+
+    def clear(self) -> None:
+        self.log.append(("clear",))
+
+    async def hang_up(self) -> None:
+        self.hang_ups += 1
+        self.end("stream_closed")
+
+    async def transfer(self, to: str) -> None:
+        self.transfers.append(to)
+        self.end("stream_closed")
+
+    # ---- the far end, played by the test -----------------------------------------------------
+
+    @property
+    def marks(self) -> list[str]:
+        """The marks sent, in order."""
+        return [entry[2] for entry in self.log if entry[0] == "play"]
+
+    @property
+    def clears(self) -> int:
+        return sum(1 for entry in self.log if entry[0] == "clear")
+
+    def _handler(self) -> TransportHandler:
+        assert self.handler is not None, "nobody listens to the transport"
+        return self.handler
+
+    def audio(self, payload_b64: bytes = b"//////////8=") -> None:
+        self._handler().on_audio(payload_b64)
+
+    def echo(self, mark: str) -> None:
+        self._handler().on_mark(mark)
+
+    def press(self, digit: str) -> None:
+        self._handler().on_dtmf(digit)
+
+    def end(self, reason: str = "caller_hung_up") -> None:
+        if self.handler is not None:
+            self.handler.on_end(reason)
+
+
+class RecordingHandler:
+    """A :class:`~callplane.transports.base.TransportHandler` that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[TransportEvent] = []
+
+    def on_audio(self, payload_b64: bytes) -> None:
+        self.events.append(AudioIn(payload_b64))
+
+    def on_mark(self, name: str) -> None:
+        self.events.append(MarkIn(name))
+
+    def on_dtmf(self, digit: str) -> None:
+        self.events.append(DtmfIn(digit))
+
+    def on_end(self, reason: str) -> None:
+        self.events.append(CallEnded(reason))
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class FakeClock:
+    """A stand-in for the ``time`` module: ``monotonic`` stands still until :meth:`advance`;
+    ``time`` is the wall clock moved by the same amount."""
+
+    def __init__(self) -> None:
+        self._mono = 1000.0
+        self._wall = time.time()
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def time(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        self._mono += seconds
+        self._wall += seconds
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait (on the event loop) for ``condition``; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)

@@ -1,0 +1,333 @@
+"""The conversation core's rules, with a fake transport and a fake Realtime server: no sockets.
+
+Each test runs a real :class:`~callplane.conversation.Conversation` over
+:class:`tests.doubles.FakeTransport` (records what the caller would hear) and
+:class:`tests.doubles.FakeRealtime` (records what the model is told, injects what it says).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+
+import callplane.conversation as conversation_module
+from callplane.conversation import Conversation
+from callplane.profiles import AgentProfile
+from callplane.realtime.client import RealtimeSettings
+from callplane.records import CallRecord
+from callplane.tools import ToolSet, tool
+from tests.doubles import FakeClock, FakeRealtime, FakeTransport, until
+
+GREETING = "Greet the caller as Callplane support."
+
+
+def delta(item_id: str, ms: int) -> dict[str, object]:
+    """An audio delta of ``ms`` of µ-law (8 bytes a millisecond)."""
+    payload = base64.b64encode(b"\x7f" * (8 * ms)).decode("ascii")
+    return {
+        "type": "response.output_audio.delta",
+        "event_id": "ev",
+        "response_id": "resp_1",
+        "item_id": item_id,
+        "output_index": 0,
+        "content_index": 0,
+        "delta": payload,
+    }
+
+
+def speech_started(ms: int = 0) -> dict[str, object]:
+    return {
+        "type": "input_audio_buffer.speech_started",
+        "event_id": "ev",
+        "audio_start_ms": ms,
+        "item_id": "item_caller",
+    }
+
+
+def response_created() -> dict[str, object]:
+    return {"type": "response.created", "event_id": "ev", "response": {"id": "resp_1"}}
+
+
+def response_done() -> dict[str, object]:
+    return {"type": "response.done", "event_id": "ev", "response": {"id": "resp_1"}}
+
+
+@dataclass
+class Call:
+    conversation: Conversation
+    transport: FakeTransport
+    realtime: FakeRealtime
+    running: asyncio.Task[CallRecord]
+
+    @property
+    def record(self) -> CallRecord:
+        return self.conversation.record
+
+    async def ended(self) -> CallRecord:
+        return await asyncio.wait_for(self.running, 10)
+
+
+@asynccontextmanager
+async def call(
+    profile: AgentProfile | None = None,
+    *,
+    tools: ToolSet | None = None,
+    settings: RealtimeSettings | None = None,
+    filler: bytes = b"",
+) -> AsyncIterator[Call]:
+    """A conversation running until the test's block ends (then the caller hangs up)."""
+    transport = FakeTransport()
+    realtime = FakeRealtime()
+    conversation = Conversation(
+        transport,
+        profile or AgentProfile(name="support", greeting=GREETING, tools=()),
+        tools or ToolSet([]),
+        settings or RealtimeSettings(url="ws://realtime.test/v1/realtime", api_key="sk-test"),
+        CallRecord(call_sid="CA_test"),
+        filler=filler,
+        dial=realtime.dial,
+    )
+    running = asyncio.create_task(conversation.run())
+    await asyncio.wait_for(transport.listened.wait(), 5)
+    try:
+        yield Call(conversation, transport, realtime, running)
+    finally:
+        transport.end()
+        await asyncio.wait_for(running, 10)
+
+
+async def test_the_session_is_configured_and_the_agent_greets_before_the_caller_is_heard() -> None:
+    async with call() as c:
+        # nothing the caller says reaches the model before the session and the greeting
+        assert c.realtime.types() == ["session.update", "response.create"]
+        session = c.realtime.received()[0]["session"]
+        assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+        assert c.realtime.received()[1]["response"] == {"instructions": GREETING}
+        c.transport.audio(b"AAAA")
+        appended = c.realtime.received(appends=True)[2]
+        assert appended == {"type": "input_audio_buffer.append", "audio": "AAAA"}
+    assert c.record.end_reason == "caller_hung_up"
+
+
+async def test_audio_deltas_are_played_each_with_a_mark() -> None:
+    async with call() as c:
+        c.realtime.send(response_created())
+        c.realtime.send(delta("item_A", 100))
+        c.realtime.send(delta("item_A", 60))
+        assert [entry[0] for entry in c.transport.log] == ["play", "play"]
+        second = c.transport.log[1]
+        assert second[0] == "play" and len(base64.b64decode(second[1])) == 480
+        assert c.transport.marks == ["m1", "m2"]
+        assert c.conversation.playback.produced_ms("item_A") == 160
+
+
+async def test_barge_in_clears_and_truncates_at_the_heard_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(conversation_module, "time", clock)
+    async with call() as c:
+        c.realtime.send(response_created())
+        for _ in range(3):
+            c.realtime.send(delta("item_A", 100))  # 300 ms sent at once, faster than real time
+        c.transport.echo("m1")  # the first 100 ms have played...
+        clock.advance(0.040)  # ...and 40 ms of the next
+        c.realtime.send(speech_started())
+        assert c.transport.log[-1] == ("clear",)
+        truncate, cancel = c.realtime.received()[-2:]
+        assert truncate == {
+            "type": "conversation.item.truncate",
+            "item_id": "item_A",
+            "content_index": 0,
+            "audio_end_ms": 140,
+        }
+        assert cancel == {"type": "response.cancel"}
+        assert [(i["item_id"], i["audio_end_ms"]) for i in c.record.interruptions] == [
+            ("item_A", 140)
+        ]
+        assert not c.conversation.playback.playing
+
+
+async def test_a_barge_in_with_nothing_playing_neither_clears_nor_truncates() -> None:
+    async with call() as c:
+        c.realtime.send(speech_started())
+        assert c.transport.clears == 0
+        assert c.realtime.types() == ["session.update", "response.create"]
+        assert c.record.interruptions == []
+
+
+async def test_marks_voided_by_a_clear_count_for_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(conversation_module, "time", clock)
+    async with call() as c:
+        c.realtime.send(response_created())
+        c.realtime.send(delta("item_A", 100))
+        c.realtime.send(delta("item_A", 100))
+        c.transport.echo("m1")
+        c.realtime.send(speech_started())  # clears m2
+        c.realtime.send(delta("item_B", 200))  # the next answer: m3
+        c.transport.echo("m2")  # the far end echoes the cleared mark: not played audio
+        playback = c.conversation.playback
+        assert playback.played_ms("item_A") == 100
+        assert playback.playing_item() == "item_B"
+        clock.advance(0.050)
+        c.realtime.send(speech_started())
+        truncates = [e for e in c.realtime.received() if e["type"].endswith("truncate")]
+        assert [(t["item_id"], t["audio_end_ms"]) for t in truncates] == [
+            ("item_A", 100),
+            ("item_B", 50),  # from the echo-less start of item_B: the void echo added nothing
+        ]
+
+
+async def test_a_failing_tool_is_answered_with_its_error_and_a_new_response() -> None:
+    @tool
+    async def lookup_order(order_id: str) -> str:
+        """Find an order."""
+        raise LookupError(f"no order {order_id}")
+
+    profile = AgentProfile(name="support", greeting=GREETING, tools=("lookup_order",))
+    async with call(profile, tools=ToolSet([lookup_order])) as c:
+        c.realtime.send(response_created())
+        c.realtime.send(
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": "ev",
+                "response_id": "resp_1",
+                "item_id": "item_fc",
+                "output_index": 0,
+                "call_id": "call_1",
+                "name": "lookup_order",
+                "arguments": json.dumps({"order_id": "A17"}),
+            }
+        )
+        c.realtime.send(response_done())
+        await until(lambda: len(c.realtime.types()) == 4, "the tool's answer")
+        output, create = c.realtime.received()[-2:]
+        assert output == {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call_output",
+                "call_id": "call_1",
+                "output": json.dumps({"error": "LookupError: no order A17"}),
+            },
+        }
+        assert create == {"type": "response.create"}
+        assert c.record.tool_calls[0]["output"] == output["item"]["output"]
+
+
+async def test_renewal_waits_for_the_end_of_the_turn_and_carries_the_text_over() -> None:
+    settings = RealtimeSettings(
+        url="ws://realtime.test/v1/realtime",
+        api_key="sk-test",
+        session_limit_s=0.6,
+        renew_margin_s=0.5,  # due 0.1 s in; the timer checks every 0.5 s at most
+    )
+    async with call(settings=settings) as c:
+        c.realtime.send(response_created())  # the greeting is being answered: mid-turn
+        c.realtime.send(
+            {
+                "type": "response.output_audio_transcript.done",
+                "event_id": "ev",
+                "response_id": "resp_1",
+                "item_id": "item_A",
+                "output_index": 0,
+                "content_index": 0,
+                "transcript": "Hello, this is support.",
+            }
+        )
+        await asyncio.sleep(1.2)  # the renewal is due, but the turn is not over
+        assert len(c.realtime.sessions) == 1 and c.record.renewals == 0
+        c.realtime.send(response_done(), session=0)
+        await until(lambda: c.record.renewals == 1, "the renewal")
+        assert len(c.realtime.sessions) == 2
+        assert c.realtime.sessions[0].closed  # the old session is closed once replaced
+        seeded = c.realtime.received(1)
+        assert [e["type"] for e in seeded] == ["session.update", "conversation.item.create"]
+        assert seeded[1]["item"] == {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello, this is support."}],
+        }
+        c.transport.audio(b"BBBB")  # the caller is heard on the new session
+        assert c.realtime.received(1, appends=True)[-1]["audio"] == "BBBB"
+    assert c.record.reconnects == 0
+
+
+async def test_a_lost_session_is_reopened_while_the_caller_hears_the_filler() -> None:
+    filler = b"\x55" * 800
+    async with call(filler=filler) as c:
+        c.realtime.session.peer_close(1011, "server error")
+        await until(lambda: len(c.realtime.sessions) == 2, "the new session")
+        assert c.transport.log[0] == ("play", base64.b64encode(filler).decode("ascii"), "m1")
+        assert c.record.reconnects == 1
+        assert c.realtime.types(1) == ["session.update"]  # no greeting the second time
+        c.transport.audio(b"CCCC")
+        assert c.realtime.received(1, appends=True)[-1]["audio"] == "CCCC"
+        # the filler is not the agent's speech: speaking over it interrupts nothing
+        c.realtime.send(speech_started())
+        assert c.transport.clears == 0
+    assert c.record.end_reason == "caller_hung_up"
+
+
+async def test_a_session_that_cannot_be_reopened_ends_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(conversation_module, "RECONNECT_BACKOFF_S", (0.0,) * 5)
+    async with call() as c:
+        c.realtime.refuse = 10
+        c.realtime.session.peer_close(1011, "server error")
+        record = await asyncio.wait_for(c.running, 15)
+    assert record.end_reason == "realtime_unavailable (close code None)"
+    assert c.transport.hang_ups == 1
+
+
+async def test_hang_up_waits_until_the_goodbye_has_played() -> None:
+    profile = AgentProfile(name="support", greeting=GREETING, tools=(), dtmf={"9": "end_call"})
+    async with call(profile) as c:
+        c.realtime.send(response_created())
+        c.realtime.send(delta("item_bye", 200))
+        c.realtime.send(response_done())
+        c.transport.press("9")
+        await asyncio.sleep(0.3)
+        assert c.transport.hang_ups == 0  # the goodbye is still playing
+        c.transport.echo("m1")
+        record = await c.ended()
+    assert c.transport.hang_ups == 1
+    assert record.end_reason == "caller_pressed_9" and record.dtmf == ["9"]
+
+
+async def test_transfer_waits_for_the_playout_then_redirects_to_the_target() -> None:
+    profile = AgentProfile(
+        name="support",
+        greeting=GREETING,
+        tools=(),
+        dtmf={"0": "transfer:billing"},
+        transfer_targets={"billing": "+15005550006"},
+    )
+    async with call(profile) as c:
+        c.realtime.send(response_created())
+        c.realtime.send(delta("item_A", 100))
+        c.realtime.send(response_done())
+        c.transport.press("0")
+        await asyncio.sleep(0.3)
+        assert c.transport.transfers == []
+        c.transport.echo("m1")
+        record = await c.ended()
+    assert c.transport.transfers == ["+15005550006"]
+    assert record.transferred_to == "+15005550006" and record.end_reason == "transferred"
+
+
+async def test_a_key_without_an_action_is_told_to_the_model() -> None:
+    async with call() as c:
+        c.realtime.send(response_created())
+        c.realtime.send(response_done())
+        c.transport.press("5")
+        item, create = c.realtime.received()[-2:]
+        assert item["item"]["content"][0]["text"] == "(The caller pressed 5 on the keypad.)"
+        assert create == {"type": "response.create"}
