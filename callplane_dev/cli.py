@@ -76,7 +76,7 @@ def engine(
 ) -> None:
     """Serve the OpenAI Realtime API (GA protocol) offline: a scripted fixed-phrase engine."""
     from callplane_standins.realtime_engine.context import EngineMode, EngineSettings
-    from callplane_standins.realtime_engine.script import ScriptError, load_script
+    from callplane_standins.realtime_engine.script import EngineScriptError, load_script
 
     if mode not in ("script", "load"):
         raise typer.BadParameter(
@@ -88,7 +88,7 @@ def engine(
         )
     try:
         load_script(script)
-    except ScriptError as exc:
+    except EngineScriptError as exc:
         raise typer.BadParameter(str(exc), param_hint="--script") from None
     engine_mode: EngineMode = "load" if mode == "load" else "script"
     settings = EngineSettings(mode=engine_mode, script_path=script, api_key=api_key, pace=pace)

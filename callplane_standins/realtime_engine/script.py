@@ -25,7 +25,7 @@ _SLOT = re.compile(r"\{(\w+)\}")
 _PHRASE_WORD = re.compile(r"^(?:[a-z']+|\{digits\})$")
 
 
-class ScriptError(ValueError):
+class EngineScriptError(ValueError):
     """A script file that cannot be used; the message names the file, the field and the fix."""
 
 
@@ -93,11 +93,11 @@ def load_script(path: Path | None = None) -> Script:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ScriptError(
+        raise EngineScriptError(
             f"script file {path} does not exist; pass an existing TOML file"
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ScriptError(f"script file {path} is not valid TOML: {exc}") from None
+        raise EngineScriptError(f"script file {path} is not valid TOML: {exc}") from None
     try:
         return Script.model_validate(data)
     except ValidationError as exc:
@@ -105,7 +105,7 @@ def load_script(path: Path | None = None) -> Script:
             f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
             for e in exc.errors()
         )
-        raise ScriptError(
+        raise EngineScriptError(
             f"script file {path} is invalid: {problems}. See {DEFAULT_SCRIPT_PATH} for the format."
         ) from None
 

@@ -20,8 +20,8 @@ from callplane_standins.twilio_simulator.call_audio import CallAudio, CallerLine
 from callplane_standins.twilio_simulator.callee import Callee
 from callplane_standins.twilio_simulator.caller import Step
 from callplane_standins.twilio_simulator.control import (
-    CallControl,
     HangupRequest,
+    PendingControl,
     RedirectRequest,
 )
 from callplane_standins.twilio_simulator.dialing import detect_machine, ringing
@@ -93,7 +93,7 @@ class LiveCall:
         self.timeline = Timeline()
         self.errors: list[str] = []
         self._result: asyncio.Future[CallResult] = loop.create_future()
-        self.control = CallControl()
+        self.control = PendingControl()
         self.audio = CallAudio(self, self.control)
         self.callbacks = StatusCallbacks(
             self._send,

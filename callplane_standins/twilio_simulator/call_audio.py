@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from callplane.audio import ulaw_decode
-from callplane_standins.twilio_simulator.control import CallControl, HangupRequest
+from callplane_standins.twilio_simulator.control import HangupRequest, PendingControl
 from callplane_standins.twilio_simulator.media_stream import (
     BotClear,
     BotMark,
@@ -56,7 +56,7 @@ _QUIET_CODES = bytes(
 class CallAudio:
     """The playback queue, the caller's uplink, the attached stream and the recording."""
 
-    def __init__(self, log: CallLog, control: CallControl) -> None:
+    def __init__(self, log: CallLog, control: PendingControl) -> None:
         self._log = log
         self._control = control
         self._loop = asyncio.get_running_loop()
@@ -234,7 +234,7 @@ class CallAudio:
 class CallerLine:
     """The caller's end of a call, as a script sees it (:class:`caller.Line`)."""
 
-    def __init__(self, audio: CallAudio, control: CallControl, log: CallLog) -> None:
+    def __init__(self, audio: CallAudio, control: PendingControl, log: CallLog) -> None:
         self._audio = audio
         self._control = control
         self._log = log

@@ -32,13 +32,13 @@ from callplane.audio import ulaw_encode
 
 __all__ = [
     "DTMF_DIGITS",
+    "CallerScriptError",
     "HangUp",
     "InterruptAfter",
     "Line",
     "PauseStep",
     "Press",
     "SayStep",
-    "ScriptError",
     "Step",
     "WaitForReply",
     "hang_up",
@@ -63,7 +63,7 @@ DEFAULT_QUIET_MS = 700
 DEFAULT_VOICE = "en-us"
 
 
-class ScriptError(ValueError):
+class CallerScriptError(ValueError):
     """A script step is invalid (bad digit, negative time, empty text…)."""
 
 
@@ -118,23 +118,25 @@ Step = SayStep | WaitForReply | InterruptAfter | Press | PauseStep | HangUp
 def say(text: str, voice: str = DEFAULT_VOICE) -> SayStep:
     """Speak ``text`` (espeak-ng voice spec ``voice``, e.g. ``en-us``, ``en+f3``)."""
     if not text.strip():
-        raise ScriptError("say() needs non-empty text")
+        raise CallerScriptError("say() needs non-empty text")
     return SayStep(text, voice)
 
 
 def wait_for_reply(timeout_s: float = 10.0, quiet_ms: int = DEFAULT_QUIET_MS) -> WaitForReply:
     """Wait for the bot to speak and fall quiet (``quiet_ms``, ~700 ms by default)."""
     if timeout_s <= 0 or quiet_ms <= 0:
-        raise ScriptError(f"wait_for_reply needs positive times, got {timeout_s}s/{quiet_ms}ms")
+        raise CallerScriptError(
+            f"wait_for_reply needs positive times, got {timeout_s}s/{quiet_ms}ms"
+        )
     return WaitForReply(timeout_s, quiet_ms)
 
 
 def interrupt_after(ms: int, text: str, voice: str = DEFAULT_VOICE) -> InterruptAfter:
     """Barge in: speak ``text`` while the bot is talking, after it has played ``ms`` ms."""
     if ms < 0:
-        raise ScriptError(f"interrupt_after needs ms >= 0, got {ms}")
+        raise CallerScriptError(f"interrupt_after needs ms >= 0, got {ms}")
     if not text.strip():
-        raise ScriptError("interrupt_after() needs non-empty text")
+        raise CallerScriptError("interrupt_after() needs non-empty text")
     return InterruptAfter(ms, text, voice)
 
 
@@ -142,14 +144,14 @@ def press(digits: str) -> Press:
     """Press keys; each digit becomes one Media Streams ``dtmf`` event."""
     bad = [d for d in digits if d not in DTMF_DIGITS]
     if not digits or bad:
-        raise ScriptError(f"press() takes digits from 0-9 * #, got {digits!r}")
+        raise CallerScriptError(f"press() takes digits from 0-9 * #, got {digits!r}")
     return Press(digits)
 
 
 def pause(ms: int) -> PauseStep:
     """Silence for ``ms`` milliseconds."""
     if ms < 0:
-        raise ScriptError(f"pause needs ms >= 0, got {ms}")
+        raise CallerScriptError(f"pause needs ms >= 0, got {ms}")
     return PauseStep(ms)
 
 
@@ -162,13 +164,15 @@ def script_from_json(steps: Sequence[Mapping[str, Any]]) -> list[Step]:
     """Build a script from JSON-style objects, e.g. ``[{"say": "hi"}, {"wait_for_reply": 5},
     {"interrupt_after": [800, "stop"]}, {"press": "1"}, {"pause": 500}, {"hang_up": true}]``.
 
-    Used by the simulator's HTTP endpoint for scripted calls; raises ScriptError naming the
+    Used by the simulator's HTTP endpoint for scripted calls; raises CallerScriptError naming the
     step at fault.
     """
     out: list[Step] = []
     for i, step in enumerate(steps):
         if not isinstance(step, Mapping) or len(step) != 1:
-            raise ScriptError(f"step {i} must be an object with exactly one key, got {step!r}")
+            raise CallerScriptError(
+                f"step {i} must be an object with exactly one key, got {step!r}"
+            )
         ((kind, arg),) = step.items()
         try:
             if kind == "say":
@@ -192,9 +196,9 @@ def script_from_json(steps: Sequence[Mapping[str, Any]]) -> list[Step]:
             elif kind == "hang_up":
                 out.append(hang_up())
             else:
-                raise ScriptError(f"unknown step {kind!r}")
+                raise CallerScriptError(f"unknown step {kind!r}")
         except (TypeError, ValueError) as exc:
-            raise ScriptError(f"step {i} ({kind}): {exc}") from None
+            raise CallerScriptError(f"step {i} ({kind}): {exc}") from None
     return out
 
 

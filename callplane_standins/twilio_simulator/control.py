@@ -2,7 +2,7 @@
 
 Whatever the call is doing (ringing, fetching TwiML, playing ``<Say>``, running a stream) must
 stop as soon as one of these arrives, and the call's state machine then decides what follows.
-:class:`CallControl` is the one place a request is held until acted on.
+:class:`PendingControl` is the one place a request is held until acted on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from callplane_standins.twilio_simulator.timeline import HungUpBy
 from callplane_standins.twilio_simulator.twiml import Instruction
 
-__all__ = ["CallControl", "ControlRequest", "HangupRequest", "RedirectRequest"]
+__all__ = ["ControlRequest", "HangupRequest", "PendingControl", "RedirectRequest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class RedirectRequest:
 ControlRequest = HangupRequest | RedirectRequest
 
 
-class CallControl:
+class PendingControl:
     """The pending control request of one call, and whether the call has ended."""
 
     def __init__(self) -> None:

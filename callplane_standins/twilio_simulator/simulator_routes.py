@@ -24,7 +24,7 @@ from callplane_standins.twilio_simulator.api_input import (
     simulator_of,
 )
 from callplane_standins.twilio_simulator.callee import callee_from_json
-from callplane_standins.twilio_simulator.caller import ScriptError, script_from_json
+from callplane_standins.twilio_simulator.caller import CallerScriptError, script_from_json
 from callplane_standins.twilio_simulator.faults import fault_from_json
 from callplane_standins.twilio_simulator.state import TwilioApiError
 
@@ -56,7 +56,7 @@ async def simulate_call(request: Request) -> Response:
         raise TwilioApiError(400, 20001, "script must be a list of steps")
     try:
         script = script_from_json(raw_script)
-    except ScriptError as exc:
+    except CallerScriptError as exc:
         raise TwilioApiError(400, 20001, f"script: {exc}") from None
     max_duration = body.get("max_duration_s", 60)
     if isinstance(max_duration, bool) or not isinstance(max_duration, int | float):
@@ -84,7 +84,7 @@ async def set_callee(request: Request) -> Response:
         body = await request.json()
         callee = callee_from_json(body)
         sim.set_callee(str(body["number"]), callee)
-    except (ValueError, KeyError, TypeError, ScriptError) as exc:
+    except (ValueError, KeyError, TypeError, CallerScriptError) as exc:
         raise TwilioApiError(400, 20001, f"callee: {exc}") from None
     return JSONResponse({"number": body["number"], "kind": callee.kind}, status_code=201)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from callplane_standins.realtime_engine.script import (
+    EngineScriptError,
     Heard,
     PlannedCall,
-    ScriptError,
     ToolResult,
     load_script,
     number_words,
@@ -114,11 +114,11 @@ def test_a_bad_script_names_the_field_and_the_fix(tmp_path: Path) -> None:
         'greeting = "hi"\nfallback = "?"\nfollowup = "?"\n'
         '[[rules]]\nname = "x"\nphrases = ["Hello There!"]\nreply = "hi"\n'
     )
-    with pytest.raises(ScriptError, match=r"rules\.0\.phrases.*lowercase words") as info:
+    with pytest.raises(EngineScriptError, match=r"rules\.0\.phrases.*lowercase words") as info:
         load_script(bad)
     assert str(bad) in str(info.value)
 
 
 def test_a_missing_script_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ScriptError, match="does not exist"):
+    with pytest.raises(EngineScriptError, match="does not exist"):
         load_script(tmp_path / "nope.toml")

@@ -153,7 +153,7 @@ def test_script_steps_validate_and_load_from_json() -> None:
         caller.pause(200),
         caller.hang_up(),
     ]
-    with pytest.raises(caller.ScriptError, match="'12a'"):
+    with pytest.raises(caller.CallerScriptError, match="'12a'"):
         caller.press("12a")
-    with pytest.raises(caller.ScriptError, match="step 1"):
+    with pytest.raises(caller.CallerScriptError, match="step 1"):
         caller.script_from_json([{"say": "x"}, {"sing": "y"}])
