@@ -22,23 +22,21 @@ from collections import deque
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from callplane.transports.socket import FlowControl, Inbox, SocketListener
+from callplane.transports.socket import SocketBase
 
 HIGH_WATER = 64  # messages queued for the writer: about a second of a call's audio
 LOW_WATER = 16
 CLOSE_FLUSH_S = 2.0  # how long close() lets the writer finish what is queued
 
 
-class AsgiSocket:
+class AsgiSocket(SocketBase):
     """An accepted Starlette WebSocket; :meth:`start` its tasks, :meth:`close` when done."""
 
     def __init__(self, ws: WebSocket) -> None:
+        super().__init__(self._enqueue)
         self.ws = ws
-        self.inbox = Inbox()
-        self._flow = FlowControl(self._enqueue)
         self._queue: deque[str] = deque()
         self._writer_waits: asyncio.Future[None] | None = None
-        self._gone = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -49,31 +47,6 @@ class AsgiSocket:
         ]
 
     # ---- MessageSocket -------------------------------------------------------------------
-
-    @property
-    def flow(self) -> FlowControl:
-        return self._flow
-
-    @property
-    def closed(self) -> bool:
-        return self._gone
-
-    @property
-    def close_code(self) -> int | None:
-        return self.inbox.close_code
-
-    @property
-    def close_reason(self) -> str:
-        return self.inbox.close_reason
-
-    def send(self, text: str | bytes) -> bool:
-        if self._gone:
-            return False
-        self._flow.send(text)
-        return True
-
-    def listen(self, listener: SocketListener | None) -> None:
-        self.inbox.listen(listener)
 
     async def close(self, code: int = 1000) -> None:
         """Send what is queued (for a moment at most), close with ``code``, stop the tasks."""

@@ -33,10 +33,10 @@ from callplane.transports.base import (
     TransportEvent,
     TransportHandler,
 )
-from callplane.transports.socket import FlowControl, Inbox, MessageSocket, SocketListener
+from callplane.transports.socket import MessageSocket, SocketBase
 
 
-class FakeSocket:
+class FakeSocket(SocketBase):
     """A :class:`~callplane.transports.socket.MessageSocket` whose peer is the test.
 
     ``written`` is what reached the peer, in order; while the test keeps the socket congested
@@ -45,38 +45,11 @@ class FakeSocket:
     """
 
     def __init__(self) -> None:
-        self.inbox = Inbox()
+        super().__init__(self._write)
         self.written: list[str] = []
-        self._flow = FlowControl(self._write)
-        self._gone = False
         self.closed_with: int | None = None  # the code this side closed with
 
     # ---- MessageSocket -----------------------------------------------------------------------
-
-    @property
-    def flow(self) -> FlowControl:
-        return self._flow
-
-    @property
-    def closed(self) -> bool:
-        return self._gone
-
-    @property
-    def close_code(self) -> int | None:
-        return self.inbox.close_code
-
-    @property
-    def close_reason(self) -> str:
-        return self.inbox.close_reason
-
-    def send(self, text: str | bytes) -> bool:
-        if self._gone:
-            return False
-        self._flow.send(text)
-        return True
-
-    def listen(self, listener: SocketListener | None) -> None:
-        self.inbox.listen(listener)
 
     async def close(self, code: int = 1000) -> None:
         if not self._gone:

@@ -17,7 +17,7 @@ import logging
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from callplane.transports.socket import FlowControl, Inbox, SocketListener
+from callplane.transports.socket import SocketBase
 
 log = logging.getLogger("callplane.socket")
 
@@ -29,34 +29,16 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 
 
-class PicowsSocket(WSListener):
+class PicowsSocket(WSListener, SocketBase):
     """A picows listener that is a :class:`~callplane.transports.socket.MessageSocket`."""
 
     def __init__(self) -> None:
+        SocketBase.__init__(self, self._write)
         self.transport: WSTransport | None = None
-        self.inbox = Inbox()
-        self._flow = FlowControl(self._write)
-        self._gone = False
         self._parts: list[bytes] | None = None  # a fragmented message being put together
         self._parts_text = False
 
     # ---- MessageSocket -------------------------------------------------------------------
-
-    @property
-    def flow(self) -> FlowControl:
-        return self._flow
-
-    @property
-    def closed(self) -> bool:
-        return self._gone
-
-    @property
-    def close_code(self) -> int | None:
-        return self.inbox.close_code
-
-    @property
-    def close_reason(self) -> str:
-        return self.inbox.close_reason
 
     def send(self, text: str | bytes) -> bool:
         """Send a text message now, or hold it while the peer does not keep up; False once
@@ -70,9 +52,6 @@ class PicowsSocket(WSListener):
         else:
             flow.hold(text)
         return True
-
-    def listen(self, listener: SocketListener | None) -> None:
-        self.inbox.listen(listener)
 
     async def close(self, code: int = 1000, timeout_s: float = 2.0) -> None:
         """Close with ``code`` and wait a moment for the peer's answer."""

@@ -150,6 +150,44 @@ class MessageSocket(Protocol):
         ...
 
 
+class SocketBase:
+    """What every :class:`MessageSocket` implementation shares: its :class:`Inbox`, its
+    :class:`FlowControl` and the state the interface reports. A subclass gives ``write``
+    (how a message reaches the peer, called by the flow control when the peer keeps up), sets
+    ``_gone`` when the connection ends, and implements ``close``."""
+
+    def __init__(self, write: Write) -> None:
+        self.inbox = Inbox()
+        self._flow = FlowControl(write)
+        self._gone = False
+
+    @property
+    def flow(self) -> FlowControl:
+        return self._flow
+
+    @property
+    def closed(self) -> bool:
+        return self._gone
+
+    @property
+    def close_code(self) -> int | None:
+        return self.inbox.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self.inbox.close_reason
+
+    def send(self, text: str | bytes) -> bool:
+        """Write now or hold in order (see :class:`FlowControl`); False once gone."""
+        if self._gone:
+            return False
+        self._flow.send(text)
+        return True
+
+    def listen(self, listener: SocketListener | None) -> None:
+        self.inbox.listen(listener)
+
+
 _TEXT = True
 _BINARY = False
 
