@@ -104,7 +104,7 @@ class AsgiSocket(SocketBase):
                     break
                 text = message.get("text")
                 if text is not None:
-                    inbox.text(str(text).encode("utf-8"))
+                    inbox.text(text.encode("utf-8"))
                 else:
                     inbox.binary(bytes(message.get("bytes") or b""))
         except (WebSocketDisconnect, RuntimeError):

@@ -212,11 +212,8 @@ async def test_bad_input_gets_an_error_event_and_the_session_goes_on(client: Cli
     assert truncated["audio_end_ms"] == 5
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("bridge", ["streams", "noop"])
-def test_relay_bench_measures_a_real_bridge_through_the_go_harness(
-    bridge: str, tmp_path: Path
-) -> None:
+def run_relay(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """``bench/relay.py`` with 3 calls for 3 s and ``args``, as a user runs it; its one run."""
     out = tmp_path / "relay.json"
     subprocess.run(
         [
@@ -226,8 +223,7 @@ def test_relay_bench_measures_a_real_bridge_through_the_go_harness(
             "3",
             "--seconds",
             "3",
-            "--bridge",
-            bridge,
+            *args,
             "--json",
             str(out),
         ],
@@ -236,7 +232,16 @@ def test_relay_bench_measures_a_real_bridge_through_the_go_harness(
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
     )
-    run = json.loads(out.read_text())["runs"][0]
+    run: dict[str, Any] = json.loads(out.read_text())["runs"][0]
+    return run
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("bridge", ["streams", "noop"])
+def test_relay_bench_measures_a_real_bridge_through_the_go_harness(
+    bridge: str, tmp_path: Path
+) -> None:
+    run = run_relay(tmp_path, "--bridge", bridge)
     frames = run["frames"]
     assert run["load"] == "go" and run["bridge"] == bridge
     assert frames["in_sent"] == 3 * 150 and frames["in_received"] == frames["in_sent"]
@@ -253,30 +258,7 @@ def test_relay_bench_measures_a_real_bridge_through_the_go_harness(
 def test_relay_bench_congestion_case_loses_nothing_while_twilio_stalls(tmp_path: Path) -> None:
     """Every stream stops reading for a second: the bridge holds what it cannot send and
     delivers all of it afterwards, in order."""
-    out = tmp_path / "relay.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "bench/relay.py",
-            "--calls",
-            "3",
-            "--seconds",
-            "3",
-            "--stall-every",
-            "1",
-            "--stall-after",
-            "0.5",
-            "--stall-for",
-            "1",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-    )
-    run = json.loads(out.read_text())["runs"][0]
+    run = run_relay(tmp_path, "--stall-every", "1", "--stall-after", "0.5", "--stall-for", "1")
     frames = run["frames"]
     assert frames["stalled"] == 3
     assert frames["in_lost"] == frames["in_duplicated"] == frames["in_reordered"] == 0
