@@ -125,6 +125,11 @@ MEDIA_PACKAGES = (
     # LiveKit: hybrid phone rooms and the on-demand agent jobs
     "livekit>=1.0",
     "livekit-api>=1.0",
+    # Call records (SQLAlchemy over PostgreSQL, migrations) and coordination (Redis)
+    "sqlalchemy>=2.0.36",
+    "alembic>=1.14",
+    "psycopg[binary]>=3.2",
+    "redis>=5.2",
 )
 
 image = (
