@@ -2,4 +2,5 @@
 (``ports``), simulated LiveKit participants (``livekit_people``), LiveKit tokens and webhook
 signatures (``tokens``), settings for a test (``settings``) and queries on the running local
 stack (``stack``). Running a real livekit-server is ``tests/livekit_server.py``; serving an ASGI
-app is ``tests/servers.py``."""
+app is ``tests/servers.py``. A tiny service to run as replicas is ``echo_service``, and a parent
+process for the parent-death test is ``replica_parent``."""
