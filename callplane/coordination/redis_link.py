@@ -21,9 +21,10 @@ from redis.backoff import NoBackoff
 
 from callplane.coordination.errors import CoordinationUnavailable, redact_url
 
-__all__ = ["DEFAULT_TIMEOUT_S", "KEY_GRACE_S", "RedisLink", "ms"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_TIMEOUT_S", "KEY_GRACE_S", "RedisLink", "ms"]
 
 DEFAULT_TIMEOUT_S = 1.0
+DEFAULT_MAX_CONNECTIONS = 64
 
 KEY_GRACE_S = 3600.0
 """Sorted sets of leases judged by callers' clocks also expire on Redis' clock, this long after
@@ -50,19 +51,31 @@ def _reason(exc: BaseException) -> str:
 class RedisLink:
     """A client for ``url`` with key naming under ``prefix`` and error translation."""
 
-    def __init__(self, url: str, *, prefix: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
         if not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s={timeout_s!r} is invalid: use a positive number")
         self.url = redact_url(url)
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self.client = redis.asyncio.Redis.from_url(
+        # A blocking pool: a burst of concurrent operations waits (up to the timeout) for a
+        # free connection instead of failing with "too many connections".
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_s,
             decode_responses=True,
             socket_connect_timeout=timeout_s,
             socket_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        self.client = redis.asyncio.Redis.from_pool(pool)
 
     def key(self, *parts: str) -> str:
         """``prefix`` followed by ``parts`` joined with ``:``."""
