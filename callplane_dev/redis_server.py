@@ -67,6 +67,11 @@ class LocalRedis:
         return self.work_dir / "redis.log"
 
     @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (tests pause it to play a silent Redis)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """True while the child process is alive."""
         return self._proc is not None and self._proc.poll() is None

@@ -1,5 +1,6 @@
 """Helpers the tests share, each written once: polling (``waiting``), loopback ports
 (``ports``), simulated LiveKit participants (``livekit_people``), LiveKit tokens and webhook
-signatures (``tokens``), settings for a test (``settings``) and queries on the running local
-stack (``stack``). Running a real livekit-server is ``tests/livekit_server.py``; serving an ASGI
-app is ``tests/servers.py``."""
+signatures (``tokens``), settings for a test (``settings``), queries on the running local
+stack (``stack``) and a real redis-server with a fresh key prefix per test (``redis``). Running
+a real livekit-server is ``tests/livekit_server.py``; serving an ASGI app is
+``tests/servers.py``."""
