@@ -68,7 +68,7 @@ class LocalRedis:
 
     @property
     def pid(self) -> int | None:
-        """The server's process id while it runs (tests pause it to play a silent Redis)."""
+        """The server's process id while it runs (a test pauses it to play a silent Redis)."""
         return self._proc.pid if self.running and self._proc is not None else None
 
     @property
@@ -77,7 +77,7 @@ class LocalRedis:
         return self._proc is not None and self._proc.poll() is None
 
     async def start(self) -> None:
-        """Start the server and return once it answers PING."""
+        """Start the server and return once it answers."""
         if self.running:
             return
         binary = find_tool("redis-server")
@@ -101,12 +101,12 @@ class LocalRedis:
                 stderr=subprocess.STDOUT,
             )
         try:
-            await self._wait_for_pong()
+            await self._wait_until_ready()
         except BaseException:
             await self.stop()
             raise
 
-    async def _wait_for_pong(self) -> None:
+    async def _wait_until_ready(self) -> None:
         proc = self._proc
         assert proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -117,14 +117,17 @@ class LocalRedis:
                     f"redis-server exited with code {proc.returncode} at start "
                     f"(port {self.port}); {self.log_path}:\n{tail}"
                 )
-            if await self._pong():
+            if await self._answers():
                 return
             await asyncio.sleep(_POLL_S)
         raise RuntimeError(
-            f"redis-server did not answer PING on 127.0.0.1:{self.port} in {START_TIMEOUT_S:g} s"
+            f"redis-server did not answer on 127.0.0.1:{self.port} in {START_TIMEOUT_S:g} s"
         )
 
-    async def _pong(self) -> bool:
+    async def _answers(self) -> bool:
+        # Our server answers, not another one already on the port (ours would then exit with
+        # "address already in use" a moment later): INFO names the process that answered.
+        proc = self._proc
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.port), 1.0
@@ -132,16 +135,19 @@ class LocalRedis:
         except (OSError, TimeoutError):
             return False
         try:
-            writer.write(b"PING\r\n")
+            writer.write(b"INFO server\r\n")
             await writer.drain()
-            reply = await asyncio.wait_for(reader.readline(), 1.0)
-        except (OSError, TimeoutError):
+            header = await asyncio.wait_for(reader.readline(), 1.0)
+            if not header.startswith(b"$"):
+                return False  # e.g. "-LOADING": not ready yet
+            body = await asyncio.wait_for(reader.readexactly(int(header[1:]) + 2), 1.0)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
             return False
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-        return reply == b"+PONG\r\n"
+        return proc is not None and f"process_id:{proc.pid}\r\n".encode() in body
 
     async def stop(self) -> None:
         """Stop the server (SIGTERM, SIGKILL after 10 s) and wait for it to exit."""

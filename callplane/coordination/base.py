@@ -64,8 +64,12 @@ def job_identity(job: dict[str, Any]) -> tuple[str, float]:
         raise ValueError(f"a job needs a non-empty string job_id, got {job_id!r}")
     if not isinstance(room, str) or not room:
         raise ValueError(f"job {job_id!r} needs a non-empty string room, got {room!r}")
-    if isinstance(started_at, bool) or not isinstance(started_at, int | float):
-        raise ValueError(f"job {job_id!r} needs a numeric started_at, got {started_at!r}")
+    if (
+        isinstance(started_at, bool)
+        or not isinstance(started_at, int | float)
+        or not math.isfinite(started_at)
+    ):
+        raise ValueError(f"job {job_id!r} needs a finite numeric started_at, got {started_at!r}")
     return job_id, float(started_at)
 
 

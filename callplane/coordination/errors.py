@@ -8,7 +8,7 @@ to logs and to the person on call.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = ["CoordinationUnavailable", "redact_url"]
 
@@ -25,13 +25,14 @@ def redact_url(url: str) -> str:
     it can be logged: ``redis://:secret@host:6379/0`` becomes ``redis://host:6379/0`` and
     ``redis://app:secret@host/0`` becomes ``redis://app@host/0``."""
     parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at:
+    shown = url
+    if "@" in parts.netloc:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
         username = userinfo.partition(":")[0]
-        netloc = f"{username}@{hostport}" if username else hostport
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, v) for k, v in pairs if k.lower() not in _SECRET_QUERY_NAMES])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        # the first occurrence is the authority itself, right after "scheme://"
+        shown = shown.replace(parts.netloc, f"{username}@{hostport}" if username else hostport, 1)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        kept = urlencode([(k, v) for k, v in pairs if k.lower() not in _SECRET_QUERY_NAMES])
+        shown = shown.replace("?" + parts.query, "?" + kept if kept else "", 1)
+    return shown
