@@ -137,6 +137,7 @@ async def test_an_expired_job_is_not_listed(fleet: Fleet) -> None:
         {"job_id": "j", "room": "r"},
         {"job_id": "j", "room": "r", "started_at": "yesterday"},
         {"job_id": "j", "room": "r", "started_at": True},
+        {"job_id": "j", "room": "r", "started_at": float("nan")},
     ],
 )
 async def test_a_job_without_its_identity_is_refused(fleet: Fleet, job: dict[str, object]) -> None:
