@@ -1,27 +1,28 @@
 """The coordination state in Redis, shared by every media container.
 
 One Redis (a single primary; the Lua scripts name keys they compute, which Redis Cluster would
-refuse) holds it all, under a key prefix ``P`` (``callplane:`` by default) so several
+refuse) holds it all, under a key prefix ``{P}`` (``callplane:`` by default) so several
 deployments can share a server. Every key expires or is deleted by its owner, and the sorted
 sets are trimmed, so nothing grows with the service's age:
 
-=========================  ======  =====================================  ========================
-key                        type    written by                             expiry
-=========================  ======  =====================================  ========================
-``P nonce:<nonce>``        string  ``Nonces.claim`` (SET NX PXAT)         the token's expiry
-``P room:<room>``          string  ``RoomLeases.acquire``/``renew``: the  ``ttl_s`` after the last
-                                   holder's job id                        renewal; ``release``
-                                                                          deletes it
-``P job:<job id>``         string  ``RoomLeases.put_job``: JSON           ``ttl_s``
-``P jobs``                 zset    ``put_job``: member job id, score      the longest job TTL;
-                                   ``started_at``                         trimmed to the newest
-                                                                          500; ``jobs()`` drops
-                                                                          members whose job key
-                                                                          expired
-``P live:<CallSid>``       string  ``LiveCalls.put``: JSON                ``ttl_s``; ``delete``
-``P out:...``              ...     the outbound dialer                    see
-                                                                          :mod:`.redis_outbound`
-=========================  ======  =====================================  ========================
+============================  ======  =================================  =========================
+key                           type    written by                         expiry
+============================  ======  =================================  =========================
+``{P}nonce:<nonce>``          string  ``Nonces.claim`` (SET NX PXAT)     the token's expiry
+``{P}room:<room>``            string  ``RoomLeases.acquire``/``renew``:  ``ttl_s`` after the last
+                                      the holder's job id                renewal; ``release``
+                                                                         deletes it
+``{P}job:<job id>``           string  ``RoomLeases.put_job``: JSON       ``ttl_s``
+``{P}jobs``                   zset    ``put_job``: member job id, score  the longest job TTL;
+                                      ``started_at``                     trimmed to the newest
+                                                                         500; ``jobs()`` drops
+                                                                         members whose job key
+                                                                         expired
+``{P}live:<CallSid>``         string  ``LiveCalls.put``: JSON            ``ttl_s``; ``delete``
+                                                                         deletes it
+``{P}out:...``                ...     the outbound dialer                see
+                                                                         :mod:`.redis_outbound`
+============================  ======  =================================  =========================
 
 Lease compare-and-set (renew and release only by the holder) and the jobs index are Lua
 scripts, so two containers never interleave inside them.

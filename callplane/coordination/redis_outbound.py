@@ -1,25 +1,26 @@
 """The outbound dialer's shared state in Redis: slots, the wait queue, budget, callbacks.
 
-Keys (``P`` is the prefix, ``callplane:`` by default):
+Keys (``{P}`` is the prefix, ``callplane:`` by default):
 
-=========================  ======  ===================================  ==========================
-key                        type    written by                           expiry
-=========================  ======  ===================================  ==========================
-``P out:slots``            zset    ``take_slot``/``renew_slot``;        members: their lease
-                                   member job id, score the slot        (caller's clock), purged
-                                   lease's expiry                       by admit/take_slot; key:
-                                                                        latest lease + 1 h
-``P out:queue``            zset    ``admit``; member job id, score its  members leave with their
-                                   FIFO position (1, 2, ...)            queue lease; key: as above
-``P out:queue:lease``      zset    ``admit``/``keep_waiting``; member   members: their lease
-                                   job id, score its queue lease's      (caller's clock); key: as
-                                   expiry                               above
-``P out:spend:<day>``      string  ``add_spend`` (INCRBYFLOAT)          3 days after the last add
-``P out:call:<CallSid>``   string  ``map_call``: the job id             ``ttl_s``
-``P out:status:<CallSid>`` list    ``push_status``: one JSON object per ``ttl_s`` after the last
-                                   report, the latest 100 kept          report
-``P out:job:<job id>``     string  ``save_job``: JSON snapshot          ``ttl_s``
-=========================  ======  ===================================  ==========================
+============================  ======  =================================  =========================
+key                           type    written by                         expiry
+============================  ======  =================================  =========================
+``{P}out:slots``              zset    ``take_slot``/``renew_slot``:      members: their lease
+                                      member job id, score the slot      (caller's clock), purged
+                                      lease's expiry                     by admit/take_slot; key:
+                                                                         latest lease + 1 h
+``{P}out:queue``              zset    ``admit``: member job id, score    members leave with their
+                                      its FIFO position (1, 2, ...)      queue lease; key: as
+                                                                         above
+``{P}out:queue:lease``        zset    ``admit``/``keep_waiting``:        members: their lease
+                                      member job id, score its queue     (caller's clock); key: as
+                                      lease's expiry                     above
+``{P}out:spend:<day>``        string  ``add_spend`` (INCRBYFLOAT)        3 days after the last add
+``{P}out:call:<CallSid>``     string  ``map_call``: the job id           ``ttl_s``
+``{P}out:status:<CallSid>``   list    ``push_status``: one JSON object   ``ttl_s`` after the last
+                                      per report, the latest 100 kept    report
+``{P}out:job:<job id>``       string  ``save_job``: JSON snapshot        ``ttl_s``
+============================  ======  =================================  =========================
 
 ``out:queue`` and ``out:queue:lease`` always hold the same members: every script changes both.
 Positions in the queue continue after the last waiting job and restart at 1 when the queue
