@@ -1,0 +1,66 @@
+"""State that must hold across media containers: stream-token nonces, room leases, live-call
+snapshots and the outbound dialer's slots, queue and budget.
+
+``connect(url)`` picks the store: Redis when a URL is configured (every container sees the same
+state), the in-process store when it is None (a single process: the local stack, tests). Code
+is written once against the interfaces in :mod:`callplane.coordination.base`::
+
+    coordination = connect(settings.redis_url)
+    await coordination.ping()  # fails fast, naming the URL, if Redis is unreachable
+    if not await coordination.nonces.claim(claims.nonce, claims.expires_at, now=time.time()):
+        ...  # a replayed stream token
+"""
+
+from __future__ import annotations
+
+from callplane.coordination.base import (
+    MAX_JOBS,
+    MAX_STATUSES,
+    QUEUE_LEASE_S,
+    SPEND_KEEP_S,
+    Coordination,
+    LiveCalls,
+    Nonces,
+    OutboundState,
+    RoomLeases,
+)
+from callplane.coordination.errors import CoordinationUnavailable, redact_url
+from callplane.coordination.memory import MemoryCoordination
+from callplane.coordination.redis_backend import RedisCoordination
+from callplane.coordination.redis_link import DEFAULT_TIMEOUT_S
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "MAX_JOBS",
+    "MAX_STATUSES",
+    "QUEUE_LEASE_S",
+    "SPEND_KEEP_S",
+    "Coordination",
+    "CoordinationUnavailable",
+    "LiveCalls",
+    "MemoryCoordination",
+    "Nonces",
+    "OutboundState",
+    "RedisCoordination",
+    "RoomLeases",
+    "connect",
+    "redact_url",
+]
+
+
+def connect(
+    url: str | None, *, prefix: str = "callplane:", timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Coordination:
+    """The coordination store for ``url``: Redis (``redis://``, ``rediss://`` or ``unix://``)
+    or, when ``url`` is None, this process's memory.
+
+    ``prefix`` starts every Redis key, so deployments can share a server. ``timeout_s`` bounds
+    connecting and each reply: when Redis is down, operations raise
+    :class:`CoordinationUnavailable` within about that time rather than hang a call. Nothing
+    is sent until the first operation (``await ping()`` to check at startup).
+    """
+    if url is None:
+        return MemoryCoordination()
+    if not url.strip():
+        raise ValueError("the Redis URL is empty: give a redis:// URL, or None for in-process")
+    return RedisCoordination(url, prefix=prefix, timeout_s=timeout_s)
