@@ -286,7 +286,11 @@ class RecordStore:
 
     def _upkeep(self) -> None:
         """Every ``heartbeat_s``: refresh this store's live calls (one statement), then close
-        the calls that nobody refreshed for ``lost_after_s``."""
+        the calls that nobody refreshed for ``lost_after_s``.
+
+        A store reaps only once it has reached the database for ``lost_after_s`` in a row:
+        after an outage every heartbeat is old, and the other containers need that long to
+        refresh theirs before their live calls can be told from lost ones."""
         if not self._migrated:
             upgrade(self._engine)
             self._migrated = True
@@ -306,7 +310,8 @@ class RecordStore:
                         )
                         .values(heartbeat_at=now)
                     )
-                lost = self._reap(connection, now)
+                settled = self._writer.healthy_for_s >= self.lost_after_s
+                lost = self._reap(connection, now) if settled else []
         if lost:
             log.warning(
                 "call records: %d calls lost their container (no heartbeat for %g s): %s",
@@ -321,7 +326,8 @@ class RecordStore:
         """Close every live call, of any owner, whose heartbeat is older than
         ``lost_after_s``: status ``lost``, end reason ``container_lost``, ended at its last
         heartbeat. One atomic UPDATE, so stores reaping at once close each call once. Returns
-        the call SIDs this call closed. Blocking; stores also do this every ``heartbeat_s``."""
+        the call SIDs this call closed. Blocking; stores also do this every ``heartbeat_s``
+        (once they have reached the database for ``lost_after_s`` in a row)."""
         with self._engine.connect() as connection:
             connection.execution_options(**{WRITE: True})
             with connection.begin():

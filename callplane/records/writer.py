@@ -73,6 +73,7 @@ class OrderedWriter(Generic[T]):
         self._dropped = 0
         self._dropped_lately = 0  # since the last time drops were reported
         self._down_since: float | None = None
+        self._up_since = time.monotonic()
         self._closed = False  # no more puts
         self._stopping = False
         self._abandon = False
@@ -111,6 +112,12 @@ class OrderedWriter(Generic[T]):
         """False from the first failed write until the next one that commits."""
         with self._cond:
             return self._down_since is None
+
+    @property
+    def healthy_for_s(self) -> float:
+        """Seconds since the database last came back (or since the start); 0 while failing."""
+        with self._cond:
+            return 0.0 if self._down_since is not None else time.monotonic() - self._up_since
 
     def wait(self, timeout_s: float) -> bool:
         """Block until every item put so far is committed (or given up on); False on timeout."""
@@ -208,8 +215,8 @@ class OrderedWriter(Generic[T]):
                 keep.append((number, future))
         self._waiters = keep
 
-    def _take(self) -> list[T]:
-        batch = [item for _, item in itertools.islice(self._queue, self._batch_max)]
+    def _take(self, limit: int) -> list[T]:
+        batch = [item for _, item in itertools.islice(self._queue, limit)]
         self._in_flight = len(batch)
         return batch
 
@@ -227,7 +234,7 @@ class OrderedWriter(Generic[T]):
                         self._cond.wait(wait_s)
                     if self._stopping and (self._abandon or not self._queue):
                         return
-                    batch = self._take()
+                    batch = self._take(self._batch_max)
                 if self._tick_fn is not None and time.monotonic() >= next_tick:
                     self._tick()
                     next_tick = time.monotonic() + self._tick_s
@@ -253,7 +260,9 @@ class OrderedWriter(Generic[T]):
                     if self._abandon:
                         self._in_flight = 0
                         return
-                    batch = self._take()  # what came in meanwhile rides along
+                    # Until the database answers, retry with the oldest write alone: the
+                    # others stay droppable, so a full queue gives up its oldest progress.
+                    batch = self._take(1)
                 continue
             self._written(len(batch))
             return
@@ -316,7 +325,8 @@ class OrderedWriter(Generic[T]):
 
     def _recovered(self, replayed: int) -> None:
         assert self._down_since is not None
-        down_s = time.monotonic() - self._down_since
+        self._up_since = time.monotonic()
+        down_s = self._up_since - self._down_since
         self._down_since = None
         dropped, self._dropped_lately = self._dropped_lately, 0
         log.warning(
