@@ -48,7 +48,8 @@ def make_engine(url: sa.URL) -> Engine:
     SQLite: the parent directory is created; WAL journal with ``synchronous=NORMAL`` (a crash
     of the process loses nothing committed, a power loss may lose the last commits, and a commit
     costs no fsync). PostgreSQL: connections are checked before use, so a server that restarted
-    costs one failed attempt, not a pool of dead connections.
+    costs one failed attempt, not a pool of dead connections. Either way, errors and logs never
+    show a statement's parameters: they hold what callers said.
     """
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -56,6 +57,7 @@ def make_engine(url: sa.URL) -> Engine:
     if backend == "postgresql":
         return sa.create_engine(
             url,
+            hide_parameters=True,
             pool_pre_ping=True,
             connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
         )
@@ -73,7 +75,9 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         )
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        url,
+        hide_parameters=True,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
     )
 
     @sa.event.listens_for(engine, "connect")
@@ -110,3 +114,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
+
+
+def brief(exc: BaseException) -> str:
+    """The first line of ``exc`` for a log line: the driver's reason, not the statement."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Row
 
 from callplane.records.engine import (
     WRITE,
+    brief,
     database_url,
     describe,
     insert,
@@ -138,7 +139,7 @@ class RecordStore:
             log.warning(
                 "call records: cannot migrate %s yet (%s); writes wait until it answers",
                 self._where,
-                exc,
+                brief(exc),
             )
         self._writer: OrderedWriter[_Write] = OrderedWriter(
             self._apply,

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
+from callplane.records.engine import brief
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -319,7 +321,7 @@ class OrderedWriter(Generic[T]):
                     "call records: database %s is failing (%s); %d writes wait in order and "
                     "are retried until it is back",
                     self._where,
-                    _first_line(exc),
+                    brief(exc),
                     len(self._queue),
                 )
 
@@ -350,8 +352,3 @@ class OrderedWriter(Generic[T]):
         with self._cond:
             if self._down_since is not None and not self._queue:
                 self._recovered(0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
