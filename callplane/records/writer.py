@@ -77,6 +77,7 @@ class OrderedWriter(Generic[T]):
         self._down_since: float | None = None
         self._up_since = time.monotonic()
         self._closed = False  # no more puts
+        self._warned_closed = False
         self._stopping = False
         self._abandon = False
         self._stop = threading.Event()
@@ -89,7 +90,9 @@ class OrderedWriter(Generic[T]):
         """Queue ``item`` behind every item put before it."""
         with self._cond:
             if self._closed:
-                log.warning("call records: a write after close is ignored (%s)", self._where)
+                if not self._warned_closed:
+                    self._warned_closed = True
+                    log.warning("call records: writes after close are ignored (%s)", self._where)
                 return
             if len(self._queue) >= self._max_pending and not self._make_room(item):
                 return
