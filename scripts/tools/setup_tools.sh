@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the offline toolchain callplane's deploy tests need; idempotent, and instant once built.
 #
-#   scripts/tools/setup_tools.sh [--force] [pulumi] [livekit] [redis]     (default: all three)
+#   scripts/tools/setup_tools.sh [--force] [pulumi] [livekit] [redis] [postgres]   (default: all four)
 #
 # * pulumi:  the Pulumi CLI, built from the Go module proxy (pkg/v3 wrapped by scripts/tools/pulumi),
 #            our small Python language host (scripts/tools/pulumi/cmd/pulumi-language-python), the
@@ -9,6 +9,9 @@
 #            our wrapper in front of the latter (scripts/tools/pulumi/pulumi-resource-pulumi-python).
 # * livekit: livekit-server, built from the Go module proxy.
 # * redis:   redis-server from Debian (apt-get), if it is not on PATH.
+# * postgres: PostgreSQL (initdb, postgres) from Debian (apt-get), if initdb is not on PATH or
+#            under /usr/lib/postgresql/*/bin. The local stack and the tests start their own
+#            server (callplane_dev/postgres.py), never the system service.
 #
 # Binaries go to ${CALLPLANE_TOOLS:-$HOME/.cache/callplane/tools}/bin, with one stamp file per
 # component under stamps/: a machine builds once (about 10 min on 2 cores for the CLI), then this
@@ -30,12 +33,12 @@ want=()
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    pulumi | livekit | redis) want+=("$arg") ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    pulumi | livekit | redis | postgres) want+=("$arg") ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) say "unknown argument: $arg"; exit 2 ;;
   esac
 done
-((${#want[@]})) || want=(pulumi livekit redis)
+((${#want[@]})) || want=(pulumi livekit redis postgres)
 
 # Stamp keys: what a component was built from. A changed key rebuilds only that component.
 hash_files() { cat "$@" | sha256sum | cut -c1-16; }
@@ -65,9 +68,16 @@ needs_work() {
           pulumi-resource-pulumi-python ../libexec/pulumi-resource-pulumi-python || return 0 ;;
       livekit) fresh livekit "$(key_livekit)" livekit-server || return 0 ;;
       redis) command -v redis-server >/dev/null 2>&1 || return 0 ;;
+      postgres) have_postgres || return 0 ;;
     esac
   done
   return 1
+}
+
+# Debian installs the server binaries under /usr/lib/postgresql/VERSION/bin, off PATH.
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 
 # Fast path: everything is in place.
@@ -148,11 +158,24 @@ install_redis() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 }
 
+install_postgres() {
+  have_postgres && return 0
+  say "installing postgresql from Debian"
+  local sudo=""
+  [[ "$(id -u)" -eq 0 ]] || sudo="sudo"
+  # The package creates the postgres user (the server refuses to run as root, so tests run as
+  # root start it as that user) and may or may not start a system cluster on 5432, depending on
+  # the machine's policy-rc.d; tests start their own server on a spare loopback port.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+}
+
 for c in "${want[@]}"; do
   case "$c" in
     pulumi) build_pulumi ;;
     livekit) fresh livekit "$(key_livekit)" livekit-server || build_livekit ;;
     redis) install_redis ;;
+    postgres) install_postgres ;;
   esac
 done
 say "ready in $BIN"

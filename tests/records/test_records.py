@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from callplane.pricing import PriceTable
 from callplane.records import CallRecord, RecordStore
@@ -34,30 +40,36 @@ def test_records_round_trip_through_sqlite(tmp_path: Path) -> None:
     record.say("caller", "hi")
     record.close("agent_hung_up")
     store.save(record)
-    again = RecordStore(tmp_path / "r.sqlite3").get("CA9")
+    other = RecordStore(tmp_path / "r.sqlite3")
+    again = other.get("CA9")
+    other.close()
     assert again is not None
     assert again["from"] == "+15550001111" and again["profile"] == "sales"
     assert [t["text"] for t in again["transcript"]] == ["Hello", "hi"]
-    assert store.list()[0]["call_sid"] == "CA9"
+    calls, _ = store.list()
+    assert calls[0]["call_sid"] == "CA9"
+    store.close()
 
 
 async def test_async_saves_run_off_the_event_loop_and_all_land(tmp_path: Path) -> None:
-    import asyncio
-    import threading
-
+    store = RecordStore(tmp_path / "r.sqlite3")
     seen: set[str] = set()
 
-    class Watched(RecordStore):
-        def save(self, record: CallRecord) -> None:
-            seen.add(threading.current_thread().name)
-            super().save(record)
+    def statement(*_: Any) -> None:
+        seen.add(threading.current_thread().name)
 
-    store = Watched(tmp_path / "r.sqlite3")
-    records = [CallRecord(call_sid=f"CA{i}", started_at=float(i)) for i in range(100)]
-    await asyncio.gather(*(store.save_async(r) for r in records))
+    event.listen(Engine, "before_cursor_execute", statement)
+    try:
+        records = [CallRecord(call_sid=f"CA{i}", started_at=float(i)) for i in range(100)]
+        await asyncio.gather(*(store.save_async(r) for r in records))
+    finally:
+        event.remove(Engine, "before_cursor_execute", statement)
+    assert seen, "no statement ran"
     assert threading.current_thread().name not in seen
     assert all(name.startswith("records") for name in seen)
-    listed = store.list(limit=500)
+    listed, _ = store.list(limit=500)
     assert sorted(r["call_sid"] for r in listed) == sorted(r.call_sid for r in records)
     store.close()
-    assert RecordStore(tmp_path / "r.sqlite3").get("CA42") is not None
+    again = RecordStore(tmp_path / "r.sqlite3")
+    assert again.get("CA42") is not None
+    again.close()
