@@ -69,6 +69,8 @@ SECRET_KEYS = (
     "openaiApiKey",
     "webKey",
     "linkSecret",
+    "databaseUrl",
+    "redisUrl",
 )
 
 _SID = {
@@ -409,6 +411,11 @@ class StackConfig(_Model):
     #: Signs playground links (``?link=``, edge_worker/web_links.py) that need no web key.
     link_secret: str | None = Field(default=None, repr=False, min_length=16)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: The call records database every media container writes to (PostgreSQL, as a
+    #: SQLAlchemy URL: postgresql+psycopg://user:password@host:5432/db). A secret.
+    database_url: str | None = Field(default=None, repr=False)
+    #: Redis for what must hold across containers (redis:// or rediss://). A secret.
+    redis_url: str | None = Field(default=None, repr=False)
     countries: dict[str, dict[NumberTypeField, CountryOverride]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -446,6 +453,33 @@ class StackConfig(_Model):
                     "callplane:profiles is missing on a cloud stack: the media function needs "
                     "each profile's instructions. Fix: add callplane:profiles.<name>.instructions"
                 )
+            if self.database_url is None:
+                problems.append(
+                    "callplane:databaseUrl is missing on a cloud stack: containers come and go, "
+                    "so call records need a database they all reach. Fix: pulumi config set "
+                    "--secret callplane:databaseUrl postgresql+psycopg://user:password@host/db"
+                )
+            if self.redis_url is None:
+                problems.append(
+                    "callplane:redisUrl is missing on a cloud stack: single-use stream tokens, "
+                    "one agent per room and outbound limits must hold across containers. Fix: "
+                    "pulumi config set --secret callplane:redisUrl rediss://:password@host:6379/0"
+                )
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgresql+psycopg://")
+        ):
+            scheme = self.database_url.split(":", 1)[0]
+            problems.append(
+                f"callplane:databaseUrl has the scheme {scheme!r}. Fix: use a PostgreSQL URL, "
+                "postgresql+psycopg://user:password@host:5432/db (SQLite files do not survive "
+                "a container)"
+            )
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://")):
+            scheme = self.redis_url.split(":", 1)[0]
+            problems.append(
+                f"callplane:redisUrl has the scheme {scheme!r}. Fix: use redis://host:6379/0, "
+                "or rediss:// for TLS"
+            )
         if self.kind == "local" and not self.media.urls:
             problems.append(
                 "callplane:media.urls is missing on a local stack. Fix: set it to the local "

@@ -174,7 +174,10 @@ def media_settings_json(config: StackConfig, media_base: str, http_base: str | N
         "realtime_api_key": config.openai_api_key,
         "realtime_model": config.media.realtime_model,
         "profiles": {n: {"name": n, **p} for n, p in config.profiles.items()},
-        "records_path": "/tmp/callplane-records.sqlite3",
+        # Shared by every container: records in the stack's database, coordination in Redis
+        # (a cloud stack must set both; the local stack may run on SQLite in one process).
+        "database_url": _psycopg(config.database_url),
+        "redis_url": config.redis_url,
     }
     if http_base and http_base != media_base:  # the streams are served apart from the HTTP
         doc["public_http_url"] = _http(http_base)
@@ -187,6 +190,13 @@ def media_settings_json(config: StackConfig, media_base: str, http_base: str | N
         )
     settings = MediaSettings.model_validate(doc)
     return settings.model_dump_json()
+
+
+def _psycopg(url: str | None) -> str | None:
+    """A PostgreSQL URL with the driver the media image installs (psycopg 3)."""
+    if url is not None and url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _http(url: str) -> str:

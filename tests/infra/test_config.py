@@ -58,6 +58,8 @@ def test_example_cloud_stacks_validate_once_placeholders_are_filled(stack: str) 
         "mediaApiKey": "m" * 10,
         "openaiApiKey": "sk",
         "livekitApiSecret": "l",
+        "databaseUrl": "postgresql://callplane:pw@db.example.com:5432/callplane",
+        "redisUrl": "rediss://:pw@redis.example.com:6379/0",
     }
     config = load({**raw, **secrets}, secret_keys=[f"callplane:{k}" for k in secrets])
     assert config.kind == "cloud" and config.modal is not None
@@ -131,9 +133,12 @@ def test_secrets_are_never_shown_and_plaintext_is_refused_on_cloud() -> None:
         modal={"workspace": "team"},
         mediaApiKey="m" * 10,
         openaiApiKey="sk",
+        databaseUrl="postgresql://u:pw@db.example.com/callplane",
+        redisUrl="rediss://:pw@redis.example.com:6379/0",
         profiles={"sales": {"instructions": "hi"}},
     )
-    refused = problems(cloud, secret_keys=["callplane:mediaApiKey", "callplane:openaiApiKey"])
+    encrypted = ["mediaApiKey", "openaiApiKey", "databaseUrl", "redisUrl"]
+    refused = problems(cloud, secret_keys=[f"callplane:{k}" for k in encrypted])
     assert any(p.startswith("callplane:twilioAuthToken is stored in plaintext") for p in refused)
     assert any(p.startswith("callplane:streamSecret is stored in plaintext") for p in refused)
     assert not any("mediaApiKey is stored" in p for p in refused)
@@ -151,6 +156,8 @@ def test_cloud_stack_cross_checks() -> None:
         "callplane:modal is missing",
         "callplane:edge.cloudflare is missing",
         "callplane:mediaApiKey is missing",
+        "callplane:databaseUrl is missing",
+        "callplane:redisUrl is missing",
         "callplane:numbers[0].route = 'sip' needs callplane:livekit.sipUri",
         "callplane:numbers[0].profile = 'nobody'",
         "callplane:profiles.sales.voice",
@@ -225,3 +232,13 @@ def test_every_fact_says_whether_it_is_verified_and_where_from() -> None:
 def test_stack_config_repr_hides_secrets() -> None:
     config = StackConfig.model_validate(local(twilioAuthToken="very-secret-token"))
     assert "very-secret-token" not in repr(config)
+
+
+def test_shared_state_urls_must_be_postgres_and_redis() -> None:
+    found = "\n".join(
+        problems(local(databaseUrl="sqlite:////tmp/records.db", redisUrl="http://cache:6379"))
+    )
+    assert "callplane:databaseUrl has the scheme 'sqlite'" in found
+    assert "postgresql+psycopg://" in found and "do not survive" in found
+    assert "callplane:redisUrl has the scheme 'http'" in found
+    assert "/tmp/records.db" not in found and "cache:6379" not in found  # secrets stay unshown

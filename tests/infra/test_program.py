@@ -108,6 +108,8 @@ CLOUD: dict[str, Any] = {
     },
     "mediaApiKey": "m" * 12,
     "openaiApiKey": "sk-test",
+    "databaseUrl": "postgresql://callplane:pw@db.example.com:5432/callplane",
+    "redisUrl": "rediss://:pw@redis.example.com:6379/0",
     "profiles": {"support": {"instructions": "Help."}, "sales": {"instructions": "Sell."}},
     "numbers": [
         {"country": "US", "type": "local", "profile": "sales", "route": "sip"},
@@ -120,6 +122,8 @@ CLOUD_SECRETS = (
     "livekitApiSecret",
     "mediaApiKey",
     "openaiApiKey",
+    "databaseUrl",
+    "redisUrl",
 )
 
 
@@ -179,6 +183,11 @@ def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
         )
         assert media["public_http_url"] == "https://team--callplane-media-prod.modal.run"
         assert set(media["profiles"]) == {"support", "sales"}
+        # every container shares one records database (with the image's driver) and Redis
+        assert media["database_url"] == (
+            "postgresql+psycopg://callplane:pw@db.example.com:5432/callplane"
+        )
+        assert media["redis_url"] == "rediss://:pw@redis.example.com:6379/0"
         (trunk,) = engine.of("twilio:SipTrunk")
         assert trunk.inputs["origination_sip_url"] == "sip:abc.sip.livekit.cloud"
         by_name = {n.name: n.inputs for n in engine.of("twilio:PhoneNumber")}
