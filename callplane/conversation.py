@@ -217,7 +217,7 @@ class Conversation:
             self._settle_state()
 
     def on_dtmf(self, digit: str) -> None:
-        self.record.dtmf.append(digit)
+        self.record.key_pressed(digit)
         action = self.profile.dtmf.get(digit, "tell_model")
         if action == "end_call":
             self.request_end("caller_pressed_" + digit)
@@ -545,13 +545,7 @@ class Conversation:
                     "audio_end_ms": audio_end_ms,
                 }
             )
-            self.record.interruptions.append(
-                {
-                    "at": round(time.time() - self.record.started_at, 3),
-                    "item_id": item_id,
-                    "audio_end_ms": audio_end_ms,
-                }
-            )
+            self.record.interrupted(item_id, audio_end_ms)
         if self._response_active:
             events.append({"type": "response.cancel"})
         return clear, events
@@ -567,16 +561,12 @@ class Conversation:
         task = self._spawn(run())
         self._tools_in_flight += 1
         self._pending_calls.append((call_id, task))
-        self.record.tool_calls.append(
-            {"name": name, "call_id": call_id, "arguments": arguments, "output": None}
-        )
+        self.record.tool_started(name, call_id, arguments)
 
     async def _answer_tools(self, calls: list[tuple[str, asyncio.Task[str]]]) -> None:
         for call_id, task in calls:
             output = await task
-            for entry in self.record.tool_calls:
-                if entry["call_id"] == call_id:
-                    entry["output"] = output
+            self.record.tool_finished(call_id, output)
             self.rt.send(
                 {
                     "type": "conversation.item.create",

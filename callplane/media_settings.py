@@ -14,10 +14,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from callplane.coordination import Coordination, connect
 from callplane.livekit_settings import LiveKitSettings
 from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
+from callplane.records import RecordStore
 from callplane.tools import Tool
 from callplane.transports.twilio import TwilioRestSettings
 
@@ -47,6 +49,20 @@ class MediaSettings(BaseModel):
     realtime_renew_margin_s: float = Field(default=120, ge=0)
     profiles: Mapping[str, AgentProfile]
     records_path: Path = Path(".callplane/records.sqlite3")
+    # The call records database, a SQLAlchemy URL (postgresql+psycopg://user:pw@host/db) that
+    # every container writes to. None: SQLite at records_path, which only one process may use.
+    database_url: str | None = None
+    # Redis (redis://, rediss://) for what must hold across containers: single-use stream
+    # tokens, one agent job per room, outbound slots, queue and budget, live-call snapshots.
+    # None: kept in this process, which is right only when one process serves everything.
+    redis_url: str | None = None
+    # A live call's row is touched every call_heartbeat_s; a call whose container stopped
+    # touching it for call_lost_after_s is closed as "container_lost" by any other container.
+    call_heartbeat_s: float = Field(default=5.0, gt=0, le=60)
+    call_lost_after_s: float = Field(default=30.0, gt=0)
+    # An agent job's hold on its room, renewed by the job and its launcher every third of it:
+    # after a crash, the next join starts a new agent at most this long later.
+    agent_lease_s: float = Field(default=30.0, ge=1, le=600)
     # Outbound calls: the edge's voice webhook URL that Twilio fetches for the call's TwiML,
     # and the stack's limits. Without edge_voice_url, POST /calls is refused.
     edge_voice_url: str | None = None
@@ -57,6 +73,21 @@ class MediaSettings(BaseModel):
     # The stack's LiveKit project: web rooms, on-demand agent jobs, hybrid phone rooms. Without
     # it the LiveKit routes answer 503 and profiles that name a room are refused at load.
     livekit: LiveKitSettings | None = None
+
+    @model_validator(mode="after")
+    def _lost_after_heartbeats(self) -> MediaSettings:
+        if self.call_lost_after_s < 3 * self.call_heartbeat_s:
+            raise ValueError(
+                f"call_lost_after_s={self.call_lost_after_s} must be at least three heartbeats "
+                f"(3 x call_heartbeat_s={self.call_heartbeat_s}), or a busy container's live "
+                "calls would be closed as lost; raise it or lower call_heartbeat_s"
+            )
+        return self
+
+    @property
+    def records_url(self) -> str:
+        """The call records' SQLAlchemy URL: ``database_url``, else SQLite at records_path."""
+        return self.database_url or f"sqlite:///{self.records_path}"
 
     @model_validator(mode="after")
     def _rooms_need_livekit(self) -> MediaSettings:
@@ -103,6 +134,19 @@ class MediaSettings(BaseModel):
                 "with @callplane.tools.tool"
             )
         return {t.name: t for t in tools}
+
+    def open_records(self) -> RecordStore:
+        """The call records store these settings name (migrated, its writer started)."""
+        return RecordStore(
+            self.records_url,
+            heartbeat_s=self.call_heartbeat_s,
+            lost_after_s=self.call_lost_after_s,
+        )
+
+    def open_coordination(self) -> Coordination:
+        """The state shared with the other containers: Redis at ``redis_url``, or this
+        process's own when there is none (nothing is contacted until first use)."""
+        return connect(self.redis_url)
 
     def realtime(self) -> RealtimeSettings:
         return RealtimeSettings(

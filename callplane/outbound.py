@@ -11,11 +11,11 @@ media app is the transport (``POST /calls``, status callbacks, the media stream)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -27,6 +27,7 @@ import phonenumbers
 from phonenumbers import timezone as phone_timezones
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from callplane.coordination import CoordinationUnavailable, OutboundState
 from callplane.profiles import AgentProfile
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Refused",
     "check_limits",
     "destination",
+    "spend_day",
 ]
 
 log = logging.getLogger("callplane.outbound")
@@ -201,7 +203,6 @@ class OutboundJob:
     attempts: list[Attempt] = field(default_factory=list)
     record: dict[str, Any] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    _final: dict[str, asyncio.Future[dict[str, str]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -218,17 +219,40 @@ class OutboundJob:
 
 
 PlaceCall = Callable[[OutboundJob], Awaitable[str]]  # returns the CallSid
-MAX_EARLY_CALLBACKS = 1000
-"""Calls whose status callbacks are kept while their Calls.create is still returning."""
 FetchStatus = Callable[[str], Awaitable[Mapping[str, str]]]
 """A call's status from Twilio's REST API, as callback fields (CallSid, CallStatus, ...)."""
 RecordLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
-SpentToday = Callable[[], float]
 Notify = Callable[[OutboundJob], Awaitable[None]]
+
+JOB_TTL_S = 24 * 3600.0
+"""How long a request's status (``GET /outbound/{id}``), its CallSid map and its status reports
+stay in the shared state after the last change."""
+SLOT_LEASE_S = 60.0
+"""A live attempt's hold on a concurrency slot, renewed every third of it: the slots of a
+container that dies mid-call come free when their leases lapse, not never."""
+POLL_S = 0.25
+"""How often a waiting request looks for a free slot, and an attempt for status reports that
+reached another container (reports that reach this one wake it at once)."""
+
+
+def spend_day(at: float) -> str:
+    """The budget day of a call that started at ``at`` (Unix seconds): its UTC date, since
+    ``outbound.daily_budget_usd`` is per UTC day."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).date().isoformat()
 
 
 class Dialer:
-    """Queues, places, follows and retries outbound calls for one media app."""
+    """Queues, places, follows and retries outbound calls.
+
+    What must hold however many media containers run lives in ``state`` (Redis in the cloud,
+    in-process for a single process): the queue and its capacity, the concurrency slots (FIFO
+    across containers), the day's spend, which request a CallSid belongs to and every status
+    report Twilio sent for it. A status callback may reach any container: it is stored there and
+    the attempt that waits for it, wherever it runs, reads it within ``poll_s`` (at once when it
+    runs in the container that got it). A request's attempts run in the container that accepted
+    it; if that container dies, its slots come free after ``slot_lease_s`` and its queue entry
+    lapses likewise.
+    """
 
     def __init__(
         self,
@@ -236,59 +260,52 @@ class Dialer:
         profiles: Mapping[str, AgentProfile],
         place: PlaceCall,
         record_of: RecordLookup,
-        spent_today: SpentToday,
+        state: OutboundState,
         notify: Notify | None = None,
         *,
         fetch_status: FetchStatus | None = None,
         clock: Callable[[], float] = time.time,
         attempt_timeout_s: float = 4 * 3600,
+        poll_s: float = POLL_S,
+        slot_lease_s: float = SLOT_LEASE_S,
     ) -> None:
         self.limits = limits
         self.profiles = profiles
         self._place = place
         self._record_of = record_of
-        self._spent_today = spent_today
+        self._state = state
         self._notify = notify
         self._fetch_status = fetch_status
         self._clock = clock
         self._attempt_timeout_s = attempt_timeout_s
-        self._slots = asyncio.Semaphore(limits.max_concurrent)
-        self.jobs: dict[str, OutboundJob] = {}
-        self.by_call_sid: dict[str, OutboundJob] = {}
-        # Status callbacks for a CallSid we do not know yet: Calls.create can still be on its
-        # way back (a blocking SDK call in a thread) when Twilio, or the simulator, already
-        # reports the call, even its final status. Kept until the SID is registered, bounded.
-        self._early: OrderedDict[str, list[dict[str, str]]] = OrderedDict()
-        self.live = 0  # attempts holding a slot now
+        self._poll_s = poll_s
+        self._slot_lease_s = slot_lease_s
+        self.jobs: dict[str, OutboundJob] = {}  # requests running in this container
+        self._wakers: dict[str, asyncio.Event] = {}  # CallSid -> its waiting attempt here
+        self.live = 0  # this container's attempts holding a slot now
         self.max_live_seen = 0
-        self._waiting = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, request: OutboundRequest) -> OutboundJob:
+    async def submit(self, request: OutboundRequest) -> OutboundJob:
         """Check the request and queue it; raise :class:`Refused` (or ValueError for bad
-        input) before anything is dialled."""
+        input) before anything is dialled. Raises
+        :class:`~callplane.coordination.CoordinationUnavailable` when the shared state cannot
+        be reached: no limit could be checked, so nothing is queued."""
         profile = self.profiles.get(request.profile)
         if profile is None:
             raise ValueError(
                 f"profile={request.profile!r} is not configured; use one of {sorted(self.profiles)}"
             )
         to = destination(request.to)
-        check_limits(self.limits, to, now=self._clock(), spent_today_usd=self._spent_today())
+        now = self._clock()
+        spent = await self._state.spent(spend_day(now))
+        check_limits(self.limits, to, now=now, spent_today_usd=spent)
         caller_id = request.from_ or self.limits.caller_id(to.country)
         if caller_id is None:
             raise Refused(
                 "caller_ids",
                 f"no number to call {to.country} from: set outbound.caller_ids[{to.country!r}] "
                 "or outbound.caller_ids['default'] to one of the stack's numbers",
-            )
-        busy = self.live + self._waiting
-        if busy >= self.limits.max_concurrent + self.limits.max_queued:
-            raise Refused(
-                "max_concurrent",
-                f"{self.live} outbound calls are live and {self._waiting} waiting, the most this "
-                f"stack allows (outbound.max_concurrent={self.limits.max_concurrent}, "
-                f"outbound.max_queued={self.limits.max_queued}); try again shortly",
-                status=429,
             )
         job = OutboundJob(
             id="OB" + secrets.token_hex(16),
@@ -297,48 +314,64 @@ class Dialer:
             destination=to,
             caller_id=caller_id,
         )
+        limits = self.limits
+        admitted, live, waiting = await self._state.admit(
+            job.id, capacity=limits.max_concurrent + limits.max_queued, now=now
+        )
+        if not admitted:
+            raise Refused(
+                "max_concurrent",
+                f"{live} outbound calls are live and {waiting} waiting, the most this stack "
+                f"allows (outbound.max_concurrent={limits.max_concurrent}, "
+                f"outbound.max_queued={limits.max_queued}); try again shortly",
+                status=429,
+            )
         self.jobs[job.id] = job
-        self._waiting += 1
+        await self._save(job)
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
 
-    def on_status(self, fields: Mapping[str, str]) -> None:
-        """A verified Twilio status callback for one of our calls."""
+    async def on_status(self, fields: Mapping[str, str]) -> None:
+        """A verified Twilio status callback, whichever container placed the call."""
         call_sid = fields.get("CallSid", "")
-        job = self.by_call_sid.get(call_sid)
-        if job is None:
-            if call_sid:
-                self._early.setdefault(call_sid, []).append(dict(fields))
-                self._early.move_to_end(call_sid)
-                while len(self._early) > MAX_EARLY_CALLBACKS:
-                    self._early.popitem(last=False)
+        if not call_sid:
             return
-        attempt = next((a for a in job.attempts if a.call_sid == call_sid), None)
-        self._apply(attempt, job._final.get(call_sid), fields)
+        await self._state.push_status(call_sid, dict(fields), JOB_TTL_S)
+        waker = self._wakers.get(call_sid)
+        if waker is not None:  # the attempt runs here: no need to wait for its next look
+            waker.set()
 
-    def _apply(
-        self,
-        attempt: Attempt | None,
-        future: asyncio.Future[dict[str, str]] | None,
-        fields: Mapping[str, str],
-    ) -> None:
-        """Fold one status report (a callback, or the REST API's answer) into the attempt."""
+    async def job_status(self, job_id: str) -> dict[str, Any] | None:
+        """``GET /outbound/{id}``: the request as this container runs it, or as the container
+        that runs it last saved it."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.to_json()
+        return await self._state.load_job(job_id)
+
+    def _apply(self, attempt: Attempt, fields: Mapping[str, str]) -> dict[str, str] | None:
+        """Fold one status report (a callback, or the REST API's answer) into the attempt;
+        the report if it is final."""
         status = fields.get("CallStatus", "")
-        if attempt is not None:
-            attempt.heard_at = self._clock()
-            attempt.status = status or attempt.status
-            attempt.answered_by = fields.get("AnsweredBy") or attempt.answered_by
-            if fields.get("CallDuration", "").isdigit():
-                attempt.duration_s = float(fields["CallDuration"])
-        if status in FINAL_STATUSES and future is not None and not future.done():
-            future.set_result(dict(fields))
+        attempt.heard_at = self._clock()
+        attempt.status = status or attempt.status
+        attempt.answered_by = fields.get("AnsweredBy") or attempt.answered_by
+        if fields.get("CallDuration", "").isdigit():
+            attempt.duration_s = float(fields["CallDuration"])
+        return dict(fields) if status in FINAL_STATUSES else None
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _save(self, job: OutboundJob) -> None:
+        try:
+            await self._state.save_job(job.id, job.to_json(), JOB_TTL_S)
+        except CoordinationUnavailable as exc:  # GET /outbound elsewhere is stale; calls go on
+            log.warning("outbound %s: status not shared: %s", job.id, exc)
 
     async def _run(self, job: OutboundJob) -> None:
         retry = job.profile.retry
@@ -363,80 +396,140 @@ class Dialer:
             if job.outcome in ("queued", "calling"):
                 job.outcome = "failed"
             job.done.set()
+            with contextlib.suppress(CoordinationUnavailable):
+                await self._state.leave_queue(job.id)  # cancelled while queued
+            await self._save(job)
+            self.jobs.pop(job.id, None)
         if self._notify is not None:
             try:
                 await self._notify(job)
             except Exception:  # the requester's webhook must not break the dialer
                 log.exception("outbound %s: notifying the request's webhook failed", job.id)
 
+    async def _take_slot(self, job: OutboundJob) -> None:
+        """Wait for a concurrency slot, in submission order across every container."""
+        warned = False
+        while True:
+            now = self._clock()
+            try:
+                if await self._state.take_slot(
+                    job.id,
+                    max_concurrent=self.limits.max_concurrent,
+                    lease_s=self._slot_lease_s,
+                    now=now,
+                ):
+                    return
+                if not await self._state.keep_waiting(
+                    job.id, lease_s=self._slot_lease_s, now=now
+                ):  # its place lapsed (a stalled loop, a Redis restart): queue again
+                    limits = self.limits
+                    await self._state.admit(
+                        job.id, capacity=limits.max_concurrent + limits.max_queued, now=now
+                    )
+            except CoordinationUnavailable as exc:
+                if not warned:
+                    log.warning("outbound %s waits for a slot: %s", job.id, exc)
+                    warned = True
+            await asyncio.sleep(self._poll_s)
+
+    async def _hold_slot(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._slot_lease_s / 3)
+            try:
+                await self._state.renew_slot(job_id, lease_s=self._slot_lease_s, now=self._clock())
+            except CoordinationUnavailable as exc:
+                log.warning("outbound %s: slot lease not renewed: %s", job_id, exc)
+
     async def _attempt(self, job: OutboundJob, number: int) -> dict[str, str]:
         attempt = Attempt(number)
-        async with self._slots:
-            if number == 1:
-                self._waiting -= 1
-            self.live += 1
-            self.max_live_seen = max(self.max_live_seen, self.live)
+        await self._take_slot(job)
+        self.live += 1
+        self.max_live_seen = max(self.max_live_seen, self.live)
+        holding = asyncio.create_task(self._hold_slot(job.id), name=f"slot-{job.id}")
+        try:
+            job.attempts.append(attempt)
+            job.outcome = "calling"
+            attempt.started_at = self._clock()
+            await self._save(job)
             try:
-                job.attempts.append(attempt)
-                job.outcome = "calling"
-                attempt.started_at = self._clock()
-                future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-                try:
-                    call_sid = await self._place(job)
-                except Exception as exc:
-                    attempt.status, attempt.error = "failed", str(exc)
-                    return {"CallStatus": "failed"}
-                attempt.call_sid = call_sid
-                job._final[call_sid] = future
-                self.by_call_sid[call_sid] = job
-                for fields in self._early.pop(call_sid, []):  # what came before the SID did
-                    self.on_status(fields)
-                try:
-                    return await asyncio.wait_for(
-                        self._final_status(attempt, future), self._attempt_timeout_s
-                    )
-                except TimeoutError:
-                    attempt.status, attempt.error = "failed", "no final status from Twilio"
-                    return {"CallStatus": "failed"}
-            finally:
-                attempt.ended_at = self._clock()
-                self.live -= 1
-
-    async def _final_status(
-        self, attempt: Attempt, future: asyncio.Future[dict[str, str]]
-    ) -> dict[str, str]:
-        """The attempt's final status callback; when callbacks go quiet for ``status_poll_s``,
-        the call's status from the REST API stands in for the one that may have been lost."""
-        poll_s = self.limits.status_poll_s
-        asked_at = attempt.started_at
-        while True:
-            quiet_since = max(attempt.heard_at or attempt.started_at, asked_at)
-            wait_s = quiet_since + poll_s - self._clock()
-            if wait_s > 0:
-                try:
-                    return await asyncio.wait_for(asyncio.shield(future), wait_s)
-                except TimeoutError:
-                    continue  # a report may have come in meanwhile: quiet restarts from it
-            if future.done():
-                return future.result()
-            asked_at = self._clock()
-            if self._fetch_status is None or attempt.call_sid is None:
-                continue  # nobody to ask: wait another quiet spell
+                call_sid = await self._place(job)
+            except Exception as exc:
+                attempt.status, attempt.error = "failed", str(exc)
+                return {"CallStatus": "failed"}
+            attempt.call_sid = call_sid
+            await self._state.map_call(call_sid, job.id, JOB_TTL_S)
+            await self._save(job)
             try:
-                fields = dict(await self._fetch_status(attempt.call_sid))
-            except Exception as exc:  # Twilio unreachable too: ask again after another spell
-                log.warning("%s: the REST API's status is unavailable: %s", attempt.call_sid, exc)
-                continue
-            fields["CallSid"] = attempt.call_sid
-            if fields.get("CallStatus") in FINAL_STATUSES and not future.done():
-                log.warning(
-                    "%s: no final status callback after %.0f s of quiet; the REST API says %s",
-                    attempt.call_sid,
-                    asked_at - quiet_since,
-                    fields["CallStatus"],
+                return await asyncio.wait_for(
+                    self._final_status(attempt, call_sid), self._attempt_timeout_s
                 )
-                attempt.status_from = "rest"
-            self._apply(attempt, future, fields)
+            except TimeoutError:
+                attempt.status, attempt.error = "failed", "no final status from Twilio"
+                return {"CallStatus": "failed"}
+        finally:
+            attempt.ended_at = self._clock()
+            self.live -= 1
+            holding.cancel()
+            await asyncio.gather(holding, return_exceptions=True)
+            try:
+                await self._state.release_slot(job.id)
+            except CoordinationUnavailable as exc:  # its lease lapses instead
+                log.warning("outbound %s: slot not released: %s", job.id, exc)
+
+    async def _final_status(self, attempt: Attempt, call_sid: str) -> dict[str, str]:
+        """The attempt's final status report, from whichever container Twilio's callback
+        reached (including reports that came before ``Calls.create`` returned the CallSid).
+        When reports go quiet for ``status_poll_s``, the call's status from the REST API
+        stands in for a callback that may have been lost."""
+        waker = self._wakers[call_sid] = asyncio.Event()
+        seen = 0
+        asked_at = attempt.started_at
+        try:
+            while True:
+                waker.clear()
+                try:
+                    reports = await self._state.statuses(call_sid)
+                except CoordinationUnavailable as exc:
+                    log.warning("%s: status reports unavailable: %s", call_sid, exc)
+                    reports = []
+                for fields in reports[seen:]:
+                    final = self._apply(attempt, fields)
+                    if final is not None:
+                        return final
+                seen = max(seen, len(reports))
+                now = self._clock()
+                quiet_since = max(attempt.heard_at or attempt.started_at, asked_at)
+                if now - quiet_since >= self.limits.status_poll_s:
+                    asked_at = now
+                    final = await self._ask_rest(attempt, call_sid, quiet_since)
+                    if final is not None:
+                        return final
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waker.wait(), self._poll_s)
+        finally:
+            self._wakers.pop(call_sid, None)
+
+    async def _ask_rest(
+        self, attempt: Attempt, call_sid: str, quiet_since: float
+    ) -> dict[str, str] | None:
+        if self._fetch_status is None:
+            return None  # nobody to ask: wait another quiet spell
+        try:
+            fields = dict(await self._fetch_status(call_sid))
+        except Exception as exc:  # Twilio unreachable too: ask again after another spell
+            log.warning("%s: the REST API's status is unavailable: %s", call_sid, exc)
+            return None
+        fields["CallSid"] = call_sid
+        final = self._apply(attempt, fields)
+        if final is not None:
+            log.warning(
+                "%s: no final status callback after %.0f s of quiet; the REST API says %s",
+                call_sid,
+                self._clock() - quiet_since,
+                fields["CallStatus"],
+            )
+            attempt.status_from = "rest"
+        return final
 
     @staticmethod
     def _outcome(job: OutboundJob) -> Outcome:

@@ -142,6 +142,16 @@ def dev(
             "(default: when scripts/tools/setup_tools.sh has built them).",
         ),
     ] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=8,
+            help="1: the media plane in this process. 2-8: the cloud's shape, that many "
+            "processes of the media app and of the stream server behind a front each, with "
+            "PostgreSQL and Redis shared by all.",
+        ),
+    ] = 1,
 ) -> None:
     """Run every local part on loopback until Ctrl-C: the engine, the Twilio simulator, the
     edge worker and the media app, with simulated numbers bought for the local stack; and a real
@@ -170,6 +180,7 @@ def dev(
         media_port=ports[3],
         livekit=use_livekit,
         livekit_port=ports[4],
+        replicas=replicas,
     )
 
     async def run() -> None:

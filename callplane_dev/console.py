@@ -28,10 +28,17 @@ def print_parts(console: Console, parts: dict[str, Any]) -> None:
     table.add_row("Realtime engine", parts["engine"])
     table.add_row("Twilio simulator (REST)", parts["twilio"])
     table.add_row("edge worker", parts["edge"] + "/twilio/voice")
-    table.add_row("media app", parts["media"].replace("http", "ws") + "/twilio/media")
+    table.add_row("media app", parts["media"])
+    table.add_row("media streams", parts["streams"])
     if "livekit" in parts:
         table.add_row("livekit-server", parts["livekit"])
         table.add_row("web playground", parts["playground"])
+    for service, urls in parts.get("replicas", {}).items():
+        for i, url in enumerate(urls):
+            table.add_row(f"{service} replica {i}", url)
+    if "database" in parts:
+        table.add_row("PostgreSQL (records)", parts["database"])
+        table.add_row("Redis (coordination)", parts["redis"])
     for n in parts["numbers"]:
         table.add_row(f"number ({n['profile']})", n["number"])
     console.print(table)

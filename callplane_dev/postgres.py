@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import hashlib
+import logging
 import os
 import pwd
 import shutil
@@ -35,6 +37,7 @@ from psycopg import sql
 
 __all__ = ["LocalPostgres", "PostgresNotInstalled", "find_postgres"]
 
+log = logging.getLogger("callplane.postgres")
 SETUP_HINT: Final = "run scripts/tools/setup_tools.sh postgres"
 USER: Final = "callplane"
 DATABASE: Final = "callplane"
@@ -129,6 +132,8 @@ class LocalPostgres:
         runner = _service_user()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if runner is not None:
+            if not _reachable(self.data_dir, runner):
+                self.data_dir = _relocated(self.data_dir, runner)
             _check_reachable(self.data_dir, runner)
             _give(self.data_dir, runner)
             self.log_path.touch()
@@ -285,6 +290,35 @@ def _groups(runner: pwd.struct_passwd | None) -> list[int] | None:
 
 def _give(path: Path, runner: pwd.struct_passwd) -> None:
     os.chown(path, runner.pw_uid, runner.pw_gid)
+
+
+RELOCATED_ROOT = Path(tempfile.gettempdir()) / "callplane-postgres"
+
+
+def _reachable(path: Path, runner: pwd.struct_passwd) -> bool:
+    try:
+        _check_reachable(path, runner)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _relocated(data_dir: Path, runner: pwd.struct_passwd) -> Path:
+    """Where the cluster of ``data_dir`` lives when the server's user cannot reach it (root's
+    home and pytest's temporary folders are private): a folder of its own under the system's
+    temporary directory, named after ``data_dir`` so that each data directory keeps one
+    cluster across starts. ``data_dir/postgres-location`` says where it went."""
+    digest = hashlib.sha256(os.fsencode(data_dir)).hexdigest()[:16]
+    RELOCATED_ROOT.mkdir(mode=0o711, exist_ok=True)
+    RELOCATED_ROOT.chmod(0o711)  # others may pass through, not list
+    target = RELOCATED_ROOT / digest
+    target.mkdir(mode=0o700, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "postgres-location").write_text(
+        f"{target}\n(PostgreSQL runs as {runner.pw_name!r}, which cannot enter {data_dir})\n"
+    )
+    log.info("PostgreSQL's cluster for %s is kept in %s", data_dir, target)
+    return target
 
 
 def _check_reachable(path: Path, runner: pwd.struct_passwd) -> None:

@@ -35,8 +35,10 @@ from callplane.livekit_settings import LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
+from callplane.records import RecordStore
 from callplane.tools import Tool
 from callplane_dev.livekit_server import LocalLiveKit
+from callplane_dev.media_plane import ReplicatedMediaPlane
 from callplane_dev.sample_agents import SAMPLE_PROFILES, SAMPLE_TOOLS
 from callplane_standins.realtime_engine.context import EngineSettings, EventObserver
 from callplane_standins.realtime_engine.server import EngineServer
@@ -116,6 +118,14 @@ class StackOptions:
     livekit_port: int = 0
     # How long an agent job stays in a room after the last human left (or if nobody came).
     agent_idle_timeout_s: float = 20.0
+    # 1: the media plane in this process (the demo, `callplane call`, quick tests). 2 or more:
+    # the cloud's shape (callplane_dev.media_plane): that many OS processes of the media app
+    # and of the stream server behind a front each, with PostgreSQL and Redis shared by all.
+    replicas: int = 1
+    # How often a live call's record is touched, and when another container closes it as lost
+    # (tests shorten both to see a killed container's calls closed).
+    call_heartbeat_s: float = 5.0
+    call_lost_after_s: float = 30.0
 
     def __post_init__(self) -> None:
         for plan in self.numbers:
@@ -134,6 +144,15 @@ class StackOptions:
         ):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name}={port} is not a TCP port: use 0 (any) to 65535")
+        if not 1 <= self.replicas <= 8:
+            raise ValueError(
+                f"replicas={self.replicas}: use 1 (one process) or 2 to 8 (the cloud's shape; "
+                "each replica is a process of its own)"
+            )
+        if self.replicas > 1 and not self.tools_module:
+            raise ValueError(
+                "replicas > 1 needs tools_module: replica processes import the tools by name"
+            )
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,10 @@ class LocalStack:
         self.numbers: dict[str, str] = {}  # E.164 -> profile
         self.status_callbacks: deque[dict[str, str]] = deque(maxlen=1000)
         self.media_app: Any = None
+        self.plane: ReplicatedMediaPlane | None = None
+        self.settings: MediaSettings | None = None
+        self.store: RecordStore | None = None  # where the stack reads call records
+        self.media_base_url = ""
         self.livekit: LocalLiveKit | None = None
         self._edge: EmbeddedServer | None = None
         self._media: EmbeddedServer | None = None
@@ -220,20 +243,29 @@ class LocalStack:
         try:
             edge_sock = bind_loopback(o.edge_port)
             self._sockets.append(edge_sock)
-            media_sock = bind_loopback(o.media_port)
-            self._sockets.append(media_sock)
-            stream_sock = bind_loopback(o.stream_port)
-            self._sockets.append(stream_sock)
+            media_sock = stream_sock = None
+            if o.replicas > 1:
+                self.plane = ReplicatedMediaPlane(
+                    self.data_dir, o.replicas, media_port=o.media_port, stream_port=o.stream_port
+                )
+                await self.plane.prepare()
+                media_http = self.plane.media_url
+                stream_base = self.plane.stream_url.removesuffix("/twilio/media")
+            else:
+                media_sock = bind_loopback(o.media_port)
+                self._sockets.append(media_sock)
+                stream_sock = bind_loopback(o.stream_port)
+                self._sockets.append(stream_sock)
+                media_http = f"http://127.0.0.1:{media_sock.getsockname()[1]}"
+                # Twilio's media streams go to the picows stream server, as in the cloud; the
+                # media app's HTTP routes (records, outbound, dispatch, callbacks) stay on uvicorn.
+                stream_base = f"ws://127.0.0.1:{stream_sock.getsockname()[1]}"
             await self.engine.start(port=o.engine_port)
             await self.simulator.start(port=o.twilio_port)
             edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
-            media_base = f"ws://127.0.0.1:{media_sock.getsockname()[1]}"
-            # Twilio's media streams go to the picows stream server, as in the cloud; the media
-            # app's HTTP routes (records, outbound, dispatch, status callbacks) stay on uvicorn.
-            stream_base = f"ws://127.0.0.1:{stream_sock.getsockname()[1]}"
             self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
-            media_http = "http" + media_base.removeprefix("ws")
             livekit, edge_livekit = await self._start_livekit(edge_url, media_http)
+            plane = self.plane
             settings = MediaSettings(
                 public_media_url=stream_base + "/twilio/media",
                 public_http_url=media_http,
@@ -252,10 +284,22 @@ class LocalStack:
                 outbound=self._outbound_limits(),
                 livekit=livekit,
                 tools_module=o.tools_module,
+                database_url=plane.database_url if plane is not None else None,
+                redis_url=plane.redis_url if plane is not None else None,
+                call_heartbeat_s=o.call_heartbeat_s,
+                call_lost_after_s=o.call_lost_after_s,
             )
-            self.media_app = create_media_app(settings, dict(o.tools))
-            self._media = EmbeddedServer(self.media_app, media_sock)
-            self._streams = StreamServer(self.media_app.state.streams)
+            self.settings = settings
+            if plane is not None:
+                await plane.start(settings)
+                self.store = settings.open_records()  # the stack's own reader
+                self.media_base_url = plane.media_url
+            else:
+                assert media_sock is not None and stream_sock is not None
+                self.media_app = create_media_app(settings, dict(o.tools))
+                self.store = self.media_app.state.store
+                self._media = EmbeddedServer(self.media_app, media_sock)
+                self._streams = StreamServer(self.media_app.state.streams)
             edge = EdgeConfig(
                 public_url=edge_url,
                 twilio_auth_token=self.creds.auth_token,
@@ -269,9 +313,12 @@ class LocalStack:
                 create_edge_app(edge, on_status=self.status_callbacks.append), edge_sock
             )
             self._sockets.clear()  # the servers own them now
-            await self._streams.start(stream_sock)
+            if self._streams is not None and self._media is not None:
+                assert stream_sock is not None
+                await self._streams.start(stream_sock)
+                await self._media.start()
+                self.media_base_url = self._media.url
             self.stream_url = stream_base + "/twilio/media"
-            await self._media.start()
             await self._edge.start()
         except BaseException:
             await self.stop()
@@ -329,6 +376,14 @@ class LocalStack:
             # handler never runs: stop its agent jobs here, while LiveKit and the engine are
             # still up for them to leave the room and save their records.
             await self.media_app.state.agents.shutdown()
+        if self.plane is not None:
+            # Replicas stop on SIGTERM like Modal's containers: their agent jobs leave the
+            # rooms and every record is flushed, while LiveKit and the engine are still up.
+            await self.plane.stop()
+            self.plane = None
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+            self.store = None
         with contextlib.suppress(FileNotFoundError):
             if self.options.write_dev_file:
                 (self.data_dir / DEV_FILE).unlink()
@@ -340,6 +395,11 @@ class LocalStack:
             if server is not None:
                 await server.stop()
         self._edge = self._media = None
+        if self.media_app is not None:
+            await self.media_app.state.streams.aclose()
+            await asyncio.to_thread(self.media_app.state.store.close)
+            await self.media_app.state.coordination.aclose()
+            self.media_app = None
         if self.livekit is not None:
             await self.livekit.stop()
             self.livekit = None
@@ -366,8 +426,9 @@ class LocalStack:
 
     @property
     def media_url(self) -> str:
-        assert self._media is not None, "the stack is not started"
-        return self._media.url
+        """The media app's URL: its front when it runs as replicas."""
+        assert self.media_base_url, "the stack is not started"
+        return self.media_base_url
 
     def number_for(self, profile: str) -> str:
         """The E.164 number that ``profile`` answers."""
@@ -391,6 +452,10 @@ class LocalStack:
         if self.livekit is not None:
             data["livekit"] = self.livekit.url
             data["playground"] = self.edge_url + "/playground/"
+        if self.plane is not None:
+            data["replicas"] = self.plane.describe()
+            data["database"] = self.plane.database_url
+            data["redis"] = self.plane.redis_url
         if secrets:
             data["account_sid"] = self.creds.account_sid
             data["auth_token"] = self.creds.auth_token
@@ -417,7 +482,20 @@ class LocalStack:
 
     def record(self, call_sid: str) -> dict[str, Any] | None:
         """The stored call record of a finished call (None while it is live or unknown)."""
-        return self.media_app.state.store.get(call_sid)  # type: ignore[no-any-return]
+        assert self.store is not None, "the stack is not started"
+        if self.media_app is not None:  # in this process: what the call's end queued is in
+            self.store.flush_sync(10.0)
+        found = self.store.get(call_sid)
+        if found is None or found.get("status") == "live":
+            return None
+        return found
+
+    def calls(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest call records, live ones included (``GET /calls``' first page)."""
+        assert self.store is not None, "the stack is not started"
+        if self.media_app is not None:
+            self.store.flush_sync(10.0)
+        return self.store.list(limit=limit)[0]
 
     # ---- provisioning (blocking: runs in a thread, the simulator serves on this loop) -----
 

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 
+from callplane.coordination import Coordination, CoordinationUnavailable
 from callplane.media_settings import MediaSettings
 from callplane.records import CallRecord
 from callplane.rooms.agent import AgentJobError, run_agent
+
+log = logging.getLogger("callplane.agent_job")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -46,11 +50,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+async def _hold_lease(coordination: Coordination, room: str, job_id: str, ttl_s: float) -> None:
+    """Renew the room's lease while the agent serves: the job outlives the container that
+    launched it (a Modal container, a media replica), so its own heartbeat keeps the room
+    from getting a second agent. Losing the lease is logged, never a reason to stop serving."""
+    while True:
+        await asyncio.sleep(ttl_s / 3)
+        try:
+            if not await coordination.leases.renew(room, job_id, ttl_s):
+                log.warning("job %s no longer holds room %r's lease", job_id, room)
+        except CoordinationUnavailable as exc:
+            log.warning("job %s: lease not renewed: %s", job_id, exc)
+
+
 async def _serve(settings: MediaSettings, args: argparse.Namespace) -> CallRecord:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    coordination = settings.open_coordination()
+    holding: asyncio.Task[None] | None = None
+    if coordination.shared and args.job_id:  # an in-process lease lives with the launcher
+        holding = loop.create_task(
+            _hold_lease(coordination, args.room, args.job_id, settings.agent_lease_s)
+        )
     try:
         return await run_agent(
             settings,
@@ -63,6 +86,12 @@ async def _serve(settings: MediaSettings, args: argparse.Namespace) -> CallRecor
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if holding is not None:
+            holding.cancel()
+            await asyncio.gather(holding, return_exceptions=True)
+            with contextlib.suppress(CoordinationUnavailable):
+                await coordination.leases.release(args.room, args.job_id)
+        await coordination.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

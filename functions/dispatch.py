@@ -45,6 +45,7 @@ from typing import Annotated, Any, Literal, Protocol
 from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from callplane.coordination import CoordinationUnavailable, RoomLeases, connect
 from callplane.media_settings import ENV_VAR, MediaSettings
 from callplane.profiles import choose_profile
 
@@ -69,7 +70,8 @@ AGENT_JOB_FUNCTION = "agent_job"
 """The Modal function (in the media app) that runs one room's agent."""
 
 ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # the same as AgentProfile.room
-MAX_ENDED_JOBS = 500  # ended jobs kept for GET /agents; older ones are forgotten
+MAX_ENDED_JOBS = 500  # jobs kept for GET /agents; older ones are forgotten
+JOB_INFO_TTL_S = 24 * 3600.0  # how long GET /agents remembers a job after its last change
 STOP_GRACE_S = 5.0
 
 JobState = Literal["running", "exited", "crashed"]
@@ -480,18 +482,48 @@ class AgentJob:
         }
 
 
+class _Elsewhere:
+    """A job another container launched: it is watched there, and its lease says it lives."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+
+    @property
+    def handle(self) -> str:
+        return self._where
+
+    async def poll(self) -> int | None:
+        return None
+
+    async def wait(self) -> int:
+        raise RuntimeError("a job launched by another container cannot be waited for here")
+
+    async def shutdown(self) -> None:
+        """Nothing: it belongs to the container that launched it."""
+
+
 class AgentJobs:
-    """The live-job table: at most one running job per room, idempotent under races."""
+    """The agent jobs of a stack: at most one per room however many containers dispatch.
+
+    The room's lease in ``leases`` (Redis across containers) decides: a dispatch takes it
+    set-if-absent before launching, so five duplicate webhooks on two containers start one
+    job. The lease lasts ``settings.agent_lease_s`` and is renewed every third of it by the
+    container that watches the job and by the job itself; a job that ends releases it, and one
+    that is killed with its container lets it lapse, so that the next join starts one new
+    agent. ``live`` holds the jobs this container launched; ``GET /agents`` lists the stack's.
+    """
 
     def __init__(
         self,
         settings: MediaSettings,
         launcher: Launcher,
         *,
+        leases: RoomLeases | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.launcher = launcher
+        self.leases = leases if leases is not None else connect(None).leases
         self.clock = clock
         self.live: dict[str, AgentJob] = {}
         self.ended: OrderedDict[str, AgentJob] = OrderedDict()
@@ -499,7 +531,9 @@ class AgentJobs:
 
     async def dispatch(self, room: str, profile: str | None, reason: str) -> tuple[AgentJob, bool]:
         """The room's running job and False, or a newly started one and True. Raises
-        ValueError for an unknown profile."""
+        ValueError for an unknown profile, and
+        :class:`~callplane.coordination.CoordinationUnavailable` when the lease cannot be
+        taken (nothing is launched then)."""
         chosen = choose_profile(self.settings.profiles, room, requested=profile)
         lock = self._locks.setdefault(room, asyncio.Lock())
         async with lock:
@@ -508,9 +542,17 @@ class AgentJobs:
                 code = await job.handle.poll()
                 if code is None:
                     return job, False
-                self._ended(job, code)
+                await self._ended(job, code)
             job_id = uuid.uuid4().hex[:12]
-            handle = await self.launcher.launch(room, chosen, job_id)
+            holder = await self.leases.acquire(room, job_id, self.settings.agent_lease_s)
+            if holder != job_id:
+                return await self._elsewhere(room, holder), False
+            try:
+                handle = await self.launcher.launch(room, chosen, job_id)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.leases.release(room, job_id)
+                raise
             job = AgentJob(
                 room=room,
                 profile=chosen,
@@ -520,6 +562,7 @@ class AgentJobs:
                 reason=reason,
             )
             self.live[room] = job
+            await self._share(job)
             job.watcher = asyncio.create_task(self._watch(job), name=f"agent-job-{room}")
             log.info(
                 "agent job %s started for room %r (%s) as %s",
@@ -531,16 +574,26 @@ class AgentJobs:
             return job, True
 
     def jobs(self) -> list[AgentJob]:
-        """Running jobs first, then ended ones, newest first."""
+        """This container's jobs: running first, then ended ones, newest first."""
         running = sorted(self.live.values(), key=lambda j: j.started_at, reverse=True)
         return running + list(reversed(self.ended.values()))
+
+    async def stack_jobs(self) -> list[dict[str, Any]]:
+        """Every container's jobs, running first, then ended ones, newest first. A job still
+        shown running whose lease has gone (its container and itself killed) is ``lost``."""
+        found = await self.leases.jobs(limit=MAX_ENDED_JOBS)
+        for job in found:
+            running = job.get("state") == "running"
+            if running and await self.leases.holder(str(job["room"])) != job["job_id"]:
+                job["state"] = "lost"
+        return sorted(found, key=lambda j: (j.get("state") != "running", -j["started_at"]))
 
     async def refresh(self) -> None:
         """Poll every running job, so a listing does not show a dead one as running."""
         for job in list(self.live.values()):
             code = await job.handle.poll()
             if code is not None:
-                self._ended(job, code)
+                await self._ended(job, code)
 
     async def shutdown(self) -> None:
         """Stop what cannot outlive this app (local children, a pre-started one), and the
@@ -559,13 +612,51 @@ class AgentJobs:
         for job in jobs:
             code = await job.handle.poll()
             if code is not None:
-                self._ended(job, code)
+                await self._ended(job, code)
+
+    async def _elsewhere(self, room: str, holder: str) -> AgentJob:
+        """The running job another container (or an earlier dispatch) launched for ``room``."""
+        shared = {j["job_id"]: j for j in await self.leases.jobs(limit=MAX_ENDED_JOBS)}
+        known = shared.get(holder, {})
+        return AgentJob(
+            room=room,
+            profile=str(known.get("profile", "")),
+            job_id=holder,
+            handle=_Elsewhere(str(known.get("handle", "elsewhere"))),
+            started_at=float(known.get("started_at", self.clock())),
+            reason=str(known.get("reason", "")),
+        )
+
+    async def _share(self, job: AgentJob) -> None:
+        try:
+            await self.leases.put_job(job.to_json(), JOB_INFO_TTL_S)
+        except CoordinationUnavailable as exc:  # GET /agents elsewhere is stale; the job runs
+            log.warning("agent job %s: not shared: %s", job.job_id, exc)
 
     async def _watch(self, job: AgentJob) -> None:
-        code = await job.handle.wait()
-        self._ended(job, code)
+        """Wait for the job's end, renewing its room's lease meanwhile."""
+        ended = asyncio.ensure_future(job.handle.wait())
+        every = self.settings.agent_lease_s / 3
+        try:
+            while True:
+                done, _ = await asyncio.wait({ended}, timeout=every)
+                if done:
+                    break
+                try:
+                    if not await self.leases.renew(
+                        job.room, job.job_id, self.settings.agent_lease_s
+                    ):
+                        log.warning(
+                            "agent job %s no longer holds room %r's lease", job.job_id, job.room
+                        )
+                except CoordinationUnavailable as exc:
+                    log.warning("agent job %s: lease not renewed: %s", job.job_id, exc)
+        finally:
+            if not ended.done():
+                ended.cancel()
+        await self._ended(job, ended.result())
 
-    def _ended(self, job: AgentJob, code: int) -> None:
+    async def _ended(self, job: AgentJob, code: int) -> None:
         if job.state != "running":
             return
         job.exit_code = code
@@ -585,6 +676,11 @@ class AgentJobs:
             log.error(
                 "agent job %s for room %r crashed with exit code %d", job.job_id, job.room, code
             )
+        try:
+            await self.leases.release(job.room, job.job_id)
+        except CoordinationUnavailable as exc:  # it lapses after agent_lease_s instead
+            log.warning("agent job %s: lease not released: %s", job.job_id, exc)
+        await self._share(job)
 
 
 # --------------------------------------------------------------------------- routes
@@ -594,12 +690,13 @@ def dispatch_routes(
     settings: MediaSettings,
     require_api_key: Callable[[str | None], None],
     launcher: Launcher,
+    leases: RoomLeases | None = None,
 ) -> tuple[APIRouter, AgentJobs]:
     """``POST /agents/dispatch`` and ``GET /agents``, both behind the media app's API key.
     Without ``settings.livekit`` both answer 503. Returns the router and the job table (whose
     :meth:`AgentJobs.shutdown` the app must call when it stops)."""
     router = APIRouter()
-    agents = AgentJobs(settings, launcher)
+    agents = AgentJobs(settings, launcher, leases=leases)
 
     def require_livekit() -> None:
         if settings.livekit is None:
@@ -626,6 +723,9 @@ def dispatch_routes(
             job, started = await agents.dispatch(body.room, body.profile, body.reason)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
+        except CoordinationUnavailable as exc:
+            log.error("agent dispatch for room %r refused: %s", body.room, exc)
+            raise HTTPException(503, f"agent dispatch is unavailable: {exc}") from None
         return {"room": job.room, "job_id": job.job_id, "started": started, "state": job.state}
 
     @router.get("/agents")
@@ -634,7 +734,10 @@ def dispatch_routes(
         require_api_key(authorization)
         require_livekit()
         await agents.refresh()
-        return {"agents": [job.to_json() for job in agents.jobs()]}
+        try:
+            return {"agents": await agents.stack_jobs()}
+        except CoordinationUnavailable as exc:
+            raise HTTPException(503, f"the stack's agent jobs are unavailable: {exc}") from None
 
     return router, agents
 

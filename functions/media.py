@@ -10,18 +10,22 @@ of the per-frame cost.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, WebSocket
+from fastapi import FastAPI, Header, HTTPException, Query, WebSocket
 
+from callplane.coordination import CoordinationUnavailable
 from callplane.media_settings import MediaSettings
-from callplane.records import RecordStore
 from callplane.tools import Tool
 from functions.asgi_socket import AsgiSocket
 from functions.dispatch import Launcher, LocalProcessLauncher, dispatch_routes
 from functions.media_streams import CLOSE_BAD_SIGNATURE, MediaStreams
 from functions.outbound import outbound_routes
+
+log = logging.getLogger("callplane.media")
 
 
 def create_app(
@@ -43,14 +47,16 @@ def create_app(
                 401, "missing or wrong API key: send Authorization: Bearer <api_key>"
             )
 
-    store = RecordStore(settings.records_path)
-    router, dialer = outbound_routes(settings, store, require_api_key)
-    streams = MediaStreams(settings, store, dialer, dict(tools or {}))
+    store = settings.open_records()
+    coordination = settings.open_coordination()
+    router, dialer = outbound_routes(settings, store, coordination.outbound, require_api_key)
+    streams = MediaStreams(settings, store, coordination, dict(tools or {}))
     stats, live = streams.stats, streams.live
     app.state.streams = streams
     app.state.stats = stats
     app.state.store = store
     app.state.live = live
+    app.state.coordination = coordination
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -59,19 +65,49 @@ def create_app(
     app.include_router(router)
     app.state.dialer = dialer
     agents_router, agents = dispatch_routes(
-        settings, require_api_key, launcher or LocalProcessLauncher(settings)
+        settings,
+        require_api_key,
+        launcher or LocalProcessLauncher(settings),
+        coordination.leases,
     )
     app.include_router(agents_router)
-    app.router.on_shutdown.append(agents.shutdown)
     app.state.agents = agents
+
+    async def shutdown() -> None:
+        await dialer.close()
+        await agents.shutdown()
+        await streams.aclose()
+        await asyncio.to_thread(store.close)
+        await coordination.aclose()
+
+    app.router.on_shutdown.append(shutdown)
+    app.state.shutdown = shutdown
 
     @app.get("/calls")
     async def calls(
-        authorization: Annotated[str | None, Header()] = None, limit: int = 50
+        authorization: Annotated[str | None, Header()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        since: Annotated[float | None, Query(description="Unix seconds")] = None,
+        number: Annotated[str | None, Query(max_length=32)] = None,
+        profile: Annotated[str | None, Query(max_length=64)] = None,
+        outcome: Annotated[str | None, Query(max_length=64)] = None,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> dict[str, Any]:
-        """Finished calls, newest first (the records in the store)."""
+        """Every call of the stack, newest first, live ones included (records are written as
+        calls go); ``next`` is the cursor of the following page, null on the last."""
         require_api_key(authorization)
-        return {"calls": store.list(limit=min(max(limit, 1), 500))}
+        try:
+            found, following = await store.list_async(
+                limit=limit,
+                since=since,
+                number=number,
+                profile=profile,
+                outcome=outcome,
+                before=cursor,
+            )
+        except ValueError as exc:  # a cursor that is not one of ours
+            raise HTTPException(422, str(exc)) from None
+        return {"calls": found, "next": following}
 
     @app.get("/calls/{call_sid}")
     async def call(
@@ -79,13 +115,17 @@ def create_app(
     ) -> dict[str, Any]:
         """One call's record: live while the call is on (``"live": true``), stored after."""
         require_api_key(authorization)
-        record = live.get(call_sid)
-        if record is not None:
-            return {"live": True, "record": record.to_json()}
-        stored = store.get(call_sid)
+        try:
+            current = await streams.live_record(call_sid)
+        except CoordinationUnavailable as exc:  # the stored row still answers, as of its last turn
+            log.warning("GET /calls/%s: live snapshot unavailable: %s", call_sid, exc)
+            current = None
+        if current is not None:
+            return {"live": True, "record": current}
+        stored = await store.get_async(call_sid)
         if stored is None:
-            raise HTTPException(404, f"no call {call_sid!r} on this media app")
-        return {"live": False, "record": stored}
+            raise HTTPException(404, f"no call {call_sid!r} on this stack")
+        return {"live": stored.get("status") == "live", "record": stored}
 
     @app.websocket("/twilio/media")
     async def twilio_media(ws: WebSocket) -> None:

@@ -23,13 +23,13 @@ from typing import Any
 
 from callplane.audio import PCMU, hold_chime
 from callplane.conversation import Conversation
+from callplane.coordination import Coordination, CoordinationUnavailable
 from callplane.media_settings import MediaSettings
-from callplane.outbound import Dialer, OutboundJob
+from callplane.outbound import spend_day
 from callplane.profiles import resolve_tools
 from callplane.records import CallRecord, RecordStore
 from callplane.rooms.phone import PhoneRoomBridge
 from callplane.security import (
-    ReplayGuard,
     StreamTokenError,
     validate_twilio_signature,
     verify_stream_token,
@@ -47,28 +47,34 @@ CLOSE_BAD_TOKEN = 4403
 CLOSE_NO_START = 4400
 CLOSE_UNKNOWN_PROFILE = 4404
 CLOSE_NO_LIVEKIT = 4503  # the profile names a hybrid room but no LiveKit server is configured
+CLOSE_UNAVAILABLE = 4504  # the shared state (Redis) is unreachable: the token cannot be checked
 START_TIMEOUT_S = 10.0
 
 
 class MediaStreams:
-    """The media app's calls: live records, stats and the handling of each stream."""
+    """The media app's calls: live records, stats and the handling of each stream.
+
+    State that must hold across containers goes through ``coordination`` (stream-token nonces,
+    which outbound request a CallSid belongs to, the day's outbound spend, live-call snapshots);
+    records go to ``store`` as the call goes. What stays here is this container's own: its live
+    calls and its counters."""
 
     def __init__(
         self,
         settings: MediaSettings,
         store: RecordStore,
-        dialer: Dialer | None,
+        coordination: Coordination,
         tools: dict[str, Tool],
     ) -> None:
         self.settings = settings
         self.store = store
-        self.dialer = dialer
-        self.replay = ReplayGuard()
+        self.coordination = coordination
         self.stats: Counter[str] = Counter()
         self.live: dict[str, CallRecord] = {}  # CallSid -> the record of a call in progress
         self.filler = PCMU.encode(hold_chime())
         # Resolve every profile's tools at start-up: a bad profile fails now, not mid-call.
         self.toolsets = {name: resolve_tools(p, tools) for name, p in settings.profiles.items()}
+        self._board: asyncio.Task[None] | None = None
 
     def upgrade_allowed(self, signature: str, peer: object) -> bool:
         """Check the upgrade's X-Twilio-Signature (over the public media URL, no params)."""
@@ -80,8 +86,15 @@ class MediaStreams:
         log.warning("media stream refused: bad or missing X-Twilio-Signature from %s", peer)
         return False
 
+    async def live_record(self, call_sid: str) -> dict[str, Any] | None:
+        """A live call's record as of now, from this container or the one that serves it."""
+        record = self.live.get(call_sid)
+        if record is not None:
+            return record.to_json()
+        return await self.coordination.live.get(call_sid)
+
     async def serve(self, socket: MessageSocket) -> None:
-        """One accepted stream: check its start and token, run the call, save its record."""
+        """One accepted stream: check its start and token, run the call, record it as it goes."""
         settings, stats = self.settings, self.stats
         start = await _read_start(socket)
         if start is None:
@@ -90,19 +103,32 @@ class MediaStreams:
             await socket.close(CLOSE_NO_START)
             return
         try:
+            now = time.time()
             claims = verify_stream_token(
                 settings.stream_secret,
                 start.custom_parameters.get("token", ""),
                 start.call_sid,
-                now=time.time(),
+                now=now,
             )
-            self.replay.check_and_remember(claims, now=time.time())
+            if not await self.coordination.nonces.claim(claims.nonce, claims.expires_at, now):
+                raise StreamTokenError(
+                    "replayed", f"the token for call {claims.call_sid!r} was already used"
+                )
         except StreamTokenError as exc:
             stats[f"refused_token_{exc.reason}"] += 1
             log.warning(
                 "media stream for call %s refused: stream token %s", start.call_sid, exc.reason
             )
             await socket.close(CLOSE_BAD_TOKEN)
+            return
+        except CoordinationUnavailable as exc:
+            stats["refused_coordination"] += 1
+            log.error(
+                "media stream for call %s refused: its token cannot be checked as unused: %s",
+                start.call_sid,
+                exc,
+            )
+            await socket.close(CLOSE_UNAVAILABLE)
             return
         profile = settings.profiles.get(claims.profile)
         if profile is None:
@@ -114,11 +140,11 @@ class MediaStreams:
         context: dict[str, Any] = {}
         answered_by = None
         outbound = params.get("direction") == "outbound"
-        if outbound and self.dialer is not None:
-            job = await _outbound_job(self.dialer, start.call_sid)
-            if job is not None:  # placed by this app: its profile and context
-                profile, context = job.profile, dict(job.request.context)
         if outbound:
+            job = await self._outbound_job(start.call_sid)
+            if job is not None:  # the request behind the call, whichever container placed it
+                profile = settings.profiles.get(str(job.get("profile"))) or profile
+                context = dict(job.get("context") or {})
             answered_by = params.get("answered_by") or None
         livekit = settings.livekit
         if profile.room is not None:
@@ -167,25 +193,77 @@ class MediaStreams:
             ).run()
         stats["active"] += 1
         self.live[start.call_sid] = record
+        # Written as it goes: a row now, each finished turn, tool call and interruption as it
+        # happens (on the store's writer thread, never per audio frame), heartbeats meanwhile.
+        self.store.call_started(record)
+        record.watch(self.store.call_progress)
+        self._ensure_board()
         try:
             await running
         finally:
             stats["active"] -= 1
-            await self.store.save_async(record)  # never a blocking commit on the loop
+            record.watch(None)
+            self.store.call_finished(record)
             self.live.pop(start.call_sid, None)
+            await self._ended(record)
             # Twilio usually closed the stream first (the call ended); that is not an error.
             await socket.close()
 
+    async def _ended(self, record: CallRecord) -> None:
+        """What other containers must learn when a call ends: its live snapshot goes, and an
+        outbound call's cost counts against the stack's daily budget."""
+        try:
+            await self.coordination.live.delete(record.call_sid)
+            if record.direction == "outbound":
+                cost = float(record.cost_usd.get("total") or 0.0)
+                await self.coordination.outbound.add_spend(spend_day(record.started_at), cost)
+        except CoordinationUnavailable as exc:
+            log.error("call %s: its end is not shared: %s", record.call_sid, exc)
 
-async def _outbound_job(dialer: Dialer, call_sid: str) -> OutboundJob | None:
-    """The request behind an outbound call; Calls.create may still be returning its CallSid
-    when Twilio already opens the stream, so wait a moment for it."""
-    for _ in range(40):
-        job = dialer.by_call_sid.get(call_sid)
-        if job is not None:
-            return job
-        await asyncio.sleep(0.05)
-    return None
+    async def _outbound_job(self, call_sid: str) -> dict[str, Any] | None:
+        """The request behind an outbound call, as the container that placed it saved it.
+        ``Calls.create`` may still be returning the CallSid when Twilio already opens the
+        stream, so wait a moment for it."""
+        state = self.coordination.outbound
+        try:
+            for _ in range(40):
+                job_id = await state.job_for_call(call_sid)
+                if job_id is not None:
+                    return await state.load_job(job_id)
+                await asyncio.sleep(0.05)
+        except CoordinationUnavailable as exc:
+            log.error("call %s: its outbound request cannot be read: %s", call_sid, exc)
+        return None
+
+    def _ensure_board(self) -> None:
+        if self._board is None or self._board.done():
+            self._board = asyncio.get_running_loop().create_task(
+                self._publish_live(), name="live-calls"
+            )
+
+    async def _publish_live(self) -> None:
+        """Every heartbeat, share this container's live calls (``GET /calls/{sid}`` on any
+        container reads them); a snapshot outlives a dead container by three heartbeats."""
+        every = self.settings.call_heartbeat_s
+        warned = False
+        while self.live:
+            try:
+                for record in list(self.live.values()):
+                    await self.coordination.live.put(
+                        record.call_sid, record.to_json(), ttl_s=3 * every
+                    )
+                warned = False
+            except CoordinationUnavailable as exc:
+                if not warned:  # once per outage; the calls go on
+                    log.error("live calls not shared: %s", exc)
+                    warned = True
+            await asyncio.sleep(every)
+
+    async def aclose(self) -> None:
+        """Stop sharing live calls (the app is stopping)."""
+        if self._board is not None:
+            self._board.cancel()
+            await asyncio.gather(self._board, return_exceptions=True)
 
 
 async def _read_start(socket: MessageSocket) -> tp.Start | None:

@@ -5,7 +5,6 @@ adapts it to HTTP and to Twilio's REST API."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from callplane.coordination import CoordinationUnavailable, OutboundState
 from callplane.media_settings import MediaSettings
 from callplane.outbound import Dialer, OutboundJob, OutboundRequest, Refused
 from callplane.records import RecordStore
@@ -29,8 +29,13 @@ STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 
 
 def outbound_routes(
-    settings: MediaSettings, store: RecordStore, require_api_key: Callable[[str | None], None]
+    settings: MediaSettings,
+    store: RecordStore,
+    state: OutboundState,
+    require_api_key: Callable[[str | None], None],
 ) -> tuple[APIRouter, Dialer]:
+    """The routes and the dialer behind them; ``state`` is what every container shares (the
+    queue, slots, budget and status reports)."""
     router = APIRouter()
     status_url = settings.public_base_url + STATUS_PATH
 
@@ -74,15 +79,11 @@ def outbound_routes(
     async def record_of(call_sid: str) -> dict[str, Any] | None:
         # Twilio's final callback can beat the media stream's close, where the record is saved.
         for _ in range(100):
-            record = store.get(call_sid)
+            record = await store.get_async(call_sid)
             if record is not None:
                 return record
             await asyncio.sleep(0.05)
         return None
-
-    def spent_today() -> float:
-        midnight = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return store.spent_since(midnight.timestamp())
 
     async def notify(job: OutboundJob) -> None:
         url = job.request.webhook_url
@@ -100,7 +101,7 @@ def outbound_routes(
         settings.profiles,
         place,
         record_of,
-        spent_today,
+        state,
         notify,
         fetch_status=fetch_status,
     )
@@ -121,7 +122,12 @@ def outbound_routes(
             detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
             raise HTTPException(422, detail) from None
         try:
-            job = dialer.submit(body)
+            job = await dialer.submit(body)
+        except CoordinationUnavailable as exc:
+            log.error("POST /calls refused: %s", exc)
+            raise HTTPException(
+                503, f"outbound calls are unavailable: {exc}; nothing was dialled, try again"
+            ) from None
         except Refused as refused:
             return JSONResponse(
                 {"refused": {"limit": refused.limit, "reason": refused.reason}},
@@ -136,10 +142,13 @@ def outbound_routes(
         job_id: str, authorization: Annotated[str | None, Header()] = None
     ) -> dict[str, Any]:
         require_api_key(authorization)
-        job = dialer.jobs.get(job_id)
+        try:
+            job = await dialer.job_status(job_id)
+        except CoordinationUnavailable as exc:
+            raise HTTPException(503, f"outbound status is unavailable: {exc}") from None
         if job is None:
-            raise HTTPException(404, f"no outbound request {job_id!r} on this media app")
-        return job.to_json()
+            raise HTTPException(404, f"no outbound request {job_id!r} on this stack")
+        return job
 
     @router.post(STATUS_PATH)
     async def twilio_status(request: Request) -> Response:
@@ -148,7 +157,11 @@ def outbound_routes(
         signature = request.headers.get("x-twilio-signature")
         if not validate_twilio_signature(settings.twilio_auth_token, status_url, form, signature):
             return Response("invalid X-Twilio-Signature\n", status_code=403)
-        dialer.on_status({k: v[0] for k, v in form.items() if v})
+        try:
+            await dialer.on_status({k: v[0] for k, v in form.items() if v})
+        except CoordinationUnavailable as exc:  # the attempt falls back to the REST API
+            log.error("status callback not stored: %s", exc)
+            return Response(f"status not stored: {exc}\n", status_code=503)
         return Response(status_code=204)
 
     return router, dialer

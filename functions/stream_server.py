@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 import sys
 from http import HTTPStatus
@@ -111,20 +112,29 @@ def _refuse(status: HTTPStatus, why: str) -> WSUpgradeResponseWithListener:
 async def serve_from_env(host: str, port: int) -> None:
     """The stream server for the settings in ``CALLPLANE_MEDIA_CONFIG``, until cancelled."""
     from callplane.media_settings import MediaSettings
-    from callplane.records import RecordStore
 
     settings = MediaSettings.from_env()
-    store = RecordStore(settings.records_path)
-    # No dialer in a process of its own: outbound calls get the profile their stream token
-    # names, but not the request's context (that lives with the media app that placed them).
-    server = StreamServer(MediaStreams(settings, store, None, settings.load_tools()))
+    store = settings.open_records()
+    coordination = settings.open_coordination()
+    # An outbound call's request (its profile and context) is read from the shared state,
+    # whichever media container placed it.
+    streams = MediaStreams(settings, store, coordination, settings.load_tools())
+    server = StreamServer(streams)
     sock = socket.create_server((host, port))
     await server.start(sock)
     log.info("media streams on ws://%s:%d%s", host, port, STREAM_PATH.decode())
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # what Modal and a supervisor send to stop it
+        loop.add_signal_handler(sig, stopping.set)
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()
+        log.info("stopping: calls in progress get up to 10 s to end")
     finally:
         await server.stop()
+        await streams.aclose()
+        await asyncio.to_thread(store.close)
+        await coordination.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

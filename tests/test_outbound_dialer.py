@@ -1,10 +1,13 @@
-"""The dialer's bookkeeping against the order Twilio's callbacks really arrive in."""
+"""The dialer's bookkeeping against the order Twilio's callbacks really arrive in, and across
+two containers sharing one state (in-process here; the Redis backend passes the same contract
+in tests/coordination)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from callplane.coordination import connect
 from callplane.outbound import Dialer, OutboundJob, OutboundLimits, OutboundRequest
 from callplane.profiles import AgentProfile
 
@@ -16,9 +19,9 @@ async def test_a_final_status_that_beats_calls_create_back_still_ends_the_attemp
     dialer: Dialer
 
     async def place(job: OutboundJob) -> str:
-        sid = f"CA{len(dialer.by_call_sid):032d}"
+        sid = "CA" + "0" * 32
         for status in ("initiated", "ringing", "in-progress", "completed"):
-            dialer.on_status({"CallSid": sid, "CallStatus": status, "CallDuration": "4"})
+            await dialer.on_status({"CallSid": sid, "CallStatus": status, "CallDuration": "4"})
         await asyncio.sleep(0)  # the REST answer comes back after all of that
         return sid
 
@@ -32,29 +35,54 @@ async def test_a_final_status_that_beats_calls_create_back_still_ends_the_attemp
         {"reminders": AgentProfile(name="reminders")},
         place,
         record_of,
-        lambda: 0.0,
+        connect(None).outbound,
         attempt_timeout_s=30,
     )
-    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    job = await dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
     await asyncio.wait_for(job.done.wait(), 5)
     (attempt,) = job.attempts
     assert (attempt.status, attempt.duration_s, job.outcome) == ("completed", 4.0, "human")
     assert job.record == {"call_sid": attempt.call_sid}
-    assert not dialer._early  # nothing left behind
+    assert dialer.jobs == {} and dialer.live == 0  # nothing left behind
     await dialer.close()
 
 
-async def test_callbacks_for_calls_never_registered_are_bounded() -> None:
+async def test_callbacks_that_reach_the_other_container_end_the_attempt() -> None:
+    """Two containers share one state: A places the call, every status callback reaches B.
+    A's attempt still ends on the final status, and B answers GET /outbound for A's request."""
+    state = connect(None).outbound
+    sid = "CA" + "9" * 32
+    other: Dialer
+
     async def place(job: OutboundJob) -> str:
-        raise AssertionError("not called")
+        async def report() -> None:
+            for status in ("ringing", "in-progress", "completed"):
+                await asyncio.sleep(0.05)
+                await other.on_status({"CallSid": sid, "CallStatus": status, "CallDuration": "3"})
+
+        asyncio.get_running_loop().create_task(report())
+        return sid
 
     async def record_of(call_sid: str) -> dict[str, Any] | None:
-        return None
+        return {"call_sid": call_sid}
 
-    dialer = Dialer(OutboundLimits(), {}, place, record_of, lambda: 0.0)
-    for i in range(1500):
-        dialer.on_status({"CallSid": f"CA{i}", "CallStatus": "completed"})
-    assert len(dialer._early) == 1000 and "CA1499" in dialer._early and "CA0" not in dialer._early
+    limits = OutboundLimits(
+        allowed_countries=("US",), calling_hours=(0, 24), caller_ids={"default": "+15550001111"}
+    )
+    profiles = {"reminders": AgentProfile(name="reminders")}
+    placing = Dialer(limits, profiles, place, record_of, state, attempt_timeout_s=30)
+    other = Dialer(limits, profiles, place, record_of, state, attempt_timeout_s=30)
+    job = await placing.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    await asyncio.wait_for(job.done.wait(), 5)
+    assert (job.attempts[0].status, job.outcome, job.attempts[0].duration_s) == (
+        "completed",
+        "human",
+        3.0,
+    )
+    seen = await other.job_status(job.id)
+    assert seen is not None and seen["outcome"] == "human" and seen["done"] is True
+    assert await state.counts(0.0) == (0, 0)  # the slot and the queue entry are gone
+    await placing.close()
 
 
 def _dialer_with(
@@ -74,7 +102,7 @@ def _dialer_with(
         {"reminders": AgentProfile(name="reminders")},
         place,
         record_of,
-        lambda: 0.0,
+        connect(None).outbound,
         fetch_status=fetch_status,
         attempt_timeout_s=attempt_timeout_s,
     )
@@ -90,7 +118,7 @@ async def test_a_lost_final_callback_is_recovered_from_the_rest_api() -> None:
     async def place(job: OutboundJob) -> str:
         sid = "CA" + "1" * 32
         for status in ("initiated", "ringing", "in-progress"):  # and then nothing
-            dialer.on_status({"CallSid": sid, "CallStatus": status})
+            await dialer.on_status({"CallSid": sid, "CallStatus": status})
         return sid
 
     async def fetch_status(call_sid: str) -> dict[str, str]:
@@ -98,7 +126,7 @@ async def test_a_lost_final_callback_is_recovered_from_the_rest_api() -> None:
         return {"CallStatus": "completed", "AnsweredBy": "human", "CallDuration": "7"}
 
     dialer = _dialer_with(place, fetch_status)
-    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    job = await dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
     await asyncio.wait_for(job.done.wait(), 5)
     (attempt,) = job.attempts
     assert asked == [attempt.call_sid]
@@ -117,7 +145,7 @@ async def test_callbacks_that_keep_coming_are_not_second_guessed() -> None:
     async def report_later() -> None:
         for status in ("ringing", "in-progress", "completed"):
             await asyncio.sleep(0.6)
-            dialer.on_status({"CallSid": sid, "CallStatus": status, "CallDuration": "1"})
+            await dialer.on_status({"CallSid": sid, "CallStatus": status, "CallDuration": "1"})
 
     async def place(job: OutboundJob) -> str:
         asyncio.get_running_loop().create_task(report_later())
@@ -128,7 +156,7 @@ async def test_callbacks_that_keep_coming_are_not_second_guessed() -> None:
         raise ConnectionError("Twilio unreachable")
 
     dialer = _dialer_with(place, fetch_status)
-    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    job = await dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
     await asyncio.wait_for(job.done.wait(), 5)
     assert asked == []
     assert job.attempts[0].status_from == "callback" and job.outcome == "human"
@@ -141,7 +169,7 @@ async def test_a_rest_outage_does_not_end_the_attempt_early() -> None:
     sid = "CA" + "3" * 32
 
     async def place(job: OutboundJob) -> str:
-        dialer.on_status({"CallSid": sid, "CallStatus": "in-progress"})
+        await dialer.on_status({"CallSid": sid, "CallStatus": "in-progress"})
         return sid
 
     async def fetch_status(call_sid: str) -> dict[str, str]:
@@ -151,10 +179,10 @@ async def test_a_rest_outage_does_not_end_the_attempt_early() -> None:
         return {"CallStatus": "in-progress"}  # still talking: keep waiting
 
     dialer = _dialer_with(place, fetch_status)
-    job = dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
+    job = await dialer.submit(OutboundRequest(to="+14155550123", profile="reminders"))
     await asyncio.sleep(2.5)
     assert len(asked) == 2 and not job.done.is_set() and job.attempts[0].status == "in-progress"
-    dialer.on_status({"CallSid": sid, "CallStatus": "completed"})
+    await dialer.on_status({"CallSid": sid, "CallStatus": "completed"})
     await asyncio.wait_for(job.done.wait(), 2)
     assert job.outcome == "human" and job.attempts[0].status_from == "callback"
     await dialer.close()

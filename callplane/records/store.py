@@ -515,7 +515,8 @@ def _new_events(record: CallRecord, written: _Written, *, final: bool) -> list[d
 
 
 def _document(row: Row[Any], events: list[tuple[str, str]]) -> dict[str, Any]:
-    """A ``calls`` row and its events (in order) as ``CallRecord.to_json()`` plus status."""
+    """A ``calls`` row and its events (in order) as ``CallRecord.to_json()`` plus status and
+    the container that served the call (``served_by``)."""
     summary = json.loads(row.summary)
     lists: dict[str, list[Any]] = {
         "transcript": [],
@@ -559,6 +560,7 @@ def _document(row: Row[Any], events: list[tuple[str, str]]) -> dict[str, Any]:
     doc["from"] = doc.pop("from_")
     status: Status = row.status
     doc["status"] = status
+    doc["served_by"] = row.owner  # the container that wrote it last (host:pid)
     return doc
 
 

@@ -34,7 +34,7 @@ from callplane.conversation import Conversation
 from callplane.livekit_settings import AGENT_IDENTITY_PREFIX, LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile, choose_profile, resolve_tools
-from callplane.records import CallRecord, RecordStore
+from callplane.records import CallRecord
 from callplane.rooms.agent_transport import LiveKitRoomTransport
 from callplane.rooms.mixer import SAMPLE_RATE
 from callplane.rooms.presence import Presence
@@ -142,7 +142,10 @@ async def run_agent(
         presence.close()
         raise AgentJobError(f"cannot join room {room!r} at {lk.ws_url}: {exc.message}") from None
     log.info("job %s joined room %s as %s", job_id, room, identity)
-    store = RecordStore(settings.records_path)
+    store = settings.open_records()
+    # Written as the room goes: a row now, each finished turn and tool call as it happens.
+    store.call_started(record)
+    record.watch(store.call_progress)
     try:
         chosen = _profile_for(settings.profiles, room, profile, lkroom.metadata)
         record.profile = chosen.name
@@ -162,10 +165,12 @@ async def run_agent(
         record.context = {"room": room, "job_id": job_id, "participants": list(presence.seen)}
         presence.close()
         await lkroom.disconnect()
+        record.watch(None)
         try:
-            await store.save_async(record)
+            store.call_finished(record)
+            await store.flush()
         finally:
-            store.close()
+            await asyncio.to_thread(store.close)
         log.info("job %s left room %s: %s", job_id, room, record.end_reason)
 
 

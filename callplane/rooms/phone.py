@@ -345,7 +345,7 @@ class PhoneRoomBridge:
         return "stream_closed"
 
     async def _forward_dtmf(self, digit: str) -> None:
-        self.record.dtmf.append(digit)
+        self.record.key_pressed(digit)
         code = _DTMF_CODES.get(digit)
         if code is None:
             return

@@ -82,9 +82,10 @@ async def livekit_stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIte
         write_dev_file=False,
     )
     async with LocalStack(options) as running:
+        agents = running.media_app.state.agents  # the stack lets go of its app when it stops
         yield running
     # Agent jobs die with the stack: none is left running, none of their processes is alive.
-    jobs = running.media_app.state.agents.jobs()
+    jobs = agents.jobs()
     assert [job.state for job in jobs if job.state == "running"] == [], jobs
     for job in jobs:
         with pytest.raises(ProcessLookupError):

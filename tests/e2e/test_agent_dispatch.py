@@ -219,11 +219,7 @@ async def test_an_emptied_room_s_agent_leaves_after_the_idle_timeout(stack: Loca
     assert (ended["state"], ended["exit_code"]) == ("exited", 0), ended
     # The agent left the room (nobody is in it), and its record says why.
     await poll(lambda: participants(stack, room), lambda found: not found, 15, "an empty room")
-    records = [
-        r
-        for r in stack.media_app.state.store.list(limit=50)
-        if r["call_sid"].startswith(f"room:{room}:")
-    ]
+    records = [r for r in stack.calls(limit=50) if r["call_sid"].startswith(f"room:{room}:")]
     assert [r["end_reason"] for r in records] == ["room_empty"], records
     # Both humans were there when it joined (in whatever order the server listed them).
     assert sorted(records[0]["context"]["participants"]) == ["alice", "bob"]

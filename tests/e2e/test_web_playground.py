@@ -135,11 +135,7 @@ async def test_talk_to_the_agent_from_the_playground(stack: LocalStack) -> None:
     print(f"the agent job exited {waited:.1f} s after the page left")
     # The job saved its call record with the reason it ended (the agent's job id is the
     # job's own, so look the record up by the room).
-    records = [
-        r
-        for r in stack.media_app.state.store.list(limit=50)
-        if r["call_sid"].startswith(f"room:{room}:")
-    ]
+    records = [r for r in stack.calls(limit=50) if r["call_sid"].startswith(f"room:{room}:")]
     assert [r["end_reason"] for r in records] == ["room_empty"], records
 
 

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Imported when installed but optional to their importers, and unused by the media path, so
 # the image may go without them: sniffio (anyio), python-multipart (starlette's forms), rich
 # and pygments (httpx's command line), and OpenTelemetry's SDK and exporters (FastAPI's
-# telemetry loads them only if present; they are here because Pulumi's SDK brings them).
+# telemetry and redis-py's observability load them only if present; they are here because
+# Pulumi's SDK brings them, and psutil with them).
 # googleapis-common-protos shares the "google" namespace with protobuf (which livekit needs),
 # so an import of google.protobuf is attributed to both distributions.
 OPTIONAL_IMPORTS = {
@@ -31,6 +32,7 @@ OPTIONAL_IMPORTS = {
     "pygments",
     "click",
     "googleapis-common-protos",
+    "psutil",
 }
 OPTIONAL_PREFIXES = (
     "opentelemetry-sdk",

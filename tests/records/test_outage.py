@@ -9,6 +9,7 @@ import asyncio
 import logging
 import shutil
 from collections.abc import AsyncIterator
+from unittest.mock import ANY
 
 import pytest
 
@@ -82,7 +83,11 @@ async def test_writes_wait_through_an_outage_in_order_and_all_land(
         stored = await store.get_async("CA1")
         assert stored is not None and stored["status"] == "live"
         assert [line["text"] for line in stored["transcript"]] == ["before", *said]
-        assert await store.get_async("CA2") == {**other.to_json(), "status": "ended"}
+        assert await store.get_async("CA2") == {
+            **other.to_json(),
+            "status": "ended",
+            "served_by": ANY,
+        }
         # The watcher came back too, with every heartbeat older than lost_after_s; it waits
         # that long before reaping, and by then the live call's owner has refreshed it.
         await until(lambda: watcher.healthy, 10, "the watcher to reach the database again")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from unittest.mock import ANY
 
 import sqlalchemy as sa
 
@@ -87,8 +88,9 @@ async def test_a_finished_record_reads_back_exactly_as_to_json(open_store: OpenS
     assert await store.flush()
 
     stored = open_store().get(record.call_sid)
-    assert stored == {**record.to_json(), "status": "ended"}
-    assert list(stored) == [*record.to_json(), "status"]
+    assert stored == {**record.to_json(), "status": "ended", "served_by": ANY}
+    assert list(stored) == [*record.to_json(), "status", "served_by"]
+    assert stored["served_by"] == store.owner
     assert [c["call_id"] for c in stored["tool_calls"]] == ["call_1", "call_2", "call_3"]
     assert stored["tool_calls"][2]["output"] is None
 
@@ -103,7 +105,7 @@ async def test_save_writes_a_whole_record_and_a_second_save_adds_only_what_is_ne
     store.save(record)
     record.say("agent", "two")
     await store.save_async(record)
-    assert store.get(record.call_sid) == {**record.to_json(), "status": "ended"}
+    assert store.get(record.call_sid) == {**record.to_json(), "status": "ended", "served_by": ANY}
     assert event_kinds(store, record.call_sid) == ["transcript", "transcript"]
 
 

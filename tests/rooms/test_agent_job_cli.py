@@ -54,7 +54,7 @@ async def test_a_job_nobody_joins_exits_0_after_the_idle_timeout(
     proc = await spawn(settings.model_dump_json(), "--room", "cli-empty", "--job-id", "j1")
     code, stderr = await finish(proc)
     assert code == 0, stderr
-    record = RecordStore(settings.records_path).get("room:cli-empty:j1")
+    record = RecordStore(settings.records_url).get("room:cli-empty:j1")
     assert record is not None and record["end_reason"] == "nobody_came"
     assert "left room cli-empty: nobody_came" in stderr  # logs go to stderr
 
@@ -75,7 +75,7 @@ async def test_sigterm_makes_a_serving_job_leave_and_exit_0(
         code, stderr = await finish(proc)
         assert code == 0, stderr
         await until(lambda: alice.agent_state() is None, 10, "the agent to leave")
-    record = RecordStore(settings.records_path).get("room:cli-room:j2")
+    record = RecordStore(settings.records_url).get("room:cli-room:j2")
     assert record is not None
     assert record["end_reason"] == "job_stopped" and record["profile"] == "quiet"
     assert record["from"] == "alice"

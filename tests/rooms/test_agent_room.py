@@ -117,7 +117,7 @@ async def test_the_agent_answers_a_question_asked_in_the_room(
     roles = [(line["role"], line["text"]) for line in record.transcript]
     assert ("caller", WEATHER) in roles
     assert ("agent", WEATHER_REPLY) in roles
-    stored = RecordStore(settings.records_path).get(record.call_sid)
+    stored = RecordStore(settings.records_url).get(record.call_sid)
     assert stored is not None and stored["end_reason"] == "room_empty"
     assert record.call_sid.startswith("room:weather-room:")
 
@@ -163,7 +163,7 @@ async def test_the_job_leaves_once_the_last_human_has_gone(
     waited = time.monotonic() - left_at
     assert record.end_reason == "room_empty"
     assert waited >= IDLE_TIMEOUT_S - 0.5  # the grace period was kept
-    assert RecordStore(settings.records_path).get(record.call_sid) is not None
+    assert RecordStore(settings.records_url).get(record.call_sid) is not None
 
 
 async def test_a_human_who_returns_within_the_grace_period_keeps_the_agent(
@@ -189,7 +189,7 @@ async def test_nobody_comes_and_the_job_leaves_after_the_idle_timeout(
     assert time.monotonic() - started >= IDLE_TIMEOUT_S - 0.5
     assert record.end_reason == "nobody_came"
     assert engine.sessions_opened == 0  # no Realtime session for an empty room
-    assert RecordStore(settings.records_path).get(record.call_sid) is not None
+    assert RecordStore(settings.records_url).get(record.call_sid) is not None
 
 
 async def test_stop_makes_the_agent_leave(
