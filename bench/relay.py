@@ -341,6 +341,28 @@ class Procs:
     bridge: subprocess.Popen[bytes]
     bridge_port: int
     workdir: Path
+    stores: SharedStores | None = None
+
+
+class SharedStores:
+    """PostgreSQL and Redis for ``--shared-state``: the bridge then records calls and claims
+    stream tokens in them, as a cloud container does."""
+
+    def __init__(self, workdir: Path) -> None:
+        from callplane_dev.postgres import LocalPostgres
+        from callplane_dev.redis_server import LocalRedis
+
+        self.postgres = LocalPostgres(workdir / "postgres")
+        self.redis = LocalRedis(workdir / "redis")
+
+    def start(self) -> None:
+        asyncio.run(self._both("start"))
+
+    def stop(self) -> None:
+        asyncio.run(self._both("stop"))
+
+    async def _both(self, what: str) -> None:
+        await asyncio.gather(getattr(self.postgres, what)(), getattr(self.redis, what)())
 
 
 WS_IMPL = "auto"  # uvicorn's WebSocket implementation for the media bridge (--ws)
@@ -393,6 +415,7 @@ class Stall:
 
 
 STALL = Stall()  # --stall-every, --stall-after, --stall-for
+SHARED_STATE = False  # --shared-state: records in PostgreSQL, coordination in Redis
 
 
 def start_processes(bridge: str, profile_out: Path | None) -> Procs:
@@ -425,8 +448,9 @@ def start_processes(bridge: str, profile_out: Path | None) -> Procs:
     engine.stdout.readline()  # the port, once listening
     engine_url = f"ws://127.0.0.1:{engine_port}/v1/realtime"
     port = free_port()
+    stores: SharedStores | None = None
     if bridge in ("media", "streams"):
-        settings = {
+        settings: dict[str, Any] = {
             "public_media_url": f"ws://127.0.0.1:{port}/twilio/media",
             "stream_secret": STREAM_SECRET,
             "api_key": "bench-api-key",
@@ -437,6 +461,10 @@ def start_processes(bridge: str, profile_out: Path | None) -> Procs:
             "profiles": {PROFILE: {"name": PROFILE}},
             "records_path": str(workdir / "records.sqlite3"),
         }
+        if SHARED_STATE:
+            stores = SharedStores(workdir)
+            stores.start()
+            settings.update(database_url=stores.postgres.url, redis_url=stores.redis.url)
         env["CALLPLANE_MEDIA_CONFIG"] = json.dumps(settings)
         loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
         command = (
@@ -483,7 +511,7 @@ def start_processes(bridge: str, profile_out: Path | None) -> Procs:
             time.sleep(0.1)
     else:
         raise RuntimeError(f"{bridge} bridge did not start")
-    return Procs(engine, proc, port, workdir)
+    return Procs(engine, proc, port, workdir, stores)
 
 
 BRIDGES = ("noop", "media", "streams")
@@ -503,6 +531,8 @@ def stop_processes(procs: Procs) -> None:
     except subprocess.TimeoutExpired:
         procs.engine.kill()
         procs.engine.wait()
+    if procs.stores is not None:
+        procs.stores.stop()
 
 
 def cpu_shares(before: list[Any], after: list[Any], wall: float) -> dict[str, float]:
@@ -928,8 +958,15 @@ def main() -> None:
     )
     parser.add_argument("--stall-after", type=float, default=1.0, help="s into sending")
     parser.add_argument("--stall-for", type=float, default=2.0, help="s a stream reads nothing")
+    parser.add_argument(
+        "--shared-state",
+        action="store_true",
+        help="records in a local PostgreSQL and coordination in a local Redis, as in the cloud "
+        "(default: SQLite and in-process, one container's view)",
+    )
     args = parser.parse_args()
-    global WS_IMPL, ENGINE_PROFILE, LOAD, STALL
+    global WS_IMPL, ENGINE_PROFILE, LOAD, STALL, SHARED_STATE
+    SHARED_STATE = args.shared_state
     STALL = Stall(args.stall_every, args.stall_after, args.stall_for)
     WS_IMPL = args.ws
     LOAD = args.load
