@@ -360,6 +360,7 @@ class SharedStores:
 
     def stop(self) -> None:
         asyncio.run(self._both("stop"))
+        asyncio.run(self.postgres.discard())  # its cluster may live outside the workdir
 
     async def _both(self, what: str) -> None:
         await asyncio.gather(getattr(self.postgres, what)(), getattr(self.redis, what)())

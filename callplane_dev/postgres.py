@@ -123,6 +123,12 @@ class LocalPostgres:
         used because it waits for every client to disconnect on its own."""
         await asyncio.to_thread(self._stop)
 
+    async def discard(self) -> None:
+        """Stop the server and delete its cluster: for throwaway data directories (tests,
+        benchmarks), whose cluster may have been kept outside them (see ``postgres-location``)."""
+        await self.stop()
+        await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
+
     # ---- blocking work, in a worker thread
 
     def _start(self) -> None:

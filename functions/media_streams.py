@@ -206,6 +206,10 @@ class MediaStreams:
             self.store.call_finished(record)
             self.live.pop(start.call_sid, None)
             await self._ended(record)
+            # The end is committed before the stream closes (a few ms; the writer does not
+            # wait for its commit gap when flushed); an outage holds it back 2 s at most, and
+            # the write stays queued until the database is back.
+            await self.store.flush(timeout_s=2.0)
             # Twilio usually closed the stream first (the call ended); that is not an error.
             await socket.close()
 
@@ -248,10 +252,8 @@ class MediaStreams:
         warned = False
         while self.live:
             try:
-                for record in list(self.live.values()):
-                    await self.coordination.live.put(
-                        record.call_sid, record.to_json(), ttl_s=3 * every
-                    )
+                snapshots = {sid: record.to_json() for sid, record in self.live.items()}
+                await self.coordination.live.put_many(snapshots, ttl_s=3 * every)
                 warned = False
             except CoordinationUnavailable as exc:
                 if not warned:  # once per outage; the calls go on

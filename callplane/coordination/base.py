@@ -14,6 +14,7 @@ take only ``ttl_s`` let the store expire the entry on its own clock.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 __all__ = [
@@ -130,6 +131,11 @@ class LiveCalls(Protocol):
     async def put(self, call_sid: str, data: dict[str, Any], ttl_s: float) -> None:
         """Store ``data`` (a JSON object) for ``ttl_s`` seconds, replacing the previous one.
         Refresh it while the call runs, so a container that dies leaves nothing behind."""
+        ...
+
+    async def put_many(self, snapshots: Mapping[str, dict[str, Any]], ttl_s: float) -> None:
+        """:meth:`put` for every CallSid in ``snapshots`` at once (one round trip): how a
+        container refreshes all its live calls each heartbeat."""
         ...
 
     async def get(self, call_sid: str) -> dict[str, Any] | None:

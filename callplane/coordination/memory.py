@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from callplane.coordination._expiring import Expiring
@@ -155,6 +155,11 @@ class MemoryLiveCalls:
         ttl_s = require_positive("ttl_s", ttl_s)
         now = self._clock()
         self._calls.put(call_sid, _dump(data), now + ttl_s)
+
+    async def put_many(self, snapshots: Mapping[str, dict[str, Any]], ttl_s: float) -> None:
+        """See :meth:`callplane.coordination.base.LiveCalls.put_many`."""
+        for call_sid, data in snapshots.items():
+            await self.put(call_sid, data, ttl_s)
 
     async def get(self, call_sid: str) -> dict[str, Any] | None:
         """See :meth:`callplane.coordination.base.LiveCalls.get`."""

@@ -31,6 +31,7 @@ scripts, so two containers never interleave inside them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from callplane.coordination.base import MAX_JOBS, job_identity, require_positive
@@ -193,6 +194,18 @@ class RedisLiveCalls:
         text = json.dumps(data, separators=(",", ":"))
         with self._link.guard():
             await self._link.client.set(self._link.key("live", call_sid), text, px=ms(ttl_s))
+
+    async def put_many(self, snapshots: Mapping[str, dict[str, Any]], ttl_s: float) -> None:
+        """See :meth:`callplane.coordination.base.LiveCalls.put_many`: one pipeline."""
+        ttl_s = require_positive("ttl_s", ttl_s)
+        if not snapshots:
+            return
+        with self._link.guard():
+            pipe = self._link.client.pipeline(transaction=False)
+            for call_sid, data in snapshots.items():
+                text = json.dumps(data, separators=(",", ":"))
+                pipe.set(self._link.key("live", call_sid), text, px=ms(ttl_s))
+            await pipe.execute()
 
     async def get(self, call_sid: str) -> dict[str, Any] | None:
         """See :meth:`callplane.coordination.base.LiveCalls.get`."""

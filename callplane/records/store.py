@@ -85,7 +85,7 @@ class _Write:
 
     kind: Literal["started", "progress", "finished"]
     call_sid: str
-    row: dict[str, Any]
+    row: dict[str, Any] | None  # None: the row is fresh enough, only events to append
     events: list[dict[str, Any]]
 
 
@@ -238,7 +238,10 @@ class RecordStore:
             else:
                 self._live[sid] = written
             events = _new_events(record, written, final=kind == "finished")
-        return _Write(kind, sid, _row(record), events)
+            # A progress write only appends events (one multi-row insert per batch, whatever
+            # the number of calls); the row is written at the start and the end. A call whose
+            # container dies keeps its start's row: what was said, not its usage or cost.
+        return _Write(kind, sid, None if kind == "progress" else _row(record), events)
 
     # ---- the writer thread
 
@@ -248,7 +251,7 @@ class RecordStore:
             upgrade(self._engine)
             self._migrated = True
         events = [event for write in writes for event in write.events]
-        last_of_call = {write.call_sid: i for i, write in enumerate(writes)}
+        last_of_call = {w.call_sid: i for i, w in enumerate(writes) if w.row is not None}
         with self._engine.connect() as connection:
             connection.execution_options(**{WRITE: True})
             with connection.begin():
@@ -258,11 +261,14 @@ class RecordStore:
                     )
                 for i, write in enumerate(writes):
                     # A later write in this batch sets the same row again: only the end counts.
-                    if write.kind != "finished" and last_of_call[write.call_sid] != i:
+                    if write.row is None or (
+                        write.kind != "finished" and last_of_call[write.call_sid] != i
+                    ):
                         continue
                     connection.execute(self._row_statement(connection, write, now))
 
     def _row_statement(self, connection: Connection, write: _Write, now: float) -> Any:
+        assert write.row is not None
         stmt = insert(connection, calls)
         if write.kind == "finished":
             values = {**write.row, "status": "ended", "owner": self.owner, "heartbeat_at": now}

@@ -28,6 +28,11 @@ T = TypeVar("T")
 
 RETRY_FIRST_S: Final = 0.05
 BATCH_MAX: Final = 500
+COMMIT_GAP_S: Final = 0.5
+"""The least time between two of the writer's transactions (unless someone flushes): a
+quiet container commits a line at once, a busy one commits the lines of all its calls
+together, at most twice a second, instead of paying a transaction per line. A container
+killed mid-call loses at most the lines of its last half second."""
 
 
 class OrderedWriter(Generic[T]):
@@ -54,6 +59,7 @@ class OrderedWriter(Generic[T]):
         max_pending: int = 20_000,
         retry_max_s: float = 2.0,
         batch_max: int = BATCH_MAX,
+        commit_gap_s: float = COMMIT_GAP_S,
         name: str = "records-writer",
     ) -> None:
         if max_pending < 1:
@@ -67,7 +73,10 @@ class OrderedWriter(Generic[T]):
         self._max_pending = max_pending
         self._retry_max_s = retry_max_s
         self._batch_max = batch_max
+        self._commit_gap_s = commit_gap_s
+        self._last_commit = float("-inf")  # time.monotonic() of the last transaction
         self._cond = threading.Condition()
+        self._sleeping = False  # the writer waits for a first item (puts then wake it)
         self._queue: deque[tuple[int, T]] = deque()  # (number, item), oldest first
         self._in_flight = 0  # the first items of the queue, being written: never dropped
         self._last_number = 0
@@ -98,7 +107,11 @@ class OrderedWriter(Generic[T]):
                 return
             self._last_number += 1
             self._queue.append((self._last_number, item))
-            self._cond.notify()
+            # Wake the writer only when it sleeps on an empty queue or a batch is full: waking
+            # a lingering writer at every line would make the two threads trade the GIL for
+            # nothing, on the thread that carries the calls' audio.
+            if self._sleeping or len(self._queue) >= self._batch_max:
+                self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -200,6 +213,7 @@ class OrderedWriter(Generic[T]):
                 return None
             future: concurrent.futures.Future[bool] = concurrent.futures.Future()
             self._waiters.append((self._last_number, future))
+            self._cond.notify()  # a lingering writer writes now
             return future
 
     def _forget(self, future: concurrent.futures.Future[bool]) -> None:
@@ -236,9 +250,14 @@ class OrderedWriter(Generic[T]):
                         wait_s = next_tick - time.monotonic() if self._tick_fn else None
                         if wait_s is not None and wait_s <= 0:
                             break
-                        self._cond.wait(wait_s)
+                        self._sleeping = True
+                        try:
+                            self._cond.wait(wait_s)
+                        finally:
+                            self._sleeping = False
                     if self._stopping and (self._abandon or not self._queue):
                         return
+                    self._linger()
                     batch = self._take(self._batch_max)
                 if self._tick_fn is not None and time.monotonic() >= next_tick:
                     self._tick()
@@ -249,10 +268,22 @@ class OrderedWriter(Generic[T]):
             with self._cond:
                 self._resolve_waiters(False, everyone=True)
 
+    def _linger(self) -> None:
+        """Wait until ``commit_gap_s`` has passed since the last transaction (called holding
+        the lock, queue not empty), so that what comes meanwhile joins this batch. A flush,
+        a stop or a full batch ends the wait at once."""
+        deadline = self._last_commit + self._commit_gap_s
+        while not (self._stopping or self._waiters or len(self._queue) >= self._batch_max):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
     def _write(self, batch: list[T]) -> None:
         delay = RETRY_FIRST_S
         while True:
             try:
+                self._last_commit = time.monotonic()
                 self._apply(batch)
             except Exception as exc:
                 if not self._transient(exc):

@@ -176,6 +176,15 @@ async def test_a_non_positive_ttl_is_refused(fleet: Fleet, ttl_s: float) -> None
     assert await fleet.first.leases.holder("room-e") is None
 
 
+async def test_live_snapshots_are_put_many_at_once(fleet: Fleet) -> None:
+    """A container refreshes all its live calls in one go; another container reads each."""
+    snapshots = {f"CA{i}": {"state": "in-progress", "turns": i} for i in range(50)}
+    await fleet.first.live.put_many(snapshots, 30)
+    await fleet.first.live.put_many({}, 30)  # no live calls: nothing to do
+    for sid, data in snapshots.items():
+        assert await fleet.second.live.get(sid) == data
+
+
 async def test_where_the_state_lives(fleet: Fleet) -> None:
     await fleet.first.ping()
     if fleet.backend == "memory":
