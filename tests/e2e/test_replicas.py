@@ -6,6 +6,7 @@ would, and checked on every replica."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -58,13 +59,26 @@ def cloud_options(tmp_path: Path, observe: Any, **changes: Any) -> StackOptions:
     return StackOptions(**{**base, **changes})
 
 
+@contextlib.asynccontextmanager
+async def throwaway(options: StackOptions) -> AsyncIterator[LocalStack]:
+    """A stack in the cloud's shape whose PostgreSQL cluster is deleted afterwards."""
+    async with LocalStack(options) as running:
+        assert running.plane is not None
+        postgres = running.plane.postgres
+        yield running
+    await postgres.discard()
+
+
 @pytest.fixture
 async def cloud(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
     def observe(direction: Direction, event: Mapping[str, Any]) -> None:
         conformance(direction, event)
 
     async with LocalStack(cloud_options(tmp_path, observe)) as running:
+        assert running.plane is not None
+        postgres = running.plane.postgres
         yield running
+    await postgres.discard()  # a throwaway cluster, perhaps kept outside tmp_path
     conformance.count()
     assert not conformance.violations, conformance.violations[:20]
 
@@ -229,7 +243,7 @@ async def test_a_daily_budget_counts_the_spend_of_both_replicas(
         allowed_countries=("US",), calling_hours=(0, 24), daily_budget_usd=0.0001
     )
     options = cloud_options(tmp_path, conformance, outbound=limits)
-    async with LocalStack(options) as stack:
+    async with throwaway(options) as stack:
         media = replica_urls(stack, "media")
         for number in ("+14155550150", "+14155550151"):
             stack.simulator.set_callee(number, human(wait_for_reply(), hang_up(), rings=1))
@@ -476,7 +490,7 @@ async def test_duplicate_dispatches_on_two_replicas_start_one_agent(
     media replicas, start exactly one agent job; both replicas list it. The job SIGKILLed: the
     next join, on the other replica, starts exactly one new one."""
     options = cloud_options(tmp_path, conformance, livekit=True, agent_idle_timeout_s=30.0)
-    async with LocalStack(options) as stack:
+    async with throwaway(options) as stack:
         media = replica_urls(stack, "media")
         room = f"replicas-{time.time_ns()}"
         answers = await asyncio.gather(
