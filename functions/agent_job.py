@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -53,7 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def _hold_lease(coordination: Coordination, room: str, job_id: str, ttl_s: float) -> None:
     """Renew the room's lease while the agent serves: the job outlives the container that
     launched it (a Modal container, a media replica), so its own heartbeat keeps the room
-    from getting a second agent. Losing the lease is logged, never a reason to stop serving."""
+    from getting a second agent. Losing the lease is logged, never a reason to stop serving.
+    The job does not release the lease when it ends: the launcher does, once it has recorded
+    the end (or the lease lapses, if the launcher is gone too)."""
     while True:
         await asyncio.sleep(ttl_s / 3)
         try:
@@ -86,11 +87,9 @@ async def _serve(settings: MediaSettings, args: argparse.Namespace) -> CallRecor
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if holding is not None:
+        if holding is not None:  # the launcher releases the room once it has seen the end
             holding.cancel()
             await asyncio.gather(holding, return_exceptions=True)
-            with contextlib.suppress(CoordinationUnavailable):
-                await coordination.leases.release(args.room, args.job_id)
         await coordination.aclose()
 
 

@@ -676,11 +676,13 @@ class AgentJobs:
             log.error(
                 "agent job %s for room %r crashed with exit code %d", job.job_id, job.room, code
             )
+        # Its end is shared first, then the room is let go: a listing in between would show
+        # a job still "running" without a lease, and call it lost.
+        await self._share(job)
         try:
             await self.leases.release(job.room, job.job_id)
         except CoordinationUnavailable as exc:  # it lapses after agent_lease_s instead
             log.warning("agent job %s: lease not released: %s", job.job_id, exc)
-        await self._share(job)
 
 
 # --------------------------------------------------------------------------- routes

@@ -1,10 +1,14 @@
-"""The whole local stack for end-to-end tests: engine, Twilio simulator, edge and media app on
-real loopback sockets, wired as production is. Every event the engine sends or receives is
-checked against the openai SDK's GA models and timestamped, so tests can measure what the
-bridge did and when."""
+"""The whole local stack for end-to-end tests: engine, Twilio simulator, edge and media plane on
+real loopback sockets, wired as production is. The media plane runs in the cloud's shape by
+default (``E2E_REPLICAS`` processes of the media app and of the stream server behind fronts,
+PostgreSQL and Redis shared by all), and every stack checks at its end that each media replica
+lists the same calls, every call a caller heard among them. Every event the engine sends or
+receives is checked against the openai SDK's GA models and timestamped, so tests can measure
+what the bridge did and when."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from callplane_dev.stack import LocalStack, StackOptions
@@ -43,23 +48,84 @@ def engine_events() -> EngineEvents:
     return EngineEvents()
 
 
-@pytest.fixture
-async def stack(
-    tmp_path: Path, conformance: ConformanceLog, engine_events: EngineEvents
-) -> AsyncIterator[LocalStack]:
-    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
-        conformance(direction, event)
-        engine_events(direction, event)
+E2E_REPLICAS = 2
+"""Media replicas (and stream replicas) of the stacks the end-to-end tests start."""
 
-    options = StackOptions(data_dir=tmp_path / "stack", pace=4.0, engine_observer=observe)
+
+async def _listed(stack: LocalStack, url: str) -> set[str]:
+    headers = {"Authorization": f"Bearer {stack.creds.media_api_key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as http:
+        answer = await http.get("/calls", params={"limit": 500})
+    assert answer.status_code == 200, answer.text
+    return {call["call_sid"] for call in answer.json()["calls"]}
+
+
+async def every_replica_lists_every_call(stack: LocalStack) -> None:
+    """``GET /calls`` answers the same on every media replica, and lists every call whose
+    caller (or callee) heard the agent, whichever stream replica served it."""
+    assert stack.plane is not None
+    heard = {sid for sid, call in stack.simulator.carrier.calls.items() if call.timeline.chunks}
+    listed = [await _listed(stack, url) for url in stack.plane.describe()["media"]]
+    assert all(found == listed[0] for found in listed), listed
+    assert heard <= listed[0], f"calls heard but not listed: {sorted(heard - listed[0])}"
+
+
+@contextlib.asynccontextmanager
+async def started(options: StackOptions) -> AsyncIterator[LocalStack]:
+    """The stack for ``options``; in the cloud's shape it is checked with
+    :func:`every_replica_lists_every_call` before it stops (unless the test failed), and its
+    PostgreSQL cluster is deleted after."""
     async with LocalStack(options) as running:
+        postgres = running.plane.postgres if running.plane is not None else None
         yield running
+        if running.plane is not None:
+            await every_replica_lists_every_call(running)
+    if postgres is not None:
+        await postgres.discard()
+
+
+def _checked(conformance: ConformanceLog, running: LocalStack) -> None:
     conformance.count()
     assert not conformance.violations, "non-conforming events:\n" + "\n".join(
         conformance.violations[:20]
     )
     if running.engine.sessions_opened:
         assert conformance.server_checked > 0
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, conformance: ConformanceLog, engine_events: EngineEvents
+) -> AsyncIterator[LocalStack]:
+    """The whole stack in the cloud's shape."""
+
+    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
+        conformance(direction, event)
+        engine_events(direction, event)
+
+    options = StackOptions(
+        data_dir=tmp_path / "stack", pace=4.0, engine_observer=observe, replicas=E2E_REPLICAS
+    )
+    async with started(options) as running:
+        yield running
+    _checked(conformance, running)
+
+
+@pytest.fixture
+async def single_process_stack(
+    tmp_path: Path, conformance: ConformanceLog, engine_events: EngineEvents
+) -> AsyncIterator[LocalStack]:
+    """The whole stack with the media plane in this process, for a test that reads one
+    process's own counters (``stack.media_app.state``)."""
+
+    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
+        conformance(direction, event)
+        engine_events(direction, event)
+
+    options = StackOptions(data_dir=tmp_path / "stack", pace=4.0, engine_observer=observe)
+    async with started(options) as running:
+        yield running
+    _checked(conformance, running)
 
 
 LIVEKIT_AGENT_IDLE_S = 3.0
@@ -80,17 +146,16 @@ async def livekit_stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIte
         agent_idle_timeout_s=LIVEKIT_AGENT_IDLE_S,
         engine_observer=observe,
         write_dev_file=False,
+        replicas=E2E_REPLICAS,
     )
-    async with LocalStack(options) as running:
-        agents = running.media_app.state.agents  # the stack lets go of its app when it stops
+    async with started(options) as running:
         yield running
-    # Agent jobs die with the stack: none is left running, none of their processes is alive.
-    jobs = agents.jobs()
-    assert [job.state for job in jobs if job.state == "running"] == [], jobs
+        # Agent jobs die with the stack: note every job's process while the stack still runs.
+        headers = {"Authorization": f"Bearer {running.creds.media_api_key}"}
+        async with httpx.AsyncClient(base_url=running.media_url, headers=headers) as http:
+            jobs = (await http.get("/agents")).json()["agents"]
+    # none is left running, none of their processes is alive
     for job in jobs:
         with pytest.raises(ProcessLookupError):
-            os.kill(int(job.handle.handle.removeprefix("pid:")), 0)
-    conformance.count()
-    assert not conformance.violations, "non-conforming events:\n" + "\n".join(
-        conformance.violations[:20]
-    )
+            os.kill(int(job["handle"].removeprefix("pid:")), 0)
+    _checked(conformance, running)

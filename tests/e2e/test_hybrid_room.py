@@ -26,6 +26,7 @@ from callplane_standins.realtime_engine.context import Direction
 from callplane_standins.realtime_engine.speech import speak
 from callplane_standins.twilio_simulator.caller import hang_up, say, wait_for_reply
 from tests.conftest import ConformanceLog
+from tests.e2e.conftest import E2E_REPLICAS, started
 from tests.support.livekit_people import Human
 from tests.support.stack import stack_livekit
 from tests.support.waiting import until
@@ -62,8 +63,9 @@ async def stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[Lo
         numbers=[NumberPlan("lobby", "US", "local", 415)],
         livekit=True,
         agent_idle_timeout_s=IDLE_TIMEOUT_S,
+        replicas=E2E_REPLICAS,
     )
-    async with LocalStack(options) as running:
+    async with started(options) as running:
         yield running
     conformance.count()
     assert not conformance.violations, "non-conforming events:\n" + "\n".join(

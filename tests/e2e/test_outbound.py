@@ -74,8 +74,9 @@ async def _stall_report(stack: LocalStack, job_ids: list[str]) -> str:
             events = [(round(e.at_ms), e.kind, e.detail) for e in call.timeline.events][-20:]
             lines.append(f"live call {sid}: errors={call.errors} last events={events}")
             lines.append(f"  streams={call.timeline.streams} chunks={len(call.timeline.chunks)}")
-    lines.append(f"media live records: {sorted(stack.media_app.state.live)}")
-    lines.append(f"media stats: {dict(stack.media_app.state.stats)}")
+    if stack.media_app is not None:  # the media plane in this process
+        lines.append(f"media live records: {sorted(stack.media_app.state.live)}")
+        lines.append(f"media stats: {dict(stack.media_app.state.stats)}")
     return "\n".join(lines)
 
 
