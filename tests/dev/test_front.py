@@ -101,7 +101,14 @@ async def test_a_stream_larger_than_every_buffer_round_trips_with_a_slow_reader(
         "echo", lambda port: command(port, "--mode", "tcp"), ENV, 1, TcpReady(), tmp_path
     )
     async with replicas, Front(replicas.addresses) as front:
-        reader, writer = await asyncio.open_connection("127.0.0.1", front.port)
+        # A small receive buffer on our side, so that what the echo sends back cannot all
+        # wait in the kernel (receive buffers autotune up to tcp_rmem's maximum, 32 MiB
+        # here): the front's write side must back up, and it must stop reading.
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", front.port))
+        reader, writer = await asyncio.open_connection(sock=client)
 
         async def send() -> None:
             writer.write(payload)

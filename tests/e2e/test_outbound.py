@@ -23,6 +23,7 @@ from callplane_standins.twilio_simulator.caller import hang_up, say, synthesize_
 from callplane_standins.twilio_simulator.webhooks import WebhookError
 from tests.conftest import ConformanceLog
 from tests.servers import serve_asgi
+from tests.support.stack import live_calls_peak
 
 CONTEXT = {"name": "Amina", "when": "tomorrow at 3 pm"}
 REMINDER = "Hello Amina, this is a reminder of your appointment tomorrow at three pm."
@@ -270,27 +271,17 @@ async def test_fifty_calls_at_once_never_exceed_ten_live_and_all_complete(
             stack.simulator.set_callee(number, human(wait_for_reply(), hang_up(), rings=1))
         answers = await asyncio.gather(*(request_call(stack, n) for n in callees))
         assert [a.status_code for a in answers] == [202] * 50
-        live_seen = 0
-
-        async def watch() -> None:
-            nonlocal live_seen
-            while True:
-                live = sum(1 for c in stack.simulator.carrier.calls.values() if c.live)
-                live_seen = max(live_seen, live)
-                await asyncio.sleep(0.02)
-
-        watcher = asyncio.create_task(watch())
-        try:
-            jobs = await asyncio.gather(
-                *(finished(stack, a.json()["id"], timeout_s=240) for a in answers)
-            )
-        except TimeoutError:
-            report = await _stall_report(stack, [a.json()["id"] for a in answers])
-            # an xfail hides the message: keep it where the next person can read it
-            await asyncio.to_thread(_keep, "fifty-calls-stall.txt", report)
-            pytest.fail(report)
-        watcher.cancel()
+        async with live_calls_peak(stack) as peak:
+            try:
+                jobs = await asyncio.gather(
+                    *(finished(stack, a.json()["id"], timeout_s=240) for a in answers)
+                )
+            except TimeoutError:
+                report = await _stall_report(stack, [a.json()["id"] for a in answers])
+                # an xfail hides the message: keep it where the next person can read it
+                await asyncio.to_thread(_keep, "fifty-calls-stall.txt", report)
+                pytest.fail(report)
         dialer = stack.media_app.state.dialer
     assert all(j["outcome"] == "human" for j in jobs), [j["outcome"] for j in jobs]
     assert len(stack.simulator.carrier.calls) == 50
-    assert 1 <= live_seen <= 10 and dialer.max_live_seen == 10
+    assert 1 <= peak.most <= 10 and dialer.max_live_seen == 10

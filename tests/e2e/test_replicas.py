@@ -35,6 +35,7 @@ from callplane_standins.twilio_simulator.caller import (
 )
 from callplane_standins.twilio_simulator.twiml import Stream, parse_twiml
 from tests.conftest import ConformanceLog
+from tests.support.stack import live_calls_peak
 from tests.support.waiting import until
 
 HEARTBEAT_S = 0.5
@@ -203,17 +204,7 @@ async def test_thirty_outbound_calls_hold_the_limit_across_replicas(
         *(request_call(media[i % 2], cloud, n) for i, n in enumerate(callees))
     )
     assert [a.status_code for a in answers] == [202] * 30, [a.text for a in answers]
-    live_seen = 0
-
-    async def watch() -> None:
-        nonlocal live_seen
-        while True:
-            live = sum(1 for c in cloud.simulator.carrier.calls.values() if c.live)
-            live_seen = max(live_seen, live)
-            await asyncio.sleep(0.02)
-
-    watcher = asyncio.create_task(watch())
-    try:
+    async with live_calls_peak(cloud) as peak:
         jobs = await asyncio.wait_for(
             asyncio.gather(
                 *(
@@ -223,10 +214,8 @@ async def test_thirty_outbound_calls_hold_the_limit_across_replicas(
             ),
             240,
         )
-    finally:
-        watcher.cancel()
     assert [j["outcome"] for j in jobs] == ["human"] * 30
-    assert 1 <= live_seen <= 5, live_seen
+    assert 1 <= peak.most <= 5, peak.most
     assert all(a["status_from"] == "callback" for j in jobs for a in j["attempts"])
     for j in jobs:
         sid = j["attempts"][-1]["call_sid"]

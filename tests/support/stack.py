@@ -3,7 +3,10 @@ LiveKit server as a test server, the media app's agent jobs, a web user's token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -85,3 +88,30 @@ async def wait_job_ended(
         stack, room, lambda jobs: len(jobs) == 1 and jobs[0]["state"] != "running", timeout_s, what
     )
     return job
+
+
+@dataclass
+class LiveCallsPeak:
+    """The most calls the Twilio simulator carried at once while it was watched."""
+
+    most: int = 0
+
+
+@contextlib.asynccontextmanager
+async def live_calls_peak(stack: LocalStack) -> AsyncIterator[LiveCallsPeak]:
+    """Sample the simulator's live calls every 20 ms for as long as the block runs: what a
+    concurrency limit looks like from the carrier's side, whichever container placed them."""
+    peak = LiveCallsPeak()
+
+    async def watch() -> None:
+        while True:
+            live = sum(1 for call in stack.simulator.carrier.calls.values() if call.live)
+            peak.most = max(peak.most, live)
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield peak
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
