@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -54,6 +54,33 @@ from functions.stream_server import StreamServer
 __all__ = ["DEFAULT_NUMBERS", "DEV_FILE", "LocalStack", "NumberPlan", "StackOptions"]
 
 log = logging.getLogger("callplane.stack")
+
+STOP_PART_TIMEOUT_S = 30.0
+"""How long :meth:`LocalStack.stop` waits for one part (longer than any part's own grace)."""
+
+
+def _pending_tasks() -> str:
+    """Every unfinished task of the running loop with the line it waits on, for a log."""
+    lines = []
+    current = asyncio.current_task()
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        hops: list[str] = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(hops) < 12:  # down the await chain
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                hops.append(type(awaited).__name__)
+                break
+            hops.append(
+                f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})"
+            )
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        where = " -> ".join(hops)
+        lines.append(f"  {task.get_name()}: {where or 'not started'}")
+    return "\n".join(lines) or "  (none)"
+
 
 DEV_FILE = "dev.json"
 LOCAL_REGION = "local"
@@ -235,6 +262,8 @@ class LocalStack:
         self._streams: StreamServer | None = None
         self.stream_url = ""  # where Twilio's media streams go (the picows stream server)
         self._sockets: list[socket.socket] = []
+        self.stop_timeouts: list[str] = []
+        """The parts that the last :meth:`stop` gave up waiting for."""
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -369,44 +398,66 @@ class LocalStack:
         return limits
 
     async def stop(self) -> None:
-        """Stop every part; calls still on are ended by the simulator first."""
+        """Stop every part; calls still on are ended by the simulator first.
+
+        Each part gets :data:`STOP_PART_TIMEOUT_S`: a part that does not stop by then is
+        logged with what every task of this event loop was waiting on, and the others are
+        still stopped, so that stopping the stack never hangs (Ctrl-C, a test's teardown).
+        """
+        self.stop_timeouts.clear()
         if self.media_app is not None:
-            await self.media_app.state.dialer.close()
+            app = self.media_app
+            await self._stop_part("the dialer", app.state.dialer.close())
             # The embedded servers run without ASGI lifespan, so the media app's shutdown
             # handler never runs: stop its agent jobs here, while LiveKit and the engine are
             # still up for them to leave the room and save their records.
-            await self.media_app.state.agents.shutdown()
+            await self._stop_part("the agent jobs", app.state.agents.shutdown())
         if self.plane is not None:
             # Replicas stop on SIGTERM like Modal's containers: their agent jobs leave the
             # rooms and every record is flushed, while LiveKit and the engine are still up.
-            await self.plane.stop()
+            await self._stop_part("the media replicas", self.plane.stop())
             self.plane = None
             if self.store is not None:
-                await asyncio.to_thread(self.store.close)
+                await self._stop_part("the record store", asyncio.to_thread(self.store.close))
             self.store = None
         with contextlib.suppress(FileNotFoundError):
             if self.options.write_dev_file:
                 (self.data_dir / DEV_FILE).unlink()
-        await self.simulator.stop()
+        await self._stop_part("the Twilio simulator", self.simulator.stop())
         if self._streams is not None:
-            await self._streams.stop()
+            await self._stop_part("the stream server", self._streams.stop())
             self._streams = None
-        for server in (self._edge, self._media):
+        for what, server in (("the edge", self._edge), ("the media app", self._media)):
             if server is not None:
-                await server.stop()
+                await self._stop_part(what, server.stop())
         self._edge = self._media = None
         if self.media_app is not None:
-            await self.media_app.state.streams.aclose()
-            await asyncio.to_thread(self.media_app.state.store.close)
-            await self.media_app.state.coordination.aclose()
-            self.media_app = None
+            app, self.media_app = self.media_app, None
+            await self._stop_part("the media streams", app.state.streams.aclose())
+            await self._stop_part("the record store", asyncio.to_thread(app.state.store.close))
+            await self._stop_part("coordination", app.state.coordination.aclose())
         if self.livekit is not None:
-            await self.livekit.stop()
+            await self._stop_part("livekit-server", self.livekit.stop())
             self.livekit = None
-        await self.engine.stop()
+        await self._stop_part("the Realtime engine", self.engine.stop())
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+
+    async def _stop_part(self, what: str, stopping: Awaitable[Any]) -> None:
+        """Await ``stopping`` for at most :data:`STOP_PART_TIMEOUT_S`; past that, log what
+        every task was waiting on, note ``what`` in :attr:`stop_timeouts` and go on."""
+        try:
+            async with asyncio.timeout(STOP_PART_TIMEOUT_S):
+                await stopping
+        except TimeoutError:
+            self.stop_timeouts.append(what)
+            log.error(
+                "%s did not stop within %g s; going on without it. Tasks still waiting:\n%s",
+                what,
+                STOP_PART_TIMEOUT_S,
+                _pending_tasks(),
+            )
 
     async def __aenter__(self) -> LocalStack:
         await self.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,11 @@ async def started(options: StackOptions) -> AsyncIterator[LocalStack]:
         yield running
         if running.plane is not None:
             await every_replica_lists_every_call(running)
+    if running.stop_timeouts:
+        # Logged with every waiting task by the stack; reported here so a run shows it.
+        warnings.warn(
+            f"the stack gave up waiting for {running.stop_timeouts} to stop", stacklevel=1
+        )
     if postgres is not None:
         await postgres.discard()
 
