@@ -113,27 +113,7 @@ class MediaSettings(BaseModel):
 
     def load_tools(self) -> dict[str, Tool]:
         """Import the tools named by ``tools_module``; an error names the setting and fix."""
-        if not self.tools_module:
-            return {}
-        module_name, _, attribute = self.tools_module.partition(":")
-        if not module_name or not attribute:
-            raise ValueError(
-                f"tools_module={self.tools_module!r}: write it as 'package.module:NAME'"
-            )
-        try:
-            found = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(
-                f"tools_module={self.tools_module!r} cannot be loaded: {exc}"
-            ) from None
-        tools = list(found.values()) if isinstance(found, Mapping) else list(found)
-        bad = [t for t in tools if not isinstance(t, Tool)]
-        if bad:
-            raise ValueError(
-                f"tools_module={self.tools_module!r}: {bad[:3]!r} are not tools; declare them "
-                "with @callplane.tools.tool"
-            )
-        return {t.name: t for t in tools}
+        return load_tools(self.tools_module)
 
     def open_records(self) -> RecordStore:
         """The call records store these settings name (migrated, its writer started)."""
@@ -183,3 +163,26 @@ class MediaSettings(BaseModel):
         if not text:
             raise ValueError(f"{ENV_VAR} is not set: put the media settings JSON in it")
         return cls.from_json(text, source=ENV_VAR)
+
+
+def load_tools(reference: str | None) -> dict[str, Tool]:
+    """The tools named by ``reference`` (``package.module:NAME``, NAME a mapping of name to
+    :class:`~callplane.tools.Tool` or an iterable of them), by name; none for None. Raises
+    ValueError naming the reference and the fix."""
+    if not reference:
+        return {}
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"tools_module={reference!r}: write it as 'package.module:NAME'")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"tools_module={reference!r} cannot be loaded: {exc}") from None
+    tools = list(found.values()) if isinstance(found, Mapping) else list(found)
+    bad = [t for t in tools if not isinstance(t, Tool)]
+    if bad:
+        raise ValueError(
+            f"tools_module={reference!r}: {bad[:3]!r} are not tools; declare them with "
+            "@callplane.tools.tool"
+        )
+    return {t.name: t for t in tools}

@@ -31,7 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from callplane.livekit_settings import LiveKitSettings
+import phonenumbers
+
 from callplane.media_settings import MediaSettings
 from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
@@ -47,9 +48,11 @@ from callplane_standins.twilio_simulator.caller import Step
 from callplane_standins.twilio_simulator.simulator import Simulator
 from callplane_standins.twilio_simulator.timeline import CallResult
 from edge_worker.asgi import create_app as create_edge_app
-from edge_worker.config import EdgeConfig, LiveKitEdgeConfig, NumberRoute
+from edge_worker.config import EdgeConfig
 from functions.media import create_app as create_media_app
 from functions.stream_server import StreamServer
+from infra.config import StackConfig, load
+from infra.settings import edge_config_json, media_settings
 
 __all__ = ["DEFAULT_NUMBERS", "DEV_FILE", "LocalStack", "NumberPlan", "StackOptions"]
 
@@ -57,6 +60,11 @@ log = logging.getLogger("callplane.stack")
 
 STOP_PART_TIMEOUT_S = 30.0
 """How long :meth:`LocalStack.stop` waits for one part (longer than any part's own grace)."""
+
+
+def _country(number: str) -> str:
+    """The ISO country of an E.164 number ("" if unknown)."""
+    return phonenumbers.region_code_for_number(phonenumbers.parse(number)) or ""
 
 
 def _pending_tasks() -> str:
@@ -293,30 +301,17 @@ class LocalStack:
             await self.simulator.start(port=o.twilio_port)
             edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
             self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
-            livekit, edge_livekit = await self._start_livekit(edge_url, media_http)
+            await self._start_livekit(edge_url)
+            # The same generator as `pulumi up`, from a local stack config: what the cloud
+            # would lack, this stack lacks too. Only durations and the SQLite path are tuned.
+            config = self._stack_config(edge_url, stream_base)
             plane = self.plane
-            settings = MediaSettings(
-                public_media_url=stream_base + "/twilio/media",
-                public_http_url=media_http,
-                stream_secret=self.creds.stream_secret,
-                api_key=self.creds.media_api_key,
-                twilio_account_sid=self.creds.account_sid,
-                twilio_auth_token=self.creds.auth_token,
-                twilio_api_base_url=self.simulator.base_url,
-                realtime_url=self.engine.url,
-                realtime_api_key="local",
-                realtime_session_limit_s=o.session_limit_s,
-                realtime_renew_margin_s=min(120.0, o.session_limit_s / 4),
-                profiles=dict(o.profiles),
-                records_path=self.data_dir / "records.sqlite3",
-                edge_voice_url=edge_url + "/twilio/voice",
-                outbound=self._outbound_limits(),
-                livekit=livekit,
-                tools_module=o.tools_module,
-                database_url=plane.database_url if plane is not None else None,
-                redis_url=plane.redis_url if plane is not None else None,
-                call_heartbeat_s=o.call_heartbeat_s,
-                call_lost_after_s=o.call_lost_after_s,
+            settings = media_settings(
+                config,
+                stream_base,
+                media_http,
+                numbers=[(n, _country(n)) for n in self.numbers],
+                tuning=self._tuning(),
             )
             self.settings = settings
             if plane is not None:
@@ -329,14 +324,12 @@ class LocalStack:
                 self.store = self.media_app.state.store
                 self._media = EmbeddedServer(self.media_app, media_sock)
                 self._streams = StreamServer(self.media_app.state.streams)
-            edge = EdgeConfig(
-                public_url=edge_url,
-                twilio_auth_token=self.creds.auth_token,
-                stream_secret=self.creds.stream_secret,
-                media_urls={LOCAL_REGION: stream_base},
-                numbers={n: NumberRoute(p, LOCAL_REGION) for n, p in self.numbers.items()},
-                default_region=LOCAL_REGION,
-                livekit=edge_livekit,
+            rows = [(n, p, LOCAL_REGION) for n, p in self.numbers.items()]
+            edge = EdgeConfig.from_json(
+                edge_config_json(
+                    config, rows, {LOCAL_REGION: stream_base}, {LOCAL_REGION: media_http}
+                ),
+                source="the local stack's edge config",
             )
             self._edge = EmbeddedServer(
                 create_edge_app(edge, on_status=self.status_callbacks.append), edge_sock
@@ -355,14 +348,12 @@ class LocalStack:
         if o.write_dev_file:
             _write_private(self.data_dir / DEV_FILE, json.dumps(self.describe(secrets=True)))
 
-    async def _start_livekit(
-        self, edge_url: str, media_http: str
-    ) -> tuple[LiveKitSettings | None, LiveKitEdgeConfig | None]:
+    async def _start_livekit(self, edge_url: str) -> None:
         """Start livekit-server + Redis when asked; its webhooks go to the edge, and the edge
         dispatches agents through the media app's ``/agents/dispatch``."""
         o = self.options
         if not o.livekit:
-            return None, None
+            return
         self.livekit = LocalLiveKit(
             self.data_dir / "livekit",
             api_key=self.creds.LIVEKIT_API_KEY,
@@ -371,31 +362,50 @@ class LocalStack:
             http_port=o.livekit_port,
         )
         await self.livekit.start()
-        media = LiveKitSettings(
-            url=self.livekit.url,
-            api_key=self.creds.LIVEKIT_API_KEY,
-            api_secret=self.creds.livekit_api_secret,
-            idle_timeout_s=o.agent_idle_timeout_s,
-        )
-        edge = LiveKitEdgeConfig(
-            url=self.livekit.url,
-            api_key=self.creds.LIVEKIT_API_KEY,
-            api_secret=self.creds.livekit_api_secret,
-            agent_name=media.agent_name,
-            web_keys=(self.creds.web_key,),
-            link_secret=self.creds.link_secret,
-            allowed_origins=(edge_url,),
-            dispatch_url=media_http + "/agents/dispatch",
-            dispatch_api_key=self.creds.media_api_key,
-        )
-        return media, edge
 
-    def _outbound_limits(self) -> OutboundLimits:
-        limits = self.options.outbound
-        if limits.caller_id("US") is None and self.numbers:
-            first = next(iter(self.numbers))
-            limits = limits.model_copy(update={"caller_ids": {"default": first}})
-        return limits
+    def _stack_config(self, edge_url: str, stream_base: str) -> StackConfig:
+        """This stack as a local Pulumi stack would declare it (its numbers imported)."""
+        o, creds = self.options, self.creds
+        raw: dict[str, Any] = {
+            "kind": "local",
+            "twilio": {"accountSid": creds.account_sid, "apiBaseUrl": self.simulator.base_url},
+            "twilioAuthToken": creds.auth_token,
+            "streamSecret": creds.stream_secret,
+            "mediaApiKey": creds.media_api_key,
+            "numbers": [{"import": n, "profile": p} for n, p in self.numbers.items()],
+            "edge": {"url": edge_url},
+            "media": {"urls": {LOCAL_REGION: stream_base}, "realtimeUrl": self.engine.url},
+            "profiles": {
+                name: profile.model_dump(mode="json", exclude={"name"})
+                for name, profile in o.profiles.items()
+            },
+            "outbound": o.outbound.model_dump(mode="json"),
+        }
+        if o.tools_module:
+            raw["toolsModule"] = o.tools_module
+        if self.plane is not None:
+            raw["databaseUrl"] = self.plane.database_url
+            raw["redisUrl"] = self.plane.redis_url
+        if self.livekit is not None:
+            raw["livekit"] = {"url": self.livekit.url, "apiKey": creds.LIVEKIT_API_KEY}
+            raw["livekitApiSecret"] = creds.livekit_api_secret
+            raw["webKey"] = creds.web_key or None
+            raw["linkSecret"] = creds.link_secret or None
+        return load({k: v for k, v in raw.items() if v is not None})
+
+    def _tuning(self) -> dict[str, Any]:
+        """The durations this stack shortens for its tests, and its SQLite file."""
+        o = self.options
+        tuning: dict[str, Any] = {
+            "realtime_session_limit_s": o.session_limit_s,
+            "realtime_renew_margin_s": min(120.0, o.session_limit_s / 4),
+            "records_path": str(self.data_dir / "records.sqlite3"),
+            "call_heartbeat_s": o.call_heartbeat_s,
+            "call_lost_after_s": o.call_lost_after_s,
+        }
+        if self.livekit is not None:
+            tuning["livekit.idle_timeout_s"] = o.agent_idle_timeout_s
+        return tuning
 
     async def stop(self) -> None:
         """Stop every part; calls still on are ended by the simulator first.

@@ -1,4 +1,6 @@
-"""The callplane Pulumi program (``Pulumi.yaml``: ``main: infra/``). See infra/README.md."""
+"""The callplane Pulumi program (``Pulumi.yaml``: ``main: infra/``), and ``python -m infra
+<command>`` (see :mod:`infra.cli`): with a command it is the CLI, run by Pulumi it is the
+program. See infra/README.md."""
 
 from __future__ import annotations
 
@@ -12,6 +14,11 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from infra.program import run  # noqa: E402
+if (sys.argv[1:2] and not sys.argv[1].startswith("-")) or sys.argv[1:2] == ["--help"]:
+    from infra.cli import main
 
-run()
+    main()
+else:
+    from infra.program import run
+
+    run()

@@ -61,6 +61,9 @@ __all__ = [
 
 NAMESPACE = "callplane"
 #: Top-level keys that hold secrets: never shown in errors, refused in plaintext on cloud stacks.
+LOCAL_SAMPLE_TOOLS = "callplane_dev.sample_agents:SAMPLE_TOOLS"
+"""The tools a local stack serves when it names no ``callplane:toolsModule``."""
+
 SECRET_KEYS = (
     "twilioAuthToken",
     "streamSecret",
@@ -310,11 +313,38 @@ class EdgeSettings(_Model):
 
     url: str
     cloudflare: CloudflareSettings | None = None
+    #: Browser origins (``scheme://host[:port]``) whose pages may ask ``/token`` for a LiveKit
+    #: token. Unset: the edge's own origin, where the playground is served.
+    allowed_origins: list[str] | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _check_url(v, ("https", "http"), "https://edge.example.com")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str] | None) -> list[str] | None:
+        for origin in v or ():
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("https", "http")
+                or not parts.hostname
+                or origin != f"{parts.scheme}://{parts.netloc}"
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin. Fix: write scheme://host[:port] with no path "
+                    "or trailing '/', e.g. 'https://app.example.com'"
+                )
+        return v
+
+    @property
+    def origins(self) -> list[str]:
+        """The allowed origins: as set, or the edge's own."""
+        if self.allowed_origins is not None:
+            return list(self.allowed_origins)
+        parts = urlsplit(self.url)
+        return [f"{parts.scheme}://{parts.netloc}"]
 
 
 class MediaSettingsConfig(_Model):
@@ -417,6 +447,41 @@ class StackConfig(_Model):
     #: Redis for what must hold across containers (redis:// or rediss://). A secret.
     redis_url: str | None = Field(default=None, repr=False)
     countries: dict[str, dict[NumberTypeField, CountryOverride]] = Field(default_factory=dict)
+    #: ``package.module:NAME``: the team's tools (a mapping or list of ``@tool`` functions),
+    #: imported at preview to check the profiles' tools and shipped in the media image.
+    tools_module: str | None = None
+    #: Outbound calls (``POST /calls``): maxConcurrent, maxQueued, allowedCountries,
+    #: callingHours, dailyBudgetUsd, callerIds, ringTimeoutS, ... (callplane.outbound.
+    #: OutboundLimits). Caller IDs default to the stack's own numbers.
+    outbound: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tools_module")
+    @classmethod
+    def _tools_module(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(
+                "not a tools reference. Fix: write it as 'package.module:NAME', NAME being a "
+                "mapping or list of @tool functions"
+            )
+        return v
+
+    @field_validator("outbound")
+    @classmethod
+    def _outbound(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from callplane.outbound import OutboundLimits
+
+        limits = {_snake(k): value for k, value in v.items()}
+        try:
+            OutboundLimits.model_validate(limits)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(
+                f"outbound.{where} = {_show(first.get('input'))}: "
+                f"{first['msg'].removeprefix('Value error, ')}. Fix: see the outbound section "
+                "of docs/provisioning.md"
+            ) from None
+        return limits
 
     @model_validator(mode="after")
     def _cross(self) -> StackConfig:
@@ -501,6 +566,16 @@ class StackConfig(_Model):
                     f"callplane:numbers[{i}].profile = {n.profile!r} is not in callplane:profiles "
                     f"({sorted(self.profiles)}). Fix: add the profile or correct the name"
                 )
+            elif self.kind == "local" and not self.profiles:
+                from callplane_dev.sample_agents import SAMPLE_PROFILES
+
+                if n.profile not in SAMPLE_PROFILES:
+                    problems.append(
+                        f"callplane:numbers[{i}].profile = {n.profile!r} is neither in "
+                        f"callplane:profiles (none set) nor a sample profile "
+                        f"({sorted(SAMPLE_PROFILES)}). Fix: correct the name or add "
+                        f"callplane:profiles.{n.profile}.instructions"
+                    )
             regions = self.media.urls.keys()
             if n.region is not None and regions and n.region not in regions:
                 problems.append(
@@ -530,6 +605,14 @@ class StackConfig(_Model):
         if problems:
             raise _Problems(problems)
         return self
+
+    @property
+    def tools_reference(self) -> str | None:
+        """The tools the media plane loads: ``callplane:toolsModule``, or on a local stack
+        without one the sample tools the local stack serves."""
+        if self.tools_module is None and self.kind == "local":
+            return LOCAL_SAMPLE_TOOLS
+        return self.tools_module
 
     @property
     def default_region(self) -> str:
@@ -627,9 +710,41 @@ def load(raw: Mapping[str, Any], *, secret_keys: Iterable[str] = ()) -> StackCon
                     "Pulumi.<stack>.yaml and in the state)"
                 )
     problems.extend(check_numbers(config))
+    problems.extend(check_tools(config))
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def check_tools(config: StackConfig) -> list[str]:
+    """Every tool a profile names is built in or defined by ``callplane:toolsModule``, which is
+    imported here: a profile naming a tool nobody defined fails at preview, not in the media
+    container at start-up."""
+    from callplane.media_settings import load_tools
+    from callplane.tools import BUILTIN_TOOLS
+
+    try:
+        registry = load_tools(config.tools_reference)
+    except ValueError as exc:
+        return [
+            f"callplane:toolsModule = {config.tools_module!r}: {exc}. Fix: name a module "
+            "importable from the project root and, after ':', a mapping or list of @tool "
+            "functions in it"
+        ]
+    known = sorted({*BUILTIN_TOOLS, *registry})
+    where = (
+        f"callplane:toolsModule = {config.tools_reference!r}"
+        if config.tools_reference
+        else "no callplane:toolsModule is set"
+    )
+    return [
+        f"callplane:profiles.{name}.tools names {tool!r}, which is neither built in nor "
+        f"defined ({where}; known tools: {known}). Fix: define it with @callplane.tools.tool "
+        "in the tools module and set callplane:toolsModule, or remove it from the profile"
+        for name, profile in config.profiles.items()
+        for tool in profile.get("tools") or ()
+        if tool not in BUILTIN_TOOLS and tool not in registry
+    ]
 
 
 def _aliases(model: type[BaseModel]) -> list[str]:

@@ -4,8 +4,9 @@
 :func:`infra.config.load` (shape, secrets, country rules), so a bad config fails ``pulumi
 preview`` with every problem listed and no resource touched.
 
-Order of the wiring: media URLs (known at preview) -> edge URL -> SIP trunk (cloud, only for
-numbers routed over SIP) -> numbers, whose webhooks point at the edge -> LiveKit inbound trunk
+Order of the wiring: edge URL -> SIP trunk (cloud, only for numbers routed over SIP) -> numbers,
+whose webhooks point at the edge -> media URLs (known at preview) and the media settings
+(:mod:`infra.settings`; the numbers are the default outbound caller IDs) -> LiveKit inbound trunk
 and dispatch rule for the numbers -> edge config (numbers to profiles and regions) -> the edge
 worker (Cloudflare on cloud stacks; the local edge reads the ``edgeConfig`` output) -> outputs
 (numbers, URLs, the playground link; on the local stack also ``mediaConfig``, the local media
@@ -35,6 +36,7 @@ from infra.providers.livekit_sip import LiveKitSip
 from infra.providers.modal_app import ModalApp, expected_web_url
 from infra.providers.twilio_number import TwilioPhoneNumber
 from infra.providers.twilio_trunk import TwilioSipTrunk
+from infra.settings import edge_config_json, media_settings
 
 __all__ = [
     "EdgeWorker",
@@ -118,23 +120,19 @@ class MediaPlane(pulumi.ComponentResource):
     app: ModalApp | None
 
     def __init__(
-        self, name: str, config: StackConfig, stack: str, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        config: StackConfig,
+        stack: str,
+        numbers: Sequence[OwnedNumber] = (),
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("callplane:index:MediaPlane", name, None, opts)
         self.app = None
-        # Configured URLs (the local stack's, or a cloud stack's own front) take both roles.
-        self.urls = dict(config.media.urls)
-        self.http_urls = dict(config.media.urls)
+        self.urls, self.http_urls, region = media_urls(config)
         if config.kind == "cloud":
             modal = config.modal
             assert modal is not None
-            label = f"{modal.app_name}-{modal.scaling}"
-            web = expected_web_url(modal.workspace, label, modal.web_suffix)
-            # functions/app.py's media_streams (picows) takes the streams, media the HTTP.
-            streams = expected_web_url(modal.workspace, f"{label}-streams", modal.web_suffix)
-            region = config.default_region if config.media.urls else "default"
-            self.urls.setdefault(region, _ws(streams))
-            self.http_urls.setdefault(region, web)
             self.app = ModalApp(
                 f"{name}-modal",
                 {
@@ -145,7 +143,7 @@ class MediaPlane(pulumi.ComponentResource):
                     "web_suffix": modal.web_suffix,
                     "source_hash": source_hash(),
                     "media_config": pulumi.Output.secret(
-                        media_settings_json(config, self.urls[region], self.http_urls[region])
+                        _media_config(config, self.urls[region], self.http_urls[region], numbers)
                     ),
                 },
                 pulumi.ResourceOptions(parent=self),
@@ -153,60 +151,58 @@ class MediaPlane(pulumi.ComponentResource):
         self.register_outputs({"urls": self.urls, "http_urls": self.http_urls})
 
 
-def media_settings_json(config: StackConfig, media_base: str, http_base: str | None = None) -> str:
-    """The media function's settings (``CALLPLANE_MEDIA_CONFIG``), validated here so that a bad
-    profile or URL fails at preview, not in the container.
+def media_urls(config: StackConfig) -> tuple[dict[str, str], dict[str, str], str]:
+    """``(urls, http_urls, region)``: per region, where Twilio's media streams go (the edge's
+    TwiML) and where the media app's HTTP routes are (callbacks, dispatch); and the region the
+    Modal app serves. Configured URLs (the local stack's, or a cloud stack's own front) take
+    both roles; a cloud stack adds the Modal functions' URLs, known before the first deploy."""
+    urls = dict(config.media.urls)
+    http_urls = dict(config.media.urls)
+    region = config.default_region
+    if config.kind == "cloud":
+        modal = config.modal
+        assert modal is not None
+        label = f"{modal.app_name}-{modal.scaling}"
+        web = expected_web_url(modal.workspace, label, modal.web_suffix)
+        # functions/app.py's media_streams (picows) takes the streams, media the HTTP.
+        streams = expected_web_url(modal.workspace, f"{label}-streams", modal.web_suffix)
+        region = config.default_region if config.media.urls else "default"
+        urls.setdefault(region, _ws(streams))
+        http_urls.setdefault(region, web)
+    return urls, http_urls, region
+
+
+def _media_config(
+    config: StackConfig, media_base: str, http_base: str, numbers: Sequence[OwnedNumber]
+) -> pulumi.Output[str]:
+    """The media settings once the numbers are known (their caller IDs), checked now: at
+    preview a bought number is not known yet, and a bad profile or tool must still fail."""
+    media_settings_json(config, media_base, http_base)
+    pairs = [
+        pulumi.Output.all(n.resource.phone_number, n.plan.entry.country or "") for n in numbers
+    ]
+    return pulumi.Output.all(*pairs).apply(
+        lambda rows: media_settings_json(
+            config, media_base, http_base, [(str(r[0] or ""), str(r[1])) for r in rows]
+        )
+    )
+
+
+def media_settings_json(
+    config: StackConfig,
+    media_base: str,
+    http_base: str | None = None,
+    numbers: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The media function's settings (``CALLPLANE_MEDIA_CONFIG``) from the one generator,
+    :func:`infra.settings.media_settings`, validated here so that a bad profile, tool or URL
+    fails at preview, not in the container. ``numbers`` are the stack's ``(E.164, country)``
+    pairs for the default outbound caller IDs.
 
     On the local stack the same document is the ``mediaConfig`` output, which the local media
-    app is started from (:func:`callplane_dev.stack_outputs.planes_from_outputs`): it then
-    also carries the simulator's base URL and the edge's voice webhook (outbound calls), and a
-    placeholder Realtime key (the local engine takes any).
+    app is started from (:func:`callplane_dev.stack_outputs.planes_from_outputs`).
     """
-    from callplane.media_settings import MediaSettings
-
-    doc: dict[str, Any] = {
-        "public_media_url": media_base + "/twilio/media",
-        "stream_secret": config.stream_secret,
-        "api_key": config.media_api_key,
-        "twilio_account_sid": config.twilio.account_sid,
-        "twilio_auth_token": config.twilio_auth_token,
-        "realtime_url": config.media.realtime_url,
-        "realtime_api_key": config.openai_api_key,
-        "realtime_model": config.media.realtime_model,
-        "profiles": {n: {"name": n, **p} for n, p in config.profiles.items()},
-        # Shared by every container: records in the stack's database, coordination in Redis
-        # (a cloud stack must set both; the local stack may run on SQLite in one process).
-        "database_url": _psycopg(config.database_url),
-        "redis_url": config.redis_url,
-    }
-    if http_base and http_base != media_base:  # the streams are served apart from the HTTP
-        doc["public_http_url"] = _http(http_base)
-    if config.kind == "local":
-        doc.update(
-            twilio_api_base_url=config.twilio.api_base_url,
-            edge_voice_url=f"{config.edge.url}/twilio/voice",
-            realtime_api_key=config.openai_api_key or "local",
-            records_path=".callplane/records.sqlite3",
-        )
-    settings = MediaSettings.model_validate(doc)
-    return settings.model_dump_json()
-
-
-def _psycopg(url: str | None) -> str | None:
-    """A PostgreSQL URL with the driver the media image installs (psycopg 3)."""
-    if url is not None and url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
-
-
-def _http(url: str) -> str:
-    """``ws(s)://`` as ``http(s)://`` (the media app's HTTP routes share its WebSocket host)."""
-    return "http" + url.removeprefix("ws") if url.startswith("ws") else url
-
-
-def _livekit_ws(url: str) -> str:
-    """LiveKit's client URL: the server API's ``http(s)://`` as ``ws(s)://``."""
-    return "ws" + url.removeprefix("http") if url.startswith("http") else url
+    return media_settings(config, media_base, http_base, numbers=numbers).model_dump_json()
 
 
 class Telephony(pulumi.ComponentResource):
@@ -320,63 +316,6 @@ class EdgeWorker(pulumi.ComponentResource):
         self.register_outputs({"url": config.edge.url})
 
 
-def edge_config_json(
-    config: StackConfig,
-    rows: Sequence[Sequence[str | None]],
-    media_urls: Mapping[str, str],
-    http_urls: Mapping[str, str] | None = None,
-) -> str:
-    """The edge config document (``CALLPLANE_EDGE_CONFIG``), validated by the edge's own
-    parser. Rows are ``(phone_number, profile, region)``; unknown numbers (preview) are left out."""
-    from edge_worker.config import EdgeConfig
-
-    default_region = (
-        config.default_region if config.default_region in media_urls else next(iter(media_urls))
-    )
-    doc: dict[str, Any] = {
-        "public_url": config.edge.url,
-        "twilio_auth_token": config.twilio_auth_token,
-        "stream_secret": config.stream_secret,
-        "media_urls": dict(media_urls),
-        "numbers": {
-            str(number): {"profile": profile, "region": region}
-            for number, profile, region in rows
-            if number
-        },
-        "default_region": default_region,
-    }
-    livekit = edge_livekit(config, (http_urls or media_urls)[default_region])
-    if livekit is not None:
-        doc["livekit"] = livekit
-    EdgeConfig.from_mapping(doc, source="edge config built by infra")
-    return json.dumps(doc, sort_keys=True)
-
-
-def edge_livekit(config: StackConfig, media_base: str) -> dict[str, Any] | None:
-    """The edge's ``livekit`` section (web tokens, LiveKit webhooks, agent dispatch), or None
-    when the stack has no LiveKit. ``/token`` accepts ``callplane:webKey`` as a bearer key and
-    links signed with ``callplane:linkSecret``; without either it refuses every request, so the
-    playground is reachable but cannot mint a token. Agents are dispatched to the media app of
-    the default region when the stack has ``callplane:mediaApiKey`` (its bearer key)."""
-    lk = config.livekit
-    if lk is None or not config.livekit_api_secret:
-        return None
-    section: dict[str, Any] = {
-        "url": _livekit_ws(lk.url),
-        "api_key": lk.api_key,
-        "api_secret": config.livekit_api_secret,
-        "agent_name": lk.agent_name,
-    }
-    if config.web_key:
-        section["web_keys"] = [config.web_key]
-    if config.link_secret:
-        section["link_secret"] = config.link_secret
-    if config.media_api_key:
-        section["dispatch_url"] = _http(media_base) + "/agents/dispatch"
-        section["dispatch_api_key"] = config.media_api_key
-    return section
-
-
 def playground_access(config: StackConfig) -> str:
     """How to get into the playground on this stack, for the ``playground`` output."""
     if config.livekit is None:
@@ -445,8 +384,10 @@ class Stack:
 
     def __init__(self, config: StackConfig, stack: str) -> None:
         self.config = config
-        self.media = MediaPlane("media", config, stack)
+        # The numbers first: their webhooks point at the edge (known from the config), and the
+        # media settings take their default outbound caller IDs from them.
         self.telephony = Telephony("telephony", config, stack)
+        self.media = MediaPlane("media", config, stack, self.telephony.numbers)
         self.livekit: LiveKitSip | None = None
         lk = config.livekit
         if lk is not None:
@@ -493,11 +434,10 @@ class Stack:
                 "playgroundLink", pulumi.Output.secret(f"{playground}?key={config.web_key}")
             )
         if config.kind == "local" and config.media_api_key:
+            base = self.media.urls[config.default_region]
             pulumi.export(
                 "mediaConfig",
-                pulumi.Output.secret(
-                    media_settings_json(config, self.media.urls[config.default_region])
-                ),
+                pulumi.Output.secret(_media_config(config, base, base, self.telephony.numbers)),
             )
         if self.media.app is not None:
             pulumi.export("modalWebUrl", self.media.app.web_url)
@@ -537,6 +477,6 @@ def run() -> Stack | None:
     every problem (no traceback), before any resource is registered."""
     try:
         config = read_config()
+        return Stack(config, pulumi.get_stack())
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
-    return Stack(config, pulumi.get_stack())

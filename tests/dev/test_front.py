@@ -21,14 +21,10 @@ from callplane_dev.front import Front
 from callplane_dev.replicas import HttpReady, ReplicaSet, TcpReady
 from tests.support.echo_service import ENV, command
 
-# More than any kernel send buffer on this machine holds, so the front must buffer some of it
-# (and then push back) while the reader lags.
-STREAM_BYTES = max(
-    8 * 1024 * 1024,
-    2 * int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    if Path("/proc/sys/net/ipv4/tcp_wmem").exists()
-    else 0,
-)
+# The most a slow-reader test sends before giving up on seeing the front push back: far more
+# than every kernel buffer on the path can absorb (they autotune to tcp_rmem/tcp_wmem's maxima).
+STREAM_LIMIT_BYTES = 512 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
 # What the front may hold per direction: its write buffer limit (64 KiB) plus one read
 # (256 KiB), with room to spare; far below the stream's size.
 BUFFER_BOUND = 1024 * 1024
@@ -96,46 +92,50 @@ async def test_a_killed_replica_is_skipped_until_it_is_restarted(
 async def test_a_stream_larger_than_every_buffer_round_trips_with_a_slow_reader(
     tmp_path: Path,
 ) -> None:
-    payload = os.urandom(STREAM_BYTES)
     replicas = ReplicaSet(
         "echo", lambda port: command(port, "--mode", "tcp"), ENV, 1, TcpReady(), tmp_path
     )
     async with replicas, Front(replicas.addresses) as front:
         # A small receive buffer on our side, so that what the echo sends back cannot all
-        # wait in the kernel (receive buffers autotune up to tcp_rmem's maximum, 32 MiB
-        # here): the front's write side must back up, and it must stop reading.
+        # wait in our kernel.
         client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         client.setblocking(False)
         await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", front.port))
         reader, writer = await asyncio.open_connection(sock=client)
+        sent = hashlib.sha256()
+        sent_bytes = 0
 
         async def send() -> None:
-            writer.write(payload)
-            await writer.drain()
+            # Keep sending, reading nothing back, until the front has had to stop reading one
+            # side: however large the kernel's buffers grow, they fill, and then it must.
+            nonlocal sent_bytes
+            while front.stats().pauses == 0 and sent_bytes < STREAM_LIMIT_BYTES:
+                chunk = os.urandom(CHUNK_BYTES)
+                sent.update(chunk)
+                sent_bytes += len(chunk)
+                writer.write(chunk)
+                await writer.drain()
             writer.write_eof()
 
         sending = asyncio.create_task(send())
-        # Read nothing until the front has had to stop reading one side: the stream does not
-        # fit in the kernel's buffers, so it must.
-        for _ in range(1000):
+        for _ in range(3000):
             if front.stats().pauses or sending.done():
                 break
             await asyncio.sleep(0.01)
-        assert front.stats().pauses >= 1
+        assert front.stats().pauses >= 1, f"no push-back after {sent_bytes} bytes"
 
         digest = hashlib.sha256()
         received = 0
-        while chunk := await reader.read(16 * 1024):
+        while chunk := await reader.read(64 * 1024):
             digest.update(chunk)
             received += len(chunk)
-            await asyncio.sleep(0.0005)
         await sending
         writer.close()
         await writer.wait_closed()
 
-        assert received == len(payload)
-        assert digest.digest() == hashlib.sha256(payload).digest()
+        assert received == sent_bytes
+        assert digest.digest() == sent.digest()
         assert 0 < front.stats().peak_buffered <= BUFFER_BOUND
 
 

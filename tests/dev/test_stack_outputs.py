@@ -12,7 +12,8 @@ import yaml
 
 from callplane_dev.stack_outputs import StackOutputError, planes_from_outputs
 from infra.config import StackConfig, load
-from infra.program import edge_config_json, edge_livekit, media_settings_json, playground_access
+from infra.program import media_settings_json, playground_access
+from infra.settings import edge_config_json, edge_livekit
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -66,13 +66,17 @@ def test_example_cloud_stacks_validate_once_placeholders_are_filled(stack: str) 
 
 
 def test_pk_without_bundle_names_entry_and_fix() -> None:
-    (problem,) = problems(local(numbers=[{"country": "PK", "type": "mobile", "profile": "s"}]))
+    (problem,) = problems(
+        local(numbers=[{"country": "PK", "type": "mobile", "profile": "support"}])
+    )
     assert problem.startswith("callplane:numbers[0].bundle is missing")
     assert "PK mobile" in problem and "unverified" in problem and "add bundle: BU" in problem
 
 
 def test_pk_toll_free_is_refused_with_the_types_sold_and_the_override() -> None:
-    raw = local(numbers=[{"country": "PK", "type": "toll-free", "bundle": BUNDLE, "profile": "s"}])
+    raw = local(
+        numbers=[{"country": "PK", "type": "toll-free", "bundle": BUNDLE, "profile": "support"}]
+    )
     (problem,) = problems(raw)
     assert problem.startswith("callplane:numbers[0].type = 'toll_free'")
     assert "PK sells: mobile" in problem and "callplane:countries" in problem
@@ -80,7 +84,7 @@ def test_pk_toll_free_is_refused_with_the_types_sold_and_the_override() -> None:
 
 def test_country_override_makes_a_request_possible() -> None:
     raw = local(
-        numbers=[{"country": "PK", "type": "tollFree", "profile": "s"}],
+        numbers=[{"country": "PK", "type": "tollFree", "profile": "support"}],
         countries={"PK": {"toll_free": {"sold": True}}},
     )
     config = load(raw)
@@ -91,8 +95,14 @@ def test_country_override_makes_a_request_possible() -> None:
 def test_area_code_outside_nanp_and_unknown_country() -> None:
     raw = local(
         numbers=[
-            {"country": "GB", "type": "local", "areaCode": 207, "bundle": BUNDLE, "profile": "s"},
-            {"country": "ZZ", "type": "local", "profile": "s"},
+            {
+                "country": "GB",
+                "type": "local",
+                "areaCode": 207,
+                "bundle": BUNDLE,
+                "profile": "support",
+            },
+            {"country": "ZZ", "type": "local", "profile": "support"},
         ]
     )
     found = problems(raw)
@@ -104,10 +114,10 @@ def test_shape_errors_name_the_key_value_and_fix() -> None:
     raw = local(
         twilio={"accountSid": "AB123", "apiBaseUrl": "http://127.0.0.1:8089"},
         numbers=[
-            {"country": "US", "type": "local", "profile": "s", "bundle": "BU123"},
-            {"country": "US", "type": "landline", "profile": "s"},
-            {"import": "12345", "profile": "s"},
-            {"profile": "s"},
+            {"country": "US", "type": "local", "profile": "support", "bundle": "BU123"},
+            {"country": "US", "type": "landline", "profile": "support"},
+            {"import": "12345", "profile": "support"},
+            {"profile": "support"},
         ],
         edge={"url": "edge.example.com"},
         colour="blue",
@@ -168,14 +178,14 @@ def test_cloud_stack_cross_checks() -> None:
 def test_local_stack_needs_the_simulator_url_and_a_sip_uri_for_sip_routing() -> None:
     raw = local(
         twilio={"accountSid": "AC" + "0" * 32},
-        numbers=[{"country": "US", "type": "local", "profile": "s", "route": "sip"}],
+        numbers=[{"country": "US", "type": "local", "profile": "support", "route": "sip"}],
     )
     found = "\n".join(problems(raw))
     assert "callplane:twilio.apiBaseUrl is missing on a local stack" in found
     assert "callplane:numbers[0].route = 'sip' needs callplane:livekit.sipUri" in found
     # The simulator serves Elastic SIP Trunking, so the local stack may route over SIP.
     ok = local(
-        numbers=[{"country": "US", "type": "local", "profile": "s", "route": "sip"}],
+        numbers=[{"country": "US", "type": "local", "profile": "support", "route": "sip"}],
         livekit={"url": "http://127.0.0.1:7880", "apiKey": "devkey", "sipUri": "sip:127.0.0.1"},
         livekitApiSecret="secret",
     )
@@ -198,21 +208,21 @@ def test_count_expands_with_stable_unique_names() -> None:
                     "type": "mobile",
                     "count": 2,
                     "bundle": BUNDLE,
-                    "profile": "support-ur",
+                    "profile": "support",
                 },
                 {"import": "PN" + "a" * 32, "profile": "sales"},
             ]
         )
     )
     assert [p.name for p in plan_numbers(config)] == [
-        "pk-mobile-support-ur-1",
-        "pk-mobile-support-ur-2",
+        "pk-mobile-support-1",
+        "pk-mobile-support-2",
         "import-aaaaaaaaaaaa",
     ]
     clash = local(
         numbers=[
-            {"country": "US", "type": "local", "profile": "s"},
-            {"country": "US", "type": "local", "profile": "s", "areaCode": 212},
+            {"country": "US", "type": "local", "profile": "support"},
+            {"country": "US", "type": "local", "profile": "support", "areaCode": 212},
         ]
     )
     (problem,) = problems(clash)

@@ -231,7 +231,7 @@ def test_secrets_reach_resources_as_secrets() -> Any:
 
 
 def test_bad_config_fails_before_any_resource_is_declared() -> None:
-    bad = {**LOCAL, "numbers": [{"country": "PK", "type": "toll_free", "profile": "s"}]}
+    bad = {**LOCAL, "numbers": [{"country": "PK", "type": "toll_free", "profile": "support"}]}
     engine = use("local", bad)
     from infra.program import run
 

@@ -235,7 +235,9 @@ def test_local_stack_lifecycle(tmp_path: Path, simulator: str, livekit: LiveKit)
 
     # 1. Impossible request: fails at preview, naming the entry and the fix; nothing bought.
     good_numbers = project.config["callplane:numbers"]
-    project.config["callplane:numbers"] = [{"country": "PK", "type": "mobile", "profile": "x"}]
+    project.config["callplane:numbers"] = [
+        {"country": "PK", "type": "mobile", "profile": "support"}
+    ]
     project.write()
     failed = project.run("preview", check=False)
     assert failed.returncode != 0
