@@ -268,3 +268,50 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+# --------------------------------------------------------------------------- Modal
+
+
+class _Aio:
+    """modal's ``method.aio(...)`` shape: an attribute with an async ``aio``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.aio = fn
+
+
+class FakeFunctionCall:
+    """Stands in for ``modal.FunctionCall``: ``get.aio(timeout=0)`` raises the builtin
+    TimeoutError while running, as modal's ``poll_function`` does."""
+
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+        self.outcome: BaseException | None = TimeoutError()
+        self.cancelled = False
+        self.get = _Aio(self._get)
+        self.cancel = _Aio(self._cancel)
+
+    async def _get(self, timeout: float | None = None) -> None:
+        assert timeout == 0
+        if self.outcome is not None:
+            raise self.outcome
+
+    async def _cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True
+
+
+class FakeFunction:
+    """Stands in for a deployed ``modal.Function`` (what ``modal.Function.from_name`` returns):
+    ``spawn.aio(**kwargs)`` records the arguments and returns a :class:`FakeFunctionCall`."""
+
+    def __init__(self) -> None:
+        self.spawned: list[dict[str, str]] = []
+        self.calls: list[FakeFunctionCall] = []
+        self.spawn = _Aio(self._spawn)
+
+    async def _spawn(self, **kwargs: str) -> FakeFunctionCall:
+        await asyncio.sleep(0.01)  # a network round trip: lets racing dispatches interleave
+        self.spawned.append(kwargs)
+        call = FakeFunctionCall(f"fc-{len(self.calls) + 1}")
+        self.calls.append(call)
+        return call

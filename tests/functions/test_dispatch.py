@@ -32,6 +32,7 @@ from functions.dispatch import (
     dispatch_routes,
     local_agent_command,
 )
+from tests.doubles import FakeFunction
 from tests.servers import serve_asgi
 from tests.support.media import media_settings as base_media_settings
 from tests.support.waiting import poll, until
@@ -308,47 +309,6 @@ def test_default_command_is_the_agent_job_cli() -> None:
 
 
 # --------------------------------------------------------------------------- Modal launcher
-
-
-class _Aio:
-    """modal's ``method.aio(...)`` shape: an attribute with an async ``aio``."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.aio = fn
-
-
-class FakeFunctionCall:
-    """Stands in for ``modal.FunctionCall``: ``get.aio(timeout=0)`` raises the builtin
-    TimeoutError while running, as modal's ``poll_function`` does."""
-
-    def __init__(self, object_id: str) -> None:
-        self.object_id = object_id
-        self.outcome: BaseException | None = TimeoutError()
-        self.cancelled = False
-        self.get = _Aio(self._get)
-        self.cancel = _Aio(self._cancel)
-
-    async def _get(self, timeout: float | None = None) -> None:
-        assert timeout == 0
-        if self.outcome is not None:
-            raise self.outcome
-
-    async def _cancel(self, terminate_containers: bool = False) -> None:
-        self.cancelled = True
-
-
-class FakeFunction:
-    def __init__(self) -> None:
-        self.spawned: list[dict[str, str]] = []
-        self.calls: list[FakeFunctionCall] = []
-        self.spawn = _Aio(self._spawn)
-
-    async def _spawn(self, **kwargs: str) -> FakeFunctionCall:
-        await asyncio.sleep(0.01)  # a network round trip: lets racing dispatches interleave
-        self.spawned.append(kwargs)
-        call = FakeFunctionCall(f"fc-{len(self.calls) + 1}")
-        self.calls.append(call)
-        return call
 
 
 async def test_modal_launcher_spawns_once_per_room_and_polls_liveness(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ import yaml
 from livekit import api
 
 from callplane_dev.stack_outputs import LocalPlanes
+from infra.stack_file import PLACEHOLDERS
 from tests.infra.conftest import TOOLS_BIN, LiveKit, tool
 from tests.support.ports import free_port, wait_port
 
@@ -46,11 +47,15 @@ BUNDLE_GB = "BU10ca10ca10ca10ca10ca10ca10ca10ca"
 pytestmark = pytest.mark.timeout(1200)
 
 
-class Project:
-    """A copy of the project's stack file in a temp dir, running the repository's program."""
+class PulumiProject:
+    """A project in a temp dir running the repository's program, with one stack on a file
+    backend: ``config`` is its ``callplane:`` config, ``secrets`` are set with --secret."""
 
-    def __init__(self, root: Path, sim_url: str, livekit: LiveKit) -> None:
+    def __init__(
+        self, root: Path, stack: str, config: dict[str, Any], secrets: dict[str, str]
+    ) -> None:
         self.root = root
+        self.stack = stack
         (root / "state").mkdir()
         (root / "Pulumi.yaml").write_text(
             yaml.safe_dump(
@@ -64,12 +69,6 @@ class Project:
                 }
             )
         )
-        stack = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())
-        config = stack["config"]
-        config["callplane:twilio"]["apiBaseUrl"] = sim_url
-        config["callplane:livekit"] = {"url": livekit.url, "apiKey": livekit.api_key}
-        for key in ("callplane:twilioAuthToken", "callplane:livekitApiSecret"):
-            config.pop(key)
         self.config = config
         self.write()
         self.env = {
@@ -83,12 +82,12 @@ class Project:
             "PULUMI_DISABLE_REGISTRY_RESOLVE": "true",
             "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
         }
-        self.run("stack", "init", "local")
-        self.run("config", "set", "--secret", "callplane:twilioAuthToken", TOKEN)
-        self.run("config", "set", "--secret", "callplane:livekitApiSecret", livekit.api_secret)
+        self.run("stack", "init", stack)
+        for key, value in secrets.items():
+            self.run("config", "set", "--secret", key, value)
 
     def write(self) -> None:
-        path = self.root / "Pulumi.local.yaml"
+        path = self.root / f"Pulumi.{self.stack}.yaml"
         old = yaml.safe_load(path.read_text()) if path.exists() else {}
         secure = {
             k: v
@@ -127,6 +126,38 @@ class Project:
 
     def state(self) -> dict[str, Any]:
         return json.loads(self.run("stack", "export").stdout)  # type: ignore[no-any-return]
+
+
+class Project(PulumiProject):
+    """The local stack (``Pulumi.local.yaml``) aimed at the simulator and ``livekit``."""
+
+    def __init__(self, root: Path, sim_url: str, livekit: LiveKit) -> None:
+        stack = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())
+        config = stack["config"]
+        config["callplane:twilio"]["apiBaseUrl"] = sim_url
+        config["callplane:livekit"] = {"url": livekit.url, "apiKey": livekit.api_key}
+        for key in ("callplane:twilioAuthToken", "callplane:livekitApiSecret"):
+            config.pop(key)
+        secrets = {
+            "callplane:twilioAuthToken": TOKEN,
+            "callplane:livekitApiSecret": livekit.api_secret,
+        }
+        super().__init__(root, "local", config, secrets)
+
+
+def test_a_cloud_stack_preview_fails_on_a_profile_naming_an_unknown_tool(tmp_path: Path) -> None:
+    """Before any provider is asked for credentials, the program refuses the stack."""
+    config = yaml.safe_load((REPO / "Pulumi.dev.yaml").read_text())["config"]
+    config["callplane:profiles"]["support"]["tools"] = ["end_call", "book_flight"]
+    secrets = {f"callplane:{key}": value for key, value in PLACEHOLDERS.items()}
+    project = PulumiProject(tmp_path, "dev", config, secrets)
+    failed = project.run("preview", check=False)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert "callplane:profiles.support.tools names 'book_flight'" in output, output
+    assert "Fix: define it with @callplane.tools.tool" in output
+    # Refused by the program before any resource: no provider was reached for credentials.
+    assert "Modal" not in output and "cloudflare:apiToken" not in output
 
 
 @pytest.fixture(scope="module")
