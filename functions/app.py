@@ -11,6 +11,10 @@ the region, the warm pool and the caps. Deploy with ``modal deploy -m functions.
 <stack>`` or through ``pulumi up``, with the media settings JSON in the Modal secret
 ``callplane-media`` (key ``CALLPLANE_MEDIA_CONFIG``).
 
+The image installs uv.lock's exact versions of the ``media`` dependency group of
+pyproject.toml (``uv sync --frozen --only-group media``): a container runs the dependencies
+the tests ran, not whatever their version ranges allow on the day of the build.
+
 Importing this module needs no Modal account (nothing is contacted until a deploy), which is
 what the tests rely on.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import modal
@@ -28,9 +33,10 @@ from callplane.profiles import MAX_CALL_SECONDS
 __all__ = [
     "AGENT_JOB_OPTIONS",
     "APP_NAME",
-    "MEDIA_PACKAGES",
+    "MEDIA_GROUP",
     "SCALING",
     "STACK",
+    "UV_VERSION",
     "Scaling",
     "agent_job",
     "app",
@@ -109,32 +115,24 @@ if STACK not in SCALING:
         "an entry to functions/app.py"
     )
 
-# What the container installs: the runtime dependencies of the media plane (pyproject.toml's
-# [project] dependencies that the media path imports; a test keeps the two in step).
-MEDIA_PACKAGES = (
-    "numpy>=2.0",
-    "soxr>=1.0",
-    "websockets>=15.0",
-    "picows>=2.3",
-    "pydantic>=2.10",
-    "twilio>=9.0",
-    "fastapi>=0.115",
-    "uvicorn>=0.30",
-    "httpx>=0.27",
-    "phonenumbers>=8.13",
-    # LiveKit: hybrid phone rooms and the on-demand agent jobs
-    "livekit>=1.0",
-    "livekit-api>=1.0",
-    # Call records (SQLAlchemy over PostgreSQL, migrations) and coordination (Redis)
-    "sqlalchemy>=2.0.36",
-    "alembic>=1.14",
-    "psycopg[binary]>=3.2",
-    "redis>=5.2",
-)
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""Where pyproject.toml and uv.lock are at deploy (a container has neither, and needs neither)."""
+MEDIA_GROUP = "media"
+"""pyproject.toml's dependency group of what the containers import."""
+UV_VERSION = "0.13.10"
+"""The uv that installs uv.lock in the image: the one the lock was written with. Raise it when a
+newer uv rewrites uv.lock."""
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
-    .uv_pip_install(*MEDIA_PACKAGES)
+    # `uv sync --frozen`: uv.lock's versions, never a fresh resolution; only the media group, so
+    # neither the project's other dependencies (Pulumi, the CLI) nor the dev tools come along.
+    .uv_sync(
+        str(PROJECT_DIR),
+        frozen=True,
+        extra_options=f"--only-group={MEDIA_GROUP}",
+        uv_version=UV_VERSION,
+    )
     .add_local_python_source("callplane", "functions", "edge_worker")
 )
 
