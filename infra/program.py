@@ -126,12 +126,15 @@ class MediaPlane(pulumi.ComponentResource):
         self.urls = dict(config.media.urls)
         self.http_urls = dict(config.media.urls)
         if config.kind == "cloud":
+            from functions.deploy_settings import web_labels
+
             modal = config.modal
             assert modal is not None
-            label = f"{modal.app_name}-{modal.scaling}"
-            web = expected_web_url(modal.workspace, label, modal.web_suffix)
+            # The labels functions/app.py declares its web functions with, from the same inputs.
+            labels = web_labels(modal.app_name, modal.scaling)
+            web = expected_web_url(modal.workspace, labels.media, modal.web_suffix)
             # functions/app.py's media_streams (picows) takes the streams, media the HTTP.
-            streams = expected_web_url(modal.workspace, f"{label}-streams", modal.web_suffix)
+            streams = expected_web_url(modal.workspace, labels.streams, modal.web_suffix)
             region = config.default_region if config.media.urls else "default"
             self.urls.setdefault(region, _ws(streams))
             self.http_urls.setdefault(region, web)
@@ -141,6 +144,8 @@ class MediaPlane(pulumi.ComponentResource):
                     "app_name": modal.app_name,
                     "environment": modal.environment or stack,
                     "scaling": modal.scaling,
+                    "region": modal.region,
+                    "nonpreemptible": modal.nonpreemptible,
                     "workspace": modal.workspace,
                     "web_suffix": modal.web_suffix,
                     "source_hash": source_hash(),

@@ -1,12 +1,18 @@
 """ModalApp: deploys ``functions/app.py`` into the stack's Modal environment with modal's Python
 API, with the media settings from Pulumi secrets in the Modal secret ``callplane-media``.
 
-What runs where, honestly: :func:`plan` imports the Modal app for the stack's scaling entry and
-reads back what would be deployed (app name, environment, secret, region, concurrency, timeout,
-autoscaler settings, web label) without any network; the tests check it. :class:`ModalApi` makes
-the calls that need a Modal account (environment, secret, ``App.deploy``, ``get_web_url``,
-``App.stop``); without a token modal refuses before any network access, which the tests also
-check, but a real deploy has not been exercised here (no Modal account).
+What a deploy is for (the scaling entry, the app name, the region, preemption) reaches the Modal
+app as the environment variables of :class:`functions.deploy_settings.DeploySettings`, which
+:func:`load_app` sets while it imports the app: the labels and the app name the functions are
+declared with are those the Pulumi program built the edge's URLs from.
+
+What runs where, honestly: :func:`plan` imports the Modal app for the stack's settings and reads
+back what would be deployed (app name, environment, secret, region, preemption, concurrency,
+timeout, autoscaler settings, web labels) without any network; the tests check it.
+:class:`ModalApi` makes the calls that need a Modal account (environment, secret,
+``App.deploy``, ``get_web_url``, ``App.stop``); without a token modal
+refuses before any network access, which the tests also check, but a real deploy has not been
+exercised here (no Modal account).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -23,14 +29,37 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from functions.deploy_settings import (
+    DEFAULT_NONPREEMPTIBLE,
+    DEFAULT_REGION,
+    DEPLOY_VARS,
+    DeploySettings,
+    DeploySettingsError,
+)
 from infra.providers.common import ProvisioningError, diff_props
 
-__all__ = ["DeployPlan", "ModalApi", "ModalApp", "ModalAppProvider", "expected_web_url", "plan"]
+__all__ = [
+    "DeployPlan",
+    "ModalApi",
+    "ModalApp",
+    "ModalAppProvider",
+    "expected_web_url",
+    "load_app",
+    "plan",
+]
 
 MODULE = "functions.app"
 SECRET_KEY = "CALLPLANE_MEDIA_CONFIG"
 REPLACING = ("app_name", "environment")
-UPDATABLE = ("scaling", "source_hash", "media_config", "workspace", "web_suffix")
+UPDATABLE = (
+    "scaling",
+    "source_hash",
+    "media_config",
+    "workspace",
+    "web_suffix",
+    "region",
+    "nonpreemptible",
+)
 
 
 @dataclass(frozen=True)
@@ -45,74 +74,114 @@ class DeployPlan:
     secret_keys: tuple[str, ...]
     function_name: str
     label: str
+    settings: DeploySettings
+    streams_label: str = ""
     function_options: dict[str, Any] = field(default_factory=dict)
     regions: tuple[str, ...] = ()
+    nonpreemptible: bool | None = None
     max_inputs: int | None = None
     target_inputs: int | None = None
     timeout: int | None = None
     app_tags: dict[str, str] = field(default_factory=dict)
+    launcher_app_name: str = ""
 
 
 def expected_web_url(workspace: str, label: str, web_suffix: str | None = None) -> str:
-    """``https://<workspace>[-<suffix>]--<label>.modal.run`` (reference §9): known at preview, so
-    the edge config and the stack outputs can name the media URL before the first deploy."""
+    """``https://<workspace>[-<suffix>]--<label>.modal.run``, Modal's URL of a deployed web
+    function: known at preview, so the edge config and the stack outputs can name the media URLs
+    before the first deploy (``web_suffix`` is the Modal environment's web suffix, if it has
+    one)."""
     source = f"{workspace}-{web_suffix}" if web_suffix else workspace
     return f"https://{source}--{label}.modal.run"
 
 
-@contextlib.contextmanager
-def load_app(scaling: str) -> Iterator[ModuleType]:
-    """``functions.app`` imported for the scaling entry ``scaling`` (it reads CALLPLANE_STACK at
-    import); the previous import and environment are restored afterwards."""
-    before = os.environ.get("CALLPLANE_STACK")
-    had = MODULE in sys.modules
-    os.environ["CALLPLANE_STACK"] = scaling
+def settings_from(props: Mapping[str, Any]) -> DeploySettings:
+    """The deploy settings a ModalApp's inputs describe (``scaling`` is the stack's entry)."""
     try:
-        module = importlib.reload(sys.modules[MODULE]) if had else importlib.import_module(MODULE)
-        yield module
+        return DeploySettings(
+            stack=props["scaling"],
+            app_name=props["app_name"],
+            region=props.get("region") or DEFAULT_REGION,
+            nonpreemptible=bool(props.get("nonpreemptible", DEFAULT_NONPREEMPTIBLE)),
+        )
+    except DeploySettingsError as exc:
+        raise ProvisioningError(
+            f"callplane:modal: {exc} (check callplane:modal.scaling, appName and region)"
+        ) from None
+
+
+@contextlib.contextmanager
+def load_app(settings: DeploySettings) -> Iterator[ModuleType]:
+    """A fresh import of ``functions.app`` for ``settings`` (it reads them from the environment at
+    import). The environment and whatever import of the app existed are restored afterwards, so
+    an earlier import keeps its own settings."""
+    env_before = {name: os.environ.get(name) for name in DEPLOY_VARS}
+    module_before = sys.modules.pop(MODULE, None)
+    package = importlib.import_module(MODULE.rpartition(".")[0])
+    attribute = MODULE.rpartition(".")[2]
+    os.environ.update(settings.to_env())
+    try:
+        yield importlib.import_module(MODULE)
     finally:
-        if before is None:
-            os.environ.pop("CALLPLANE_STACK", None)
-        else:
-            os.environ["CALLPLANE_STACK"] = before
-        if had:
-            importlib.reload(sys.modules[MODULE])
-        else:
+        for name, value in env_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if module_before is None:
             sys.modules.pop(MODULE, None)
+            if hasattr(package, attribute):
+                delattr(package, attribute)
+        else:
+            sys.modules[MODULE] = module_before
+            setattr(package, attribute, module_before)
 
 
-def _plan_from(module: ModuleType, props: dict[str, Any]) -> DeployPlan:
+def _label(function: Any) -> str:
+    """The web label a modal Function is declared with (modal keeps it in the webhook config)."""
+    from modal._utils.async_utils import synchronizer
+
+    inner: Any = synchronizer._translate_in(function)  # type: ignore[no-untyped-call]
+    return str(inner._webhook_config.requested_suffix)
+
+
+def _plan_from(module: ModuleType, props: dict[str, Any], settings: DeploySettings) -> DeployPlan:
     import warnings
 
-    scaling = module.SCALING[props["scaling"]]
+    scaling = module.SCALING[settings.stack]
     fn = module.media
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = fn.info()
     concurrency = getattr(info, "concurrency_info", None)
     return DeployPlan(
-        app_name=props["app_name"],
+        app_name=module.app.name,
         environment=props["environment"],
         tag=props.get("source_hash") or "",
-        scaling=props["scaling"],
+        scaling=settings.stack,
         secret_name=module.SECRET_NAME,
         secret_keys=(SECRET_KEY,),
         function_name="media",
-        label=f"{module.APP_NAME}-{module.STACK}",
-        function_options=scaling.function_options(),
+        label=_label(module.media),
+        settings=settings,
+        streams_label=_label(module.media_streams),
+        function_options=scaling.function_options(module.DEPLOY),
         regions=tuple(getattr(info, "regions", ()) or ()),
+        nonpreemptible=getattr(info, "nonpreemptible", None),
         max_inputs=getattr(concurrency, "max_inputs", None),
         target_inputs=getattr(concurrency, "target_inputs", None),
         timeout=getattr(info, "timeout", None),
         # modal keeps the tags privately (get_tags() is an RPC): read the value passed to App.
         app_tags={"stack": module.STACK},
+        launcher_app_name=module.agent_launcher().app_name,
     )
 
 
 def plan(props: dict[str, Any]) -> DeployPlan:
     """The deploy this resource's inputs describe (no network, no Modal account)."""
-    with load_app(props["scaling"]) as module:
-        return _plan_from(module, props)
+    settings = settings_from(props)
+    with load_app(settings) as module:
+        return _plan_from(module, props, settings)
 
 
 class ModalApi:
@@ -157,7 +226,7 @@ class ModalApi:
 
     def deploy(self, deploy: DeployPlan) -> str:
         """Deploy and return the media function's web URL."""
-        with load_app(deploy.scaling) as module:
+        with load_app(deploy.settings) as module:
             try:
                 module.app.deploy(
                     name=deploy.app_name, environment_name=deploy.environment, tag=deploy.tag
@@ -208,6 +277,10 @@ class ModalAppProvider(ResourceProvider):
 
 
 class ModalApp(Resource, module="modal", name="App"):
+    """The media plane's Modal app. Inputs: ``app_name``, ``environment``, ``scaling``,
+    ``region``, ``nonpreemptible``, ``workspace``, ``web_suffix``, ``source_hash`` and
+    ``media_config`` (secret)."""
+
     web_url: pulumi.Output[str]
 
     def __init__(

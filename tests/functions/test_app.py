@@ -25,6 +25,7 @@ from packaging.requirements import Requirement
 
 from callplane.profiles import MAX_CALL_SECONDS
 from functions import app as modal_app
+from functions.deploy_settings import DEPLOY_VARS, STACKS
 
 ROOT = Path(__file__).resolve().parents[2]
 # The image builder the image is meant for (from 2025.06 on, Modal mounts its client into the
@@ -82,6 +83,12 @@ def uv_sync_layer() -> Any:
         if any("uv sync " in c for c in spec.commands)
     ]
     return layer
+
+
+def web_label(function: Any) -> str:
+    """The web label ``function`` is declared with (modal keeps it in the webhook config)."""
+    inner: Any = synchronizer._translate_in(function)  # type: ignore[no-untyped-call]
+    return str(inner._webhook_config.requested_suffix)
 
 
 def container_environment() -> dict[str, str]:
@@ -230,11 +237,23 @@ def test_the_image_installs_everything_the_containers_import(installed: dict[str
     assert missing == set(), "add these to the media group of pyproject.toml"
 
 
+def test_the_image_carries_the_deploy_settings() -> None:
+    """A container imports functions/app.py with the settings it was deployed with."""
+    (env_layer,) = [
+        spec
+        for spec in image_layers(modal_app.image)
+        if "ENV CALLPLANE_STACK" in " ".join(spec.commands)
+    ]
+    carried = dict(c.removeprefix("ENV ").split("=", 1) for c in env_layer.commands[1:])
+    assert carried == modal_app.DEPLOY.to_env()
+    assert tuple(carried) == DEPLOY_VARS
+
+
 # --------------------------------------------------------------------------- scaling
 
 
 def test_every_stack_has_sane_scaling() -> None:
-    assert set(modal_app.SCALING) == {"dev", "staging", "prod"}
+    assert tuple(modal_app.SCALING) == STACKS  # the stacks the deploy settings accept
     for scaling in modal_app.SCALING.values():
         assert scaling.timeout > MAX_CALL_SECONDS
         assert 0 < scaling.target_inputs <= scaling.max_inputs
@@ -246,12 +265,14 @@ def test_the_function_is_declared_with_the_scaling_of_its_stack() -> None:
     info = modal_app.media.info()
     scaling = modal_app.SCALING[modal_app.STACK]
     assert info.timeout == scaling.timeout
-    assert info.regions == [scaling.region]
     assert info.cpu == scaling.cpu and info.memory_mib == scaling.memory_mib
     assert info.concurrency_info is not None
     assert info.concurrency_info.max_inputs == scaling.max_inputs
     assert info.concurrency_info.target_inputs == scaling.target_inputs
-    assert info.nonpreemptible is True
+    # placed as the deploy settings say: by default in us-east, never preempted
+    assert info.regions == [modal_app.DEPLOY.region] == ["us-east"]
+    assert info.nonpreemptible is modal_app.DEPLOY.nonpreemptible is True
+    assert modal_app.app.name == modal_app.APP_NAME == "callplane-media"
 
 
 def test_the_stream_server_function_scales_like_the_media_app() -> None:
@@ -262,14 +283,15 @@ def test_the_stream_server_function_scales_like_the_media_app() -> None:
     for field in ("timeout", "regions", "cpu", "memory_mib", "nonpreemptible"):
         assert getattr(streams, field) == getattr(media, field), field
     assert streams.concurrency_info == media.concurrency_info
-    assert f"callplane-media-{modal_app.STACK}-streams" == modal_app.STREAMS_LABEL
+    assert web_label(modal_app.media_streams) == f"callplane-media-{modal_app.STACK}-streams"
+    assert web_label(modal_app.media) == f"callplane-media-{modal_app.STACK}"
 
 
 def test_a_bad_scaling_entry_is_refused_with_the_field() -> None:
     with pytest.raises(ValueError, match=r"target_inputs=50 must be in 1\.\.max_inputs=40"):
-        modal_app.Scaling("us-east", 0, 1, 0, 60, max_inputs=40, target_inputs=50)
+        modal_app.Scaling(0, 1, 0, 60, max_inputs=40, target_inputs=50)
     with pytest.raises(ValueError, match="must exceed MAX_CALL_SECONDS"):
-        modal_app.Scaling("us-east", 0, 1, 0, 60, max_inputs=4, target_inputs=2, timeout=60)
+        modal_app.Scaling(0, 1, 0, 60, max_inputs=4, target_inputs=2, timeout=60)
 
 
 def test_local_returns_the_media_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -308,5 +330,7 @@ def test_agent_jobs_get_a_container_each_and_the_name_the_launcher_spawns() -> N
     assert modal_app.app.registered_functions[AGENT_JOB_FUNCTION] is modal_app.agent_job
     assert info.concurrency_info is None or info.concurrency_info.max_inputs == 1
     assert info.timeout == modal_app.SCALING[modal_app.STACK].timeout
-    assert info.regions == [modal_app.SCALING[modal_app.STACK].region]
-    assert info.nonpreemptible is True
+    assert info.regions == [modal_app.DEPLOY.region]
+    assert info.nonpreemptible is modal_app.DEPLOY.nonpreemptible
+    launcher = modal_app.agent_launcher()
+    assert (launcher.app_name, launcher.function_name) == (modal_app.APP_NAME, AGENT_JOB_FUNCTION)
