@@ -152,6 +152,8 @@ class MediaPlane(pulumi.ComponentResource):
                     "media_config": pulumi.Output.secret(
                         media_settings_json(config, self.urls[region], self.http_urls[region])
                     ),
+                    # Checked against the deployed functions' URLs after the deploy.
+                    "expected_urls": {"media": web, "media_streams": streams},
                 },
                 pulumi.ResourceOptions(parent=self),
             )

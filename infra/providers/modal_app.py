@@ -10,9 +10,10 @@ What runs where, honestly: :func:`plan` imports the Modal app for the stack's se
 back what would be deployed (app name, environment, secret, region, preemption, concurrency,
 timeout, autoscaler settings, web labels) without any network; the tests check it.
 :class:`ModalApi` makes the calls that need a Modal account (environment, secret,
-``App.deploy``, ``get_web_url``, ``App.stop``); without a token modal
+``App.deploy``, the deployed functions' ``get_web_url``, ``App.stop``); without a token modal
 refuses before any network access, which the tests also check, but a real deploy has not been
-exercised here (no Modal account).
+exercised here (no Modal account). After a deploy, :func:`check_web_urls` compares the URLs
+Modal serves the web functions at with those the edge was configured with.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
@@ -39,10 +41,12 @@ from functions.deploy_settings import (
 from infra.providers.common import ProvisioningError, diff_props
 
 __all__ = [
+    "WEB_FUNCTIONS",
     "DeployPlan",
     "ModalApi",
     "ModalApp",
     "ModalAppProvider",
+    "check_web_urls",
     "expected_web_url",
     "load_app",
     "plan",
@@ -50,6 +54,8 @@ __all__ = [
 
 MODULE = "functions.app"
 SECRET_KEY = "CALLPLANE_MEDIA_CONFIG"
+#: The app's web functions, each with the web label it is declared with.
+WEB_FUNCTIONS = ("media", "media_streams")
 REPLACING = ("app_name", "environment")
 UPDATABLE = (
     "scaling",
@@ -59,6 +65,7 @@ UPDATABLE = (
     "web_suffix",
     "region",
     "nonpreemptible",
+    "expected_urls",
 )
 
 
@@ -93,6 +100,72 @@ def expected_web_url(workspace: str, label: str, web_suffix: str | None = None) 
     one)."""
     source = f"{workspace}-{web_suffix}" if web_suffix else workspace
     return f"https://{source}--{label}.modal.run"
+
+
+def check_web_urls(
+    expected: Mapping[str, str], deployed: Mapping[str, str | None], workspace: str
+) -> None:
+    """Refuse a deploy whose web functions Modal serves elsewhere than the edge expects.
+
+    ``expected`` maps each web function to the URL the edge config was built from,
+    ``deployed`` to the URL Modal reports after the deploy. Each mismatch names both URLs and
+    the setting that makes them agree: the part before ``--`` is the workspace and the Modal
+    environment's web suffix (``callplane:modal.workspace`` and ``callplane:modal.webSuffix``),
+    the part after it the label (``callplane:modal.appName``).
+    """
+    problems: list[str] = []
+    for function, want in expected.items():
+        got = deployed.get(function)
+        if got == want:
+            continue
+        head = (
+            f"Modal serves the {function} function at {got}, but the edge was configured with "
+            f"{want}"
+            if got
+            else f"Modal reports no web URL for the {function} function (the edge was "
+            f"configured with {want})"
+        )
+        problems.append(f"{head}. Fix: {_url_fix(want, got, workspace)}")
+    if problems:
+        raise ProvisioningError(
+            "callplane:modal: the deployed web functions are not where the edge sends calls:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _url_fix(want: str, got: str | None, workspace: str) -> str:
+    def split(url: str) -> tuple[str, str]:
+        host = urlsplit(url).hostname or ""
+        source, _, rest = host.partition("--")
+        return source, rest.removesuffix(".modal.run")
+
+    redeploy = "then run `pulumi up` again, which points the edge at the new URLs"
+    if not got:
+        return (
+            "check that functions/app.py still declares the function as a web endpoint, "
+            "then run `pulumi up` again"
+        )
+    (want_source, want_label), (got_source, got_label) = split(want), split(got)
+    if want_source != got_source:
+        if got_source == workspace:
+            return (
+                "the Modal environment has no web suffix: remove callplane:modal.webSuffix, "
+                + redeploy
+            )
+        if got_source.startswith(f"{workspace}-"):
+            suffix = got_source.removeprefix(f"{workspace}-")
+            return f"set callplane:modal.webSuffix to {suffix!r}, " + redeploy
+        return (
+            f"set callplane:modal.workspace to the workspace of the Modal token (the URL says "
+            f"{got_source!r}, with the environment's web suffix after a '-' if it has one), "
+            + redeploy
+        )
+    if want_label != got_label:
+        return (
+            f"Modal did not keep the label {want_label!r} (a host name holds at most 63 "
+            "characters): choose a shorter callplane:modal.appName, " + redeploy
+        )
+    return "make the edge config and the Modal app agree on the scheme and host, " + redeploy
 
 
 def settings_from(props: Mapping[str, Any]) -> DeploySettings:
@@ -224,14 +297,14 @@ class ModalApi:
         except Exception as exc:
             raise self._explain(exc, f"write the Modal secret {name!r}") from None
 
-    def deploy(self, deploy: DeployPlan) -> str:
-        """Deploy and return the media function's web URL."""
+    def deploy(self, deploy: DeployPlan) -> dict[str, str | None]:
+        """Deploy, then return the web URL Modal serves each web function at."""
         with load_app(deploy.settings) as module:
             try:
                 module.app.deploy(
                     name=deploy.app_name, environment_name=deploy.environment, tag=deploy.tag
                 )
-                return str(module.media.get_web_url())
+                return {name: getattr(module, name).get_web_url() for name in WEB_FUNCTIONS}
             except Exception as exc:
                 raise self._explain(exc, f"deploy {deploy.app_name!r}") from None
 
@@ -262,8 +335,9 @@ class ModalAppProvider(ResourceProvider):
         self.api.put_secret(
             deploy.secret_name, deploy.environment, {SECRET_KEY: props["media_config"]}
         )
-        url = self.api.deploy(deploy)
-        return {**props, "web_url": url}
+        urls = self.api.deploy(deploy)
+        check_web_urls(props["expected_urls"], urls, props["workspace"])
+        return {**props, "web_url": urls["media"], "web_urls": urls}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._deploy(props)
@@ -278,12 +352,16 @@ class ModalAppProvider(ResourceProvider):
 
 class ModalApp(Resource, module="modal", name="App"):
     """The media plane's Modal app. Inputs: ``app_name``, ``environment``, ``scaling``,
-    ``region``, ``nonpreemptible``, ``workspace``, ``web_suffix``, ``source_hash`` and
-    ``media_config`` (secret)."""
+    ``region``, ``nonpreemptible``, ``workspace``, ``web_suffix``, ``source_hash``,
+    ``media_config`` (secret) and ``expected_urls`` (web function -> the URL the edge was
+    configured with; a deploy that Modal serves elsewhere fails, naming both)."""
 
     web_url: pulumi.Output[str]
+    web_urls: pulumi.Output[dict[str, str]]
 
     def __init__(
         self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        super().__init__(ModalAppProvider(), name, {"web_url": None, **props}, opts)
+        super().__init__(
+            ModalAppProvider(), name, {"web_url": None, "web_urls": None, **props}, opts
+        )

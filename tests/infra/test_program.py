@@ -234,7 +234,8 @@ def test_a_non_default_app_name_gives_the_same_names_to_the_edge_and_the_modal_a
             "eu-west",
             False,
         )
-        expected = {
+        expected = inputs["expected_urls"]
+        assert expected == {
             "media": "https://team--acme-voice-prod.modal.run",
             "media_streams": "https://team--acme-voice-prod-streams.modal.run",
         }

@@ -3,8 +3,9 @@
 No Modal account exists here, so a real deploy is never exercised. What is: the deploy plan read
 back from the real ``modal.App`` definition for each scaling entry and for non-default deploy
 settings (app name, environment, secret, region, preemption, concurrency, timeout, autoscaler
-options, web labels, the app name agent jobs are looked up by), and a create without a token,
-which modal refuses before any network access and the provider turns into the fix.
+options, web labels, the app name agent jobs are looked up by), the check of the deployed web
+URLs against the edge's, and a create without a token, which modal refuses before any network
+access and the provider turns into the fix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,15 @@ import functions.app
 from functions.app import SCALING
 from functions.deploy_settings import DEPLOY_VARS, DeploySettings
 from infra.providers.common import ProvisioningError
-from infra.providers.modal_app import ModalAppProvider, expected_web_url, load_app, plan
+from infra.providers.modal_app import (
+    DeployPlan,
+    ModalApi,
+    ModalAppProvider,
+    check_web_urls,
+    expected_web_url,
+    load_app,
+    plan,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,6 +47,10 @@ def props(scaling: str, app_name: str = "callplane-media", **over: Any) -> dict[
         "workspace": "team",
         "source_hash": "abc123",
         "media_config": "{}",
+        "expected_urls": {
+            "media": expected_web_url("team", f"{app_name}-{scaling}"),
+            "media_streams": expected_web_url("team", f"{app_name}-{scaling}-streams"),
+        },
         **over,
     }
 
@@ -138,3 +152,85 @@ def test_diff_redeploys_on_code_or_settings_and_replaces_on_environment() -> Non
         assert changed.changes is True and changed.replaces == [], key
     renamed = p.diff("id", olds, props("dev", "acme-voice"))
     assert renamed.replaces == ["app_name"]  # the old app is stopped, the new one deployed
+
+
+# --------------------------------------------------------------------------- deployed URLs
+
+EXPECTED = {
+    "media": "https://team--callplane-media-prod.modal.run",
+    "media_streams": "https://team--callplane-media-prod-streams.modal.run",
+}
+
+
+def test_web_urls_where_the_edge_expects_them_pass() -> None:
+    check_web_urls(EXPECTED, dict(EXPECTED), "team")
+
+
+def test_an_environment_web_suffix_names_both_urls_and_the_setting() -> None:
+    deployed = {k: v.replace("team--", "team-prod--") for k, v in EXPECTED.items()}
+    with pytest.raises(ProvisioningError) as err:
+        check_web_urls(EXPECTED, deployed, "team")
+    message = str(err.value)
+    for function in ("media", "media_streams"):
+        assert f"Modal serves the {function} function at {deployed[function]}" in message
+        assert f"the edge was configured with {EXPECTED[function]}" in message
+    assert message.count("Fix: set callplane:modal.webSuffix to 'prod'") == 2
+
+
+def test_a_web_suffix_the_environment_does_not_have_is_named() -> None:
+    expected = {"media": "https://team-dev--callplane-media-dev.modal.run"}
+    deployed = {"media": "https://team--callplane-media-dev.modal.run"}
+    with pytest.raises(ProvisioningError, match=r"remove callplane:modal\.webSuffix"):
+        check_web_urls(expected, deployed, "team")
+
+
+def test_another_workspace_and_a_shortened_label_are_named() -> None:
+    with pytest.raises(ProvisioningError, match=r"set callplane:modal\.workspace .* 'other'"):
+        check_web_urls(
+            EXPECTED, {**EXPECTED, "media": EXPECTED["media"].replace("team", "other")}, "team"
+        )
+    shortened = {
+        **EXPECTED,
+        "media_streams": "https://team--callplane-media-prod-s-1a2b3c.modal.run",
+    }
+    with pytest.raises(ProvisioningError) as err:
+        check_web_urls(EXPECTED, shortened, "team")
+    assert "did not keep the label 'callplane-media-prod-streams'" in str(err.value)
+    assert "shorter callplane:modal.appName" in str(err.value)
+    assert "the media function" not in str(err.value)  # only the function that moved
+
+
+def test_a_function_without_a_web_url_is_named() -> None:
+    with pytest.raises(ProvisioningError, match="no web URL for the media_streams function"):
+        check_web_urls(EXPECTED, {"media": EXPECTED["media"], "media_streams": None}, "team")
+
+
+class ServedAt(ModalApi):
+    """Modal's side of a deploy, answering with the URLs a real deploy would report."""
+
+    def __init__(self, urls: Mapping[str, str | None]) -> None:
+        self.urls = dict(urls)
+        self.deployed: list[DeployPlan] = []
+
+    def ensure_environment(self, name: str) -> None:
+        pass
+
+    def put_secret(self, name: str, environment: str, values: dict[str, str]) -> None:
+        pass
+
+    def deploy(self, deploy: DeployPlan) -> dict[str, str | None]:
+        self.deployed.append(deploy)
+        return self.urls
+
+
+def test_create_exports_the_deployed_urls_and_refuses_urls_the_edge_does_not_use() -> None:
+    api = ServedAt(dict(EXPECTED))
+    created = ModalAppProvider(api).create(props("prod"))
+    assert created.outs is not None
+    assert created.outs["web_url"] == EXPECTED["media"]
+    assert created.outs["web_urls"] == EXPECTED
+    (deployed,) = api.deployed
+    assert deployed.label == "callplane-media-prod"
+    elsewhere = {k: v.replace("team--", "team-prod--") for k, v in EXPECTED.items()}
+    with pytest.raises(ProvisioningError, match="webSuffix to 'prod'"):
+        ModalAppProvider(ServedAt(elsewhere)).update("id", props("prod"), props("prod"))
