@@ -6,51 +6,68 @@ the local stack — as a Modal ASGI function. Each Twilio media stream is one Mo
 bounds the longest call; it sits above :data:`callplane.profiles.MAX_CALL_SECONDS` so that
 Modal never cuts a call the agent is still allowed to finish.
 
-Per stack (``CALLPLANE_STACK``: dev, staging or prod; dev when unset) :data:`SCALING` picks
-the region, the warm pool and the caps. Deploy with ``modal deploy -m functions.app --env
-<stack>`` or through ``pulumi up``, with the media settings JSON in the Modal secret
-``callplane-media`` (key ``CALLPLANE_MEDIA_CONFIG``).
+What a deploy is for comes from the environment, read by
+:class:`~functions.deploy_settings.DeploySettings`: ``CALLPLANE_STACK`` (dev, staging or prod;
+required) picks the scaling entry of :data:`SCALING`; the app name, the region and preemption
+come with it. ``pulumi up`` sets them all from the stack config; by hand, deploy with
+``CALLPLANE_STACK=<stack> modal deploy -m functions.app --env <stack>``, with the media
+settings JSON in the Modal secret ``callplane-media`` (key ``CALLPLANE_MEDIA_CONFIG``). The
+image carries the same variables, so a container imports the app as it was deployed.
+
+The image installs uv.lock's exact versions of the ``media`` dependency group of
+pyproject.toml (``uv sync --frozen --only-group media``): a container runs the dependencies
+the tests ran, not whatever their version ranges allow on the day of the build.
 
 Importing this module needs no Modal account (nothing is contacted until a deploy), which is
-what the tests rely on.
+what the tests rely on; it does need ``CALLPLANE_STACK``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import modal
 
 from callplane.profiles import MAX_CALL_SECONDS
+from functions.deploy_settings import DeploySettings
+
+if TYPE_CHECKING:
+    from functions.dispatch import ModalLauncher
 
 __all__ = [
     "AGENT_JOB_OPTIONS",
     "APP_NAME",
-    "MEDIA_PACKAGES",
+    "DEPLOY",
+    "MEDIA_GROUP",
+    "MEDIA_LABEL",
     "SCALING",
     "STACK",
+    "STREAMS_LABEL",
+    "UV_VERSION",
     "Scaling",
     "agent_job",
+    "agent_launcher",
     "app",
     "media",
+    "media_streams",
 ]
 
-APP_NAME = "callplane-media"
 SECRET_NAME = "callplane-media"
 
 
 @dataclass(frozen=True)
 class Scaling:
-    """Where and how wide the media function runs on one stack.
+    """How wide the media function runs on one stack.
 
     ``max_inputs`` calls at most share a container (``target_inputs`` is where the autoscaler
     aims, leaving headroom for a burst); the relay benchmark (``bench/relay.py``) is how these
-    figures are sized.
+    figures are sized. Where the containers run and whether Modal may preempt them are deploy
+    settings (:class:`functions.deploy_settings.DeploySettings`): they multiply the price.
     """
 
-    region: str
     min_containers: int
     max_containers: int
     buffer_containers: int
@@ -79,10 +96,10 @@ class Scaling:
                 f"timeout={self.timeout} must exceed MAX_CALL_SECONDS={MAX_CALL_SECONDS}"
             )
 
-    def function_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``@app.function``."""
+    def function_options(self, deploy: DeploySettings) -> dict[str, Any]:
+        """Keyword arguments for ``@app.function``: this scaling, placed as ``deploy`` says."""
         return {
-            "region": self.region,
+            **deploy.placement_options(),
             "min_containers": self.min_containers,
             "max_containers": self.max_containers,
             "buffer_containers": self.buffer_containers,
@@ -90,51 +107,45 @@ class Scaling:
             "timeout": self.timeout,
             "cpu": self.cpu,
             "memory": self.memory_mib,
-            # A preempted container would drop every call on it.
-            "nonpreemptible": True,
         }
 
 
 SCALING: dict[str, Scaling] = {
     # dev scales to zero: the first call after a quiet spell waits for a cold start.
-    "dev": Scaling("us-east", 0, 5, 0, 60, max_inputs=40, target_inputs=25),
-    "staging": Scaling("us-east", 1, 10, 1, 300, max_inputs=40, target_inputs=25),
-    "prod": Scaling("us-east", 2, 100, 2, 600, max_inputs=40, target_inputs=25),
+    "dev": Scaling(0, 5, 0, 60, max_inputs=40, target_inputs=25),
+    "staging": Scaling(1, 10, 1, 300, max_inputs=40, target_inputs=25),
+    "prod": Scaling(2, 100, 2, 600, max_inputs=40, target_inputs=25),
 }
 
-STACK = os.environ.get("CALLPLANE_STACK", "dev")
-if STACK not in SCALING:
-    raise RuntimeError(
-        f"CALLPLANE_STACK={STACK!r} has no SCALING entry; use one of {sorted(SCALING)} or add "
-        "an entry to functions/app.py"
-    )
+DEPLOY = DeploySettings.from_env(os.environ)
+"""What this import deploys (or, in a container, was deployed with)."""
+STACK = DEPLOY.stack
+APP_NAME = DEPLOY.app_name
+MEDIA_LABEL = DEPLOY.labels.media
+"""The media function's web label: its URL is ``https://<workspace>--<label>.modal.run``."""
+STREAMS_LABEL = DEPLOY.labels.streams
+"""The stream function's web label: its URL is ``https://<workspace>--<label>.modal.run``."""
 
-# What the container installs: the runtime dependencies of the media plane (pyproject.toml's
-# [project] dependencies that the media path imports; a test keeps the two in step).
-MEDIA_PACKAGES = (
-    "numpy>=2.0",
-    "soxr>=1.0",
-    "websockets>=15.0",
-    "picows>=2.3",
-    "pydantic>=2.10",
-    "twilio>=9.0",
-    "fastapi>=0.115",
-    "uvicorn>=0.30",
-    "httpx>=0.27",
-    "phonenumbers>=8.13",
-    # LiveKit: hybrid phone rooms and the on-demand agent jobs
-    "livekit>=1.0",
-    "livekit-api>=1.0",
-    # Call records (SQLAlchemy over PostgreSQL, migrations) and coordination (Redis)
-    "sqlalchemy>=2.0.36",
-    "alembic>=1.14",
-    "psycopg[binary]>=3.2",
-    "redis>=5.2",
-)
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""Where pyproject.toml and uv.lock are at deploy (a container has neither, and needs neither)."""
+MEDIA_GROUP = "media"
+"""pyproject.toml's dependency group of what the containers import."""
+UV_VERSION = "0.13.10"
+"""The uv that installs uv.lock in the image: the one the lock was written with. Raise it when a
+newer uv rewrites uv.lock."""
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
-    .uv_pip_install(*MEDIA_PACKAGES)
+    # `uv sync --frozen`: uv.lock's versions, never a fresh resolution; only the media group, so
+    # neither the project's other dependencies (Pulumi, the CLI) nor the dev tools come along.
+    .uv_sync(
+        str(PROJECT_DIR),
+        frozen=True,
+        extra_options=f"--only-group={MEDIA_GROUP}",
+        uv_version=UV_VERSION,
+    )
+    # After the dependencies, so a change of settings does not reinstall them.
+    .env(DEPLOY.to_env())
     .add_local_python_source("callplane", "functions", "edge_worker")
 )
 
@@ -148,26 +159,31 @@ app = modal.App(
 _scaling = SCALING[STACK]
 
 
-@app.function(**_scaling.function_options())
-@modal.concurrent(max_inputs=_scaling.max_inputs, target_inputs=_scaling.target_inputs)
-@modal.asgi_app(label=f"{APP_NAME}-{STACK}")
-def media() -> Any:
-    """The media app, configured from the ``CALLPLANE_MEDIA_CONFIG`` secret. LiveKit agent jobs
-    are spawned as calls of this app's ``agent_job`` function (looked up in the environment the
-    container runs in, which is the stack's)."""
+def agent_launcher() -> ModalLauncher:
+    """How the media app starts LiveKit agent jobs: as calls of this app's ``agent_job``
+    function, looked up by the deployed app's name in the environment the container runs in
+    (the stack's)."""
     from functions.dispatch import ModalLauncher
+
+    return ModalLauncher(APP_NAME)
+
+
+@app.function(**_scaling.function_options(DEPLOY))
+@modal.concurrent(max_inputs=_scaling.max_inputs, target_inputs=_scaling.target_inputs)
+@modal.asgi_app(label=MEDIA_LABEL)
+def media() -> Any:
+    """The media app, configured from the ``CALLPLANE_MEDIA_CONFIG`` secret; it spawns LiveKit
+    agent jobs through :func:`agent_launcher`."""
     from functions.media import create_app_from_env
 
-    return create_app_from_env(launcher=ModalLauncher(APP_NAME))
+    return create_app_from_env(launcher=agent_launcher())
 
 
 STREAM_PORT = 8000
 """The port the stream server listens on inside its container (Modal's web_server routes to it)."""
-STREAMS_LABEL = f"{APP_NAME}-{STACK}-streams"
-"""The stream function's web label: its URL is ``https://<workspace>--<label>.modal.run``."""
 
 
-@app.function(**_scaling.function_options())
+@app.function(**_scaling.function_options(DEPLOY))
 @modal.concurrent(max_inputs=_scaling.max_inputs, target_inputs=_scaling.target_inputs)
 @modal.web_server(STREAM_PORT, startup_timeout=60, label=STREAMS_LABEL)
 def media_streams() -> None:
@@ -194,7 +210,8 @@ def media_streams() -> None:
 
 
 AGENT_JOB_OPTIONS: dict[str, Any] = {
-    "region": _scaling.region,
+    # Placed like the calls: a preempted agent job is gone from its room until Modal restarts it.
+    **DEPLOY.placement_options(),
     # One room per container: a crash or a busy room never takes another room's agent with it,
     # and the container goes away when its room does.
     "max_containers": _scaling.max_containers * _scaling.max_inputs,
@@ -202,7 +219,6 @@ AGENT_JOB_OPTIONS: dict[str, Any] = {
     "timeout": _scaling.timeout,
     "cpu": 1.0,
     "memory": 1024,
-    "nonpreemptible": True,
 }
 
 

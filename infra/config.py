@@ -366,13 +366,49 @@ class MediaSettingsConfig(_Model):
 
 
 class ModalSettings(_Model):
-    """The Modal side: one environment per stack (the stack name unless set)."""
+    """The Modal side: one environment per stack (the stack name unless set).
+
+    ``region`` and ``nonpreemptible`` decide where the media plane's containers run and
+    whether Modal may preempt them. Their defaults keep calls safe and close to Twilio, and
+    both multiply Modal's CPU and memory price (docs/provisioning.md, "What the media plane
+    costs on Modal"):
+
+    * ``region`` (default ``us-east``, next to Twilio's default media region and to the
+      servers every Modal input passes through): Modal's region multiplier applies to every
+      function of the app. ``any`` leaves placement to Modal, without the multiplier, at the
+      price of containers possibly far from Twilio (latency on every audio frame).
+    * ``nonpreemptible`` (default true): a preempted container drops every call on it, and a
+      preempted agent job leaves its room until Modal restarts it. Modal documents a 3x
+      multiplier on the CPU and memory price for it; false pays a third of that and accepts
+      that a preemption drops calls.
+
+    The defaults are :mod:`functions.deploy_settings`' (the Modal app's side; a test keeps the
+    two equal).
+    """
 
     environment: str | None = None
     workspace: str
     web_suffix: str | None = None
     scaling: Literal["dev", "staging", "prod"] = "dev"
     app_name: str = "callplane-media"
+    region: str = "us-east"
+    nonpreemptible: bool = True
+
+    @field_validator("app_name")
+    @classmethod
+    def _app_name(cls, v: str) -> str:
+        from functions.deploy_settings import check_app_name
+
+        return check_app_name(v)
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _region(cls, v: Any) -> Any:
+        from functions.deploy_settings import ANY_REGION, check_region
+
+        if v is None:  # YAML's null: no pinned region
+            return ANY_REGION
+        return check_region(v) if isinstance(v, str) else v
 
     @field_validator("environment")
     @classmethod

@@ -139,16 +139,35 @@ class MediaPlane(pulumi.ComponentResource):
                     "app_name": modal.app_name,
                     "environment": modal.environment or stack,
                     "scaling": modal.scaling,
+                    "region": modal.region,
+                    "nonpreemptible": modal.nonpreemptible,
                     "workspace": modal.workspace,
                     "web_suffix": modal.web_suffix,
                     "source_hash": source_hash(),
                     "media_config": pulumi.Output.secret(
                         _media_config(config, self.urls[region], self.http_urls[region], numbers)
                     ),
+                    # Checked against the deployed functions' URLs after the deploy.
+                    "expected_urls": modal_web_urls(config),
                 },
                 pulumi.ResourceOptions(parent=self),
             )
         self.register_outputs({"urls": self.urls, "http_urls": self.http_urls})
+
+
+def modal_web_urls(config: StackConfig) -> dict[str, str]:
+    """The web URLs of a cloud stack's Modal functions (``media``: the HTTP routes,
+    ``media_streams``: Twilio's media streams), known before the first deploy from the labels
+    functions/app.py declares them with; checked against the deployed ones after it."""
+    from functions.deploy_settings import web_labels
+
+    modal = config.modal
+    assert modal is not None, "only a cloud stack has Modal functions"
+    labels = web_labels(modal.app_name, modal.scaling)
+    return {
+        "media": expected_web_url(modal.workspace, labels.media, modal.web_suffix),
+        "media_streams": expected_web_url(modal.workspace, labels.streams, modal.web_suffix),
+    }
 
 
 def media_urls(config: StackConfig) -> tuple[dict[str, str], dict[str, str], str]:
@@ -160,15 +179,10 @@ def media_urls(config: StackConfig) -> tuple[dict[str, str], dict[str, str], str
     http_urls = dict(config.media.urls)
     region = config.default_region
     if config.kind == "cloud":
-        modal = config.modal
-        assert modal is not None
-        label = f"{modal.app_name}-{modal.scaling}"
-        web = expected_web_url(modal.workspace, label, modal.web_suffix)
-        # functions/app.py's media_streams (picows) takes the streams, media the HTTP.
-        streams = expected_web_url(modal.workspace, f"{label}-streams", modal.web_suffix)
+        web = modal_web_urls(config)
         region = config.default_region if config.media.urls else "default"
-        urls.setdefault(region, _ws(streams))
-        http_urls.setdefault(region, web)
+        urls.setdefault(region, _ws(web["media_streams"]))
+        http_urls.setdefault(region, web["media"])
     return urls, http_urls, region
 
 

@@ -5,6 +5,7 @@ the first non-conforming frame. Tests that send malformed client events on purpo
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,10 @@ from callplane.realtime.conformance import (
 )
 from callplane_standins.realtime_engine.context import Direction, EngineSettings
 from callplane_standins.realtime_engine.server import EngineServer
+
+# functions/app.py deploys the media plane for one stack and will not guess which: the tests
+# read the dev stack's Modal app, unless the shell names another.
+os.environ.setdefault("CALLPLANE_STACK", "dev")
 
 
 @dataclass

@@ -252,3 +252,27 @@ def test_shared_state_urls_must_be_postgres_and_redis() -> None:
     assert "postgresql+psycopg://" in found and "do not survive" in found
     assert "callplane:redisUrl has the scheme 'http'" in found
     assert "/tmp/records.db" not in found and "cache:6379" not in found  # secrets stay unshown
+
+
+def test_modal_placement_settings_default_to_safe_and_are_checked() -> None:
+    """region and nonpreemptible multiply Modal's price; their defaults are the Modal app's own
+    (functions.deploy_settings), and a malformed value names the key and the fix."""
+    from functions import deploy_settings
+    from infra.config import ModalSettings
+
+    defaults = ModalSettings(workspace="team")
+    assert defaults.app_name == deploy_settings.DEFAULT_APP_NAME
+    assert defaults.region == deploy_settings.DEFAULT_REGION
+    assert defaults.nonpreemptible is deploy_settings.DEFAULT_NONPREEMPTIBLE
+    unpinned = ModalSettings.model_validate({"workspace": "team", "region": None})  # YAML null
+    assert unpinned.region == deploy_settings.ANY_REGION
+    chosen = ModalSettings.model_validate(
+        {"workspace": "team", "region": "eu-west", "nonpreemptible": "false"}
+    )
+    assert (chosen.region, chosen.nonpreemptible) == ("eu-west", False)
+    found = "\n".join(
+        problems(local(modal={"workspace": "team", "region": "US East", "appName": "Acme_Voice"}))
+    )
+    assert "callplane:modal.region = 'US East': not a Modal region. Fix:" in found
+    assert "'any' to leave placement to Modal" in found
+    assert "callplane:modal.appName = 'Acme_Voice': not a usable Modal app name" in found

@@ -16,6 +16,7 @@ import pulumi
 import pytest
 
 from infra.program import Stack, read_config
+from infra.providers.modal_app import expected_web_url, plan
 from tests.infra.conftest import BUNDLE
 
 
@@ -209,6 +210,52 @@ def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
     return pulumi.Output.all(
         stack.media.app.web_url, stack.edge.config_json, stack.edge.script.id
     ).apply(check)
+
+
+@pulumi_test
+def test_a_non_default_app_name_gives_the_same_names_to_the_edge_and_the_modal_app() -> Any:
+    """callplane:modal.appName, region and nonpreemptible reach the ModalApp, and the Modal app
+    imported with its inputs declares the very labels the edge's URLs were built from."""
+    modal_config = {
+        "workspace": "team",
+        "scaling": "prod",
+        "appName": "acme-voice",
+        "region": "eu-west",
+        "nonpreemptible": False,
+    }
+    engine = use("prod", {**CLOUD, "modal": modal_config}, CLOUD_SECRETS)
+    stack = Stack(read_config(), "prod")
+
+    def check(values: list[Any]) -> None:
+        (modal,) = engine.of("modal:App")
+        inputs = modal.inputs
+        assert (inputs["app_name"], inputs["region"], inputs["nonpreemptible"]) == (
+            "acme-voice",
+            "eu-west",
+            False,
+        )
+        expected = inputs["expected_urls"]
+        assert expected == {
+            "media": "https://team--acme-voice-prod.modal.run",
+            "media_streams": "https://team--acme-voice-prod-streams.modal.run",
+        }
+        deploy = plan(dict(inputs))
+        assert expected_web_url("team", deploy.label) == expected["media"]
+        assert expected_web_url("team", deploy.streams_label) == expected["media_streams"]
+        assert deploy.app_name == deploy.launcher_app_name == "acme-voice"
+        assert deploy.regions == ("eu-west",) and deploy.nonpreemptible is False
+        media = json.loads(unsecret(inputs["media_config"]))
+        assert media["public_http_url"] == expected["media"]
+        assert media["public_media_url"] == (
+            "wss://team--acme-voice-prod-streams.modal.run/twilio/media"
+        )
+        edge = json.loads(values[0])
+        assert edge["media_urls"] == {"default": "wss://team--acme-voice-prod-streams.modal.run"}
+        assert edge["livekit"]["dispatch_url"] == (
+            "https://team--acme-voice-prod.modal.run/agents/dispatch"
+        )
+
+    return pulumi.Output.all(stack.edge.config_json).apply(check)
 
 
 @pulumi_test
