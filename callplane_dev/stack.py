@@ -37,10 +37,10 @@ from callplane.media_settings import MediaSettings
 from callplane.outbound import OutboundLimits
 from callplane.profiles import AgentProfile
 from callplane.records import RecordStore
+from callplane.samples import SAMPLE_PROFILES, SAMPLE_TOOLS
 from callplane.tools import Tool
 from callplane_dev.livekit_server import LocalLiveKit
 from callplane_dev.media_plane import ReplicatedMediaPlane
-from callplane_dev.sample_agents import SAMPLE_PROFILES, SAMPLE_TOOLS
 from callplane_standins.realtime_engine.context import EngineSettings, EventObserver
 from callplane_standins.realtime_engine.server import EngineServer
 from callplane_standins.serving import EmbeddedServer, bind_loopback
@@ -134,7 +134,7 @@ class StackOptions:
     tools: Mapping[str, Tool] = field(default_factory=lambda: dict(SAMPLE_TOOLS))
     # Where agent jobs (child processes, one per LiveKit room) import their tools from: they
     # cannot share the objects in ``tools``. Name the module that defines the same tools.
-    tools_module: str | None = "callplane_dev.sample_agents:SAMPLE_TOOLS"
+    tools_module: str | None = "callplane.samples:SAMPLE_TOOLS"
     engine_observer: EventObserver | None = None
     write_dev_file: bool = True
     # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);

@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
+from callplane.samples import SAMPLE_PROFILES, SAMPLE_TOOLS
 from callplane.tools import Tool
-from callplane_dev.sample_agents import SAMPLE_PROFILES, SAMPLE_TOOLS
 from callplane_standins.realtime_engine.context import EngineSettings
 from callplane_standins.realtime_engine.server import EngineServer
 from callplane_standins.serving import EmbeddedServer, bind_loopback, is_loopback

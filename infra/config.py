@@ -61,7 +61,7 @@ __all__ = [
 
 NAMESPACE = "callplane"
 #: Top-level keys that hold secrets: never shown in errors, refused in plaintext on cloud stacks.
-LOCAL_SAMPLE_TOOLS = "callplane_dev.sample_agents:SAMPLE_TOOLS"
+LOCAL_SAMPLE_TOOLS = "callplane.samples:SAMPLE_TOOLS"
 """The tools a local stack serves when it names no ``callplane:toolsModule``."""
 
 SECRET_KEYS = (
@@ -603,7 +603,7 @@ class StackConfig(_Model):
                     f"({sorted(self.profiles)}). Fix: add the profile or correct the name"
                 )
             elif self.kind == "local" and not self.profiles:
-                from callplane_dev.sample_agents import SAMPLE_PROFILES
+                from callplane.samples import SAMPLE_PROFILES
 
                 if n.profile not in SAMPLE_PROFILES:
                     problems.append(

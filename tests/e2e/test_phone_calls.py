@@ -13,7 +13,7 @@ import httpx
 from twilio.request_validator import RequestValidator
 
 from callplane.audio import PCMU, hold_chime
-from callplane_dev.sample_agents import SAMPLE_PROFILES, SAMPLE_WEATHER
+from callplane.samples import SAMPLE_PROFILES, SAMPLE_WEATHER
 from callplane_dev.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
 from callplane_standins.realtime_engine.context import Direction
 from callplane_standins.twilio_simulator.caller import (

@@ -23,7 +23,7 @@ from tests.support.stack import agent_jobs, stack_livekit, wait_job_ended, wait_
 PHRASE = "what is the weather like today"
 # The support profile (the stack's first, so a web room's default) declares get_weather, so the
 # engine calls the tool and answers with the script's after_tool text filled from its output
-# (callplane_dev/sample_agents.py SAMPLE_WEATHER), numbers read out as words.
+# (callplane/samples.py SAMPLE_WEATHER), numbers read out as words.
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
 AGENT_IDLE_S = LIVEKIT_AGENT_IDLE_S
 # How long after the idle timeout a job may take to notice, leave, save its record and exit.

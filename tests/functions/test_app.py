@@ -304,7 +304,7 @@ def test_local_returns_the_media_app(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         "realtime_api_key": "sk-test",
         "profiles": {"support": {"name": "support", "tools": ["get_weather", "end_call"]}},
         "records_path": str(tmp_path / "records.sqlite3"),
-        "tools_module": "callplane_dev.sample_agents:SAMPLE_TOOLS",
+        "tools_module": "callplane.samples:SAMPLE_TOOLS",
     }
     monkeypatch.setenv("CALLPLANE_MEDIA_CONFIG", json.dumps(settings))
     served = modal_app.media.local()

@@ -255,7 +255,9 @@ def test_a_non_default_app_name_gives_the_same_names_to_the_edge_and_the_modal_a
             "https://team--acme-voice-prod.modal.run/agents/dispatch"
         )
 
-    return pulumi.Output.all(stack.edge.config_json).apply(check)
+    # The Modal app's inputs wait for the numbers (its caller IDs): wait for it to register.
+    assert stack.media.app is not None
+    return pulumi.Output.all(stack.edge.config_json, stack.media.app.urn).apply(check)
 
 
 @pulumi_test

@@ -101,7 +101,7 @@ def test_a_profile_naming_a_tool_nobody_defines_fails_with_the_key_and_the_fix()
         load(raw, secret_keys=set(PLACEHOLDERS))
     (problem,) = caught.value.problems
     assert problem.startswith("callplane:profiles.support.tools names 'book_flight'")
-    assert "callplane:toolsModule = 'callplane_dev.sample_agents:SAMPLE_TOOLS'" in problem
+    assert "callplane:toolsModule = 'callplane.samples:SAMPLE_TOOLS'" in problem
     assert "Fix: define it with @callplane.tools.tool" in problem
 
     raw = _dev_raw(toolsModule="team_agents.tools:TOOLS")
@@ -161,7 +161,7 @@ def test_python_m_infra_settings_prints_what_pulumi_up_writes_before_the_secrets
     assert media["realtime_api_key"].startswith("<missing: pulumi config set --secret")
     assert media["livekit"]["api_key"] == "APIxxxxxxxxxxxx"
     assert media["edge_voice_url"] == "https://callplane-edge-dev.example.workers.dev/twilio/voice"
-    assert media["tools_module"] == "callplane_dev.sample_agents:SAMPLE_TOOLS"
+    assert media["tools_module"] == "callplane.samples:SAMPLE_TOOLS"
     assert edge["livekit"]["allowed_origins"] == ["https://callplane-edge-dev.example.workers.dev"]
     # No placeholder leaks: every secret is shown as the key it comes from.
     for placeholder in PLACEHOLDERS.values():

@@ -1,7 +1,9 @@
-"""The sample agents of the local stack: two profiles and the tools they use.
+"""The sample agents: three profiles and the tools they use.
 
-They are what ``callplane dev`` and ``callplane demo`` answer with, and a template for a
-team's own: a profile is configuration, a tool is a typed async function. ``support`` knows
+They are what ``callplane dev`` and ``callplane demo`` answer with, what a local stack that
+names no profiles or tools module serves, the example cloud stacks' tools module
+(``callplane.samples:SAMPLE_TOOLS``, in the media image with the library), and a template for
+a team's own: a profile is configuration, a tool is a typed async function. ``support`` knows
 the weather; ``sales`` looks up orders and does not know the weather, so the same question
 gets a different answer on each number (which is how tests tell the profiles apart, since
 the offline engine ignores free-text instructions).
