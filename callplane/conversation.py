@@ -224,6 +224,21 @@ class Conversation:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(settled.wait(), TRANSFER_SETTLE_S)
 
+    def offer_tools(self, tools: ToolSet) -> None:
+        """Offer the model ``tools`` from now on instead of the ones it has.
+
+        For a call whose abilities change while it runs: a room's agent offers
+        ``transfer_call`` only while a phone caller is in the room. The session is updated at
+        once; renewed and reconnected sessions start with the same tools. A call the model
+        makes to a tool it is no longer offered is answered as an unknown tool.
+        """
+        if tools.names() == self.tools.names():
+            return
+        self.tools = tools
+        session = {"type": "realtime", "tools": tools.specs(), "tool_choice": "auto"}
+        with contextlib.suppress(RealtimeClosed):  # a new session starts with self.tools
+            self.rt.send({"type": "session.update", "session": session})
+
     def _finish(self, error: BaseException | None = None) -> None:
         """The call is over: :meth:`run` wraps up (raising ``error`` if there is one)."""
         done = self._done

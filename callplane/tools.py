@@ -162,5 +162,10 @@ class ToolSet:
     def names(self) -> list[str]:
         return list(self._tools)
 
+    def without(self, names: Iterable[str]) -> ToolSet:
+        """These tools less ``names`` (for a call on which those cannot work)."""
+        drop = set(names)
+        return ToolSet(t for name, t in self._tools.items() if name not in drop)
+
 
 ToolFn = Callable[..., Awaitable[Any] | Any]

@@ -447,6 +447,24 @@ async def test_a_refused_keypad_transfer_is_told_to_the_model() -> None:
     assert c.record.end_reason == "caller_hung_up" and c.record.transferred_to is None
 
 
+async def test_tools_offered_mid_call_update_the_session() -> None:
+    async with call(TRANSFERRING, tools=TRANSFER_TOOLS) as c:
+        first = c.realtime.received()[0]["session"]["tools"]
+        assert [t["name"] for t in first] == ["transfer_call", "get_weather"]
+        c.conversation.offer_tools(TRANSFER_TOOLS.without({"transfer_call"}))
+        c.conversation.offer_tools(TRANSFER_TOOLS.without({"transfer_call"}))  # no change
+        updates = [e for e in c.realtime.received() if e["type"] == "session.update"]
+        assert len(updates) == 2
+        assert updates[1]["session"] == {
+            "type": "realtime",
+            "tools": [get_weather.spec()],
+            "tool_choice": "auto",
+        }
+        out = await ask_for(c, "transfer_call", "call_1", {"to": "billing"})
+        assert out == {"error": "unknown tool 'transfer_call'"}
+    assert c.transport.transfers == []
+
+
 REMINDERS = AgentProfile(
     name="reminders",
     greeting="Greet the person you called.",

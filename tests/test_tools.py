@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from callplane.tools import BUILTIN_TOOLS, tool
+from callplane.tools import BUILTIN_TOOLS, ToolSet, tool
 from tests.doubles import FakeCall
 
 
@@ -77,3 +77,11 @@ async def test_a_transfer_that_did_not_happen_is_an_error_the_model_can_say() ->
         "error": "the phone network refused the transfer to +15005550006",
     }
     assert call.transferred is None
+
+
+def test_a_toolset_without_some_tools_keeps_the_rest_in_order() -> None:
+    tools = ToolSet([lookup_order, BUILTIN_TOOLS["transfer_call"], get_weather])
+    fewer = tools.without({"transfer_call"})
+    assert fewer.names() == ["lookup_order", "weather"]
+    assert fewer.get("transfer_call") is None
+    assert tools.names() == ["lookup_order", "transfer_call", "weather"]  # unchanged
