@@ -26,11 +26,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
-from callplane.profiles import AgentProfile, session_config
+from callplane.profiles import AgentProfile, fill_template, session_config, transfer_target
 from callplane.realtime.client import Dial, RealtimeClient, RealtimeClosed, RealtimeSettings
 from callplane.realtime.directives import say_exactly
 from callplane.records import CallRecord
-from callplane.tools import CallContext, ToolSet
+from callplane.tools import CallContext, ToolSet, TransferFailed
 from callplane.transports.base import Transport
 from callplane.transports.playback import PlaybackTracker
 
@@ -40,6 +40,9 @@ RECONNECT_ATTEMPTS = 5
 RECONNECT_BACKOFF_S = (0.1, 0.3, 0.8, 1.5, 3.0)
 # After end_call or a transfer, wait at most this long for the goodbye to finish playing.
 PLAYOUT_WAIT_S = 15.0
+# A call that ends while the carrier is taking a transfer waits this long for its answer, so
+# that the record says whether the caller was transferred or hung up.
+TRANSFER_SETTLE_S = 15.0
 # A caller turn that got no response within this long no longer holds back a renewal.
 CALLER_TURN_MAX_S = 30.0
 
@@ -68,17 +71,6 @@ class ConversationObserver(Protocol):
         ...
 
 
-def _fill(template: str, context: Mapping[str, Any]) -> str:
-    """``template`` with ``{field}`` taken from the call's context; a missing field stays as
-    written rather than failing the call."""
-
-    class _Keep(dict[str, Any]):
-        def __missing__(self, key: str) -> str:
-            return "{" + key + "}"
-
-    return template.format_map(_Keep(context))
-
-
 class _Context(CallContext):
     def __init__(self, conversation: Conversation, context: Mapping[str, Any]) -> None:
         self._conversation = conversation
@@ -88,8 +80,8 @@ class _Context(CallContext):
     async def hang_up(self) -> None:
         self._conversation.request_end("agent_hung_up")
 
-    async def transfer(self, to: str) -> None:
-        self._conversation.request_transfer(to)
+    async def transfer(self, to: str) -> str:
+        return await self._conversation.transfer(to)
 
 
 class Conversation:
@@ -130,7 +122,10 @@ class Conversation:
         self._response_active = False
         self._pending_calls: list[tuple[str, asyncio.Task[str]]] = []
         self._end_requested: str | None = None
-        self._transfer_to: str | None = None
+        self._far_end_reason: str | None = None  # why the transport ended, if it did
+        self._transfer_pending: str | None = None  # the number a transfer under way dials
+        # Set once the carrier answered the transfer under way (None: none was attempted).
+        self._transfer_settled: asyncio.Event | None = None
         self._idle = asyncio.Event()  # set whenever the far end has nothing left to play
         self._idle.set()
         self._turn_changed = asyncio.Event()  # pulsed when a response ends or playback drains
@@ -162,7 +157,8 @@ class Conversation:
             self._spawn(self._renewal_timer())
             self._spawn(self._call_time_limit())
             await self._done
-            reason = self._end_requested or "caller_hung_up"
+            await self._settle_transfer()
+            reason = self._end_requested or self._far_end_reason or "caller_hung_up"
         except RealtimeClosed as exc:
             reason = f"realtime_unavailable (close code {exc.code})"
             log.error("call %s: %s", self.record.call_sid, exc)
@@ -183,12 +179,65 @@ class Conversation:
             self._end_requested = reason
             self._spawn(self._after_playout(self.transport.hang_up))
 
-    def request_transfer(self, to: str) -> None:
-        target = self.profile.transfer_targets.get(to, to)
-        self._transfer_to = target
-        self.record.transferred_to = target
-        self._end_requested = self._end_requested or "transferred"
-        self._spawn(self._after_playout(lambda: self.transport.transfer(target)))
+    async def transfer(self, to: str) -> str:
+        """Move the caller to ``to`` (a department of the profile or a number, see
+        :func:`~callplane.profiles.transfer_target`) once what they are hearing has played;
+        return the number dialled.
+
+        Only a transfer the carrier took counts: then the record names the number and, when
+        the transport's whole line moved (a phone call), the call ends as ``transferred``.
+        When one phone caller of a room moved, the agent goes on serving the others. Anything
+        else raises :class:`~callplane.tools.TransferFailed`, the call goes on as before, and
+        the model can tell the caller why.
+        """
+        try:
+            number = transfer_target(self.profile, to)
+        except ValueError as exc:
+            raise TransferFailed(str(exc)) from None
+        if self._end_requested is not None:
+            raise TransferFailed("the call is already ending")
+        if self._transfer_pending is not None:
+            raise TransferFailed(f"a transfer to {self._transfer_pending} is already under way")
+        self._transfer_pending = number
+        try:
+            await self._played_out()
+            if self._done is not None and self._done.done():
+                raise TransferFailed("the caller hung up before the transfer")
+            settled = self._transfer_settled = asyncio.Event()
+            try:
+                outcome = await self.transport.transfer(number)
+            finally:
+                settled.set()
+        finally:
+            self._transfer_pending = None
+        self.record.transferred_to = number
+        if outcome == "line_moved":
+            self._end_requested = self._end_requested or "transferred"
+        log.info("call %s: transferred to %s (%s)", self.record.call_sid, number, outcome)
+        return number
+
+    async def _settle_transfer(self) -> None:
+        """If the call ended while the carrier was taking a transfer (its stream closes as it
+        moves the call), wait for the answer: it decides between transferred and hung up."""
+        settled = self._transfer_settled
+        if settled is not None and not settled.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled.wait(), TRANSFER_SETTLE_S)
+
+    def offer_tools(self, tools: ToolSet) -> None:
+        """Offer the model ``tools`` from now on instead of the ones it has.
+
+        For a call whose abilities change while it runs: a room's agent offers
+        ``transfer_call`` only while a phone caller is in the room. The session is updated at
+        once; renewed and reconnected sessions start with the same tools. A call the model
+        makes to a tool it is no longer offered is answered as an unknown tool.
+        """
+        if tools.names() == self.tools.names():
+            return
+        self.tools = tools
+        session = {"type": "realtime", "tools": tools.specs(), "tool_choice": "auto"}
+        with contextlib.suppress(RealtimeClosed):  # a new session starts with self.tools
+            self.rt.send({"type": "session.update", "session": session})
 
     def _finish(self, error: BaseException | None = None) -> None:
         """The call is over: :meth:`run` wraps up (raising ``error`` if there is one)."""
@@ -222,20 +271,37 @@ class Conversation:
         if action == "end_call":
             self.request_end("caller_pressed_" + digit)
         elif action.startswith("transfer:"):
-            self.request_transfer(action.split(":", 1)[1])
+            self._spawn(self._transfer_on_key(digit, action.split(":", 1)[1]))
         else:
-            text = f"(The caller pressed {digit} on the keypad.)"
-            content = [{"type": "input_text", "text": text}]
-            item = {"type": "message", "role": "user", "content": content}
-            try:
-                self.rt.send({"type": "conversation.item.create", "item": item})
-                if not self._response_active:
-                    self._request_response()
-            except RealtimeClosed:
-                log.warning("call %s: keypad %s not told: no session", self.record.call_sid, digit)
+            self._tell_model(f"(The caller pressed {digit} on the keypad.)")
+
+    async def _transfer_on_key(self, digit: str, to: str) -> None:
+        try:
+            await self.transfer(to)
+        except TransferFailed as exc:
+            log.warning("call %s: keypad %s: no transfer: %s", self.record.call_sid, digit, exc)
+            self._tell_model(
+                f"(The caller pressed {digit} on the keypad to be transferred to {to}, but the "
+                f"transfer did not happen: {exc}. They are still on the line.)"
+            )
+
+    def _tell_model(self, text: str) -> None:
+        """A note for the model, as the caller's turn, answered at once unless a response is
+        already on its way."""
+        content = [{"type": "input_text", "text": text}]
+        item = {"type": "message", "role": "user", "content": content}
+        try:
+            self.rt.send({"type": "conversation.item.create", "item": item})
+            if not self._response_active:
+                self._request_response()
+        except RealtimeClosed:
+            log.warning("call %s: not told (no session): %s", self.record.call_sid, text)
 
     def on_end(self, reason: str) -> None:
-        if self._end_requested is None:
+        self._far_end_reason = self._far_end_reason or reason
+        settled = self._transfer_settled
+        transferring = settled is not None and not settled.is_set()
+        if self._end_requested is None and not transferring:
             self._end_requested = reason
         self._finish()
 
@@ -274,16 +340,37 @@ class Conversation:
             if profile.voicemail is None:
                 self.request_end("machine_answered")  # nothing to leave: hang up at once
                 return
-            text = _fill(profile.voicemail, self.context)
+            text = self._filled("voicemail", profile.voicemail)
+            if text is None:
+                self.request_end("machine_answered")  # a message with holes: leave none
+                return
             self._request_response({"instructions": say_exactly(text)})
             self.record.voicemail_left = text
             self.request_end("left_voicemail")
             return
+        opening = None
         if self.answered_by is not None and profile.outbound_greeting:
-            text = _fill(profile.outbound_greeting, self.context)
-            self._request_response({"instructions": say_exactly(text)})
+            opening = self._filled("outbound_greeting", profile.outbound_greeting)
+        if opening is not None:
+            self._request_response({"instructions": say_exactly(opening)})
         elif profile.greeting:
             self._request_response({"instructions": profile.greeting})
+
+    def _filled(self, name: str, template: str) -> str | None:
+        """The profile's template ``name`` filled from the call's context, or None when the
+        context cannot fill it. ``POST /calls`` refuses such a context, so this only happens
+        when the request could not be read back; a raw ``{field}`` is never said."""
+        try:
+            return fill_template(template, self.context)
+        except ValueError as exc:
+            log.error(
+                "call %s: the profile's %s is not said: %s (context keys: %s)",
+                self.record.call_sid,
+                name,
+                exc,
+                sorted(self.context),
+            )
+            return None
 
     def _history_items(self) -> list[dict[str, Any]]:
         """The conversation so far as text items, to seed a new session."""
@@ -562,11 +649,17 @@ class Conversation:
         self._tools_in_flight += 1
         self._pending_calls.append((call_id, task))
         self.record.tool_started(name, call_id, arguments)
+        # Recorded when it finishes, even if the call ends before the model hears the output
+        # (a transfer ends a phone call as soon as the carrier took it).
+        task.add_done_callback(lambda done: self._tool_done(call_id, done))
+
+    def _tool_done(self, call_id: str, task: asyncio.Task[str]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.record.tool_finished(call_id, task.result())
 
     async def _answer_tools(self, calls: list[tuple[str, asyncio.Task[str]]]) -> None:
         for call_id, task in calls:
             output = await task
-            self.record.tool_finished(call_id, output)
             self.rt.send(
                 {
                     "type": "conversation.item.create",
@@ -578,14 +671,18 @@ class Conversation:
             self._request_response()
         self._turn_changed.set()
 
-    async def _after_playout(self, action: Any) -> None:
-        # Let the response that said goodbye finish streaming, then let the caller hear it.
+    async def _played_out(self) -> None:
+        """Return once the response on its way (a goodbye, "transferring you now") has
+        finished streaming and the caller has heard it, or after ``PLAYOUT_WAIT_S``."""
         for _ in range(50):
             if not self._response_active and self._response_requested_at is None:
                 break
             await asyncio.sleep(0.1)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), PLAYOUT_WAIT_S)
+
+    async def _after_playout(self, action: Any) -> None:
+        await self._played_out()
         await action()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:

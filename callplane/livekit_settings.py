@@ -15,6 +15,12 @@ AGENT_IDENTITY_PREFIX = "agent-"
 PHONE_IDENTITY_PREFIX = "phone:"
 """A phone caller in a hybrid room is the participant ``phone:+E164``."""
 
+TRANSFER_RPC = "callplane.transfer"
+"""The RPC method a room's agent calls on a phone caller's participant to transfer that call:
+payload ``{"to": "<department or number>"}``, answer ``{"transferred_to": "<number>"}`` once
+Twilio took it, or an RPC error saying why not. The phone bridge holds the call's Twilio
+control, so it is the one that moves the call."""
+
 
 class LiveKitSettings(BaseModel):
     """A LiveKit project: its URL and an API key pair with room admin rights."""

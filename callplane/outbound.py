@@ -28,7 +28,7 @@ from phonenumbers import timezone as phone_timezones
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from callplane.coordination import CoordinationUnavailable, OutboundState
-from callplane.profiles import AgentProfile
+from callplane.profiles import AgentProfile, check_outbound_context
 
 __all__ = [
     "Dialer",
@@ -288,7 +288,8 @@ class Dialer:
 
     async def submit(self, request: OutboundRequest) -> OutboundJob:
         """Check the request and queue it; raise :class:`Refused` (or ValueError for bad
-        input) before anything is dialled. Raises
+        input, such as a context that lacks a field the profile's ``outbound_greeting`` or
+        ``voicemail`` says) before anything is dialled. Raises
         :class:`~callplane.coordination.CoordinationUnavailable` when the shared state cannot
         be reached: no limit could be checked, so nothing is queued."""
         profile = self.profiles.get(request.profile)
@@ -300,6 +301,7 @@ class Dialer:
         now = self._clock()
         spent = await self._state.spent(spend_day(now))
         check_limits(self.limits, to, now=now, spent_today_usd=spent)
+        check_outbound_context(profile, request.context)
         caller_id = request.from_ or self.limits.caller_id(to.country)
         if caller_id is None:
             raise Refused(

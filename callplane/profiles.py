@@ -8,10 +8,12 @@ The Realtime session is derived from it in one place, :func:`session_config`.
 from __future__ import annotations
 
 import json
+import re
+import string
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from callplane.tools import BUILTIN_TOOLS, Tool, ToolSet
 
@@ -65,6 +67,13 @@ class AgentProfile(BaseModel):
     # Hybrid rooms: calls on this profile join this LiveKit room as participant "phone:+E164"
     # and the room's agent answers them, instead of a private Realtime session per call.
     room: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+    @field_validator("outbound_greeting", "voicemail")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            check_template(str(info.field_name), value)
+        return value
 
     @field_validator("dtmf")
     @classmethod
@@ -165,3 +174,161 @@ def session_config(
         "tools": tools.specs(),
         "tool_choice": "auto",
     }
+
+
+# --- transfers ---------------------------------------------------------------------------------
+
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_NUMBER_PUNCTUATION = re.compile(r"[\s().-]")
+
+
+def transfer_target(profile: AgentProfile, to: str) -> str:
+    """The number a transfer to ``to`` dials on a call with ``profile``.
+
+    A department the profile names in ``transfer_targets`` ("billing", in any letter case)
+    dials its configured number; a number the profile configures, or any E.164 number
+    (spaces, dashes, dots and brackets are ignored), is dialled as given. A phone call and a
+    phone caller in a hybrid room go through this one rule, so a department means the same
+    number whichever way the caller came in, and a typo the model makes never reaches the
+    carrier as a number.
+
+    Raises ValueError, written for the model to pass on, naming the departments there are.
+    """
+    wanted = to.strip()
+    targets = profile.transfer_targets
+    if wanted in targets:
+        return targets[wanted]
+    by_name = {name.casefold(): number for name, number in targets.items()}
+    if wanted.casefold() in by_name:
+        return by_name[wanted.casefold()]
+    if wanted in targets.values():
+        return wanted
+    compact = _NUMBER_PUNCTUATION.sub("", wanted)
+    if _E164.match(compact):
+        return compact
+    departments = ", ".join(sorted(targets)) or "none are configured"
+    raise ValueError(
+        f"to={to!r} is neither a department of this line (departments: {departments}) nor a "
+        "phone number in E.164 form; transfer to one of those departments or to a number "
+        "written like +14155550123"
+    )
+
+
+# --- outbound templates ------------------------------------------------------------------------
+
+OUTBOUND_TEMPLATES = ("outbound_greeting", "voicemail")
+"""The profile fields that are templates over an outbound call's context."""
+
+_BRACKETS = re.compile(r"\[[^\]]*\]")
+
+
+def template_fields(template: str) -> list[str]:
+    """The replacement fields of ``template`` as written (``name``, ``order[id]``), in order
+    and each once, including fields nested in a format spec (``{total:{width}}``). Literal
+    braces (``{{`` and ``}}``) are text, not fields. Raises ValueError for a malformed
+    template (a lone brace)."""
+    found: list[str] = []
+    for _, field, spec, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if field not in found:
+            found.append(field)
+        for nested in template_fields(spec or ""):
+            if nested not in found:
+                found.append(nested)
+    return found
+
+
+def context_key(field: str) -> str:
+    """The context key a field reads: ``order`` for ``order[id]``."""
+    return re.split(r"[.\[]", field, maxsplit=1)[0]
+
+
+def check_template(name: str, template: str) -> None:
+    """Refuse, at profile load, a template that no call's context could fill.
+
+    A call's context is a JSON object, so a field must name one of its keys (``{name}``) and
+    may index into a nested object or list (``{order[id]}``, ``{items[0]}``). A positional
+    field (``{}``, ``{0}``) has no key to name, and attribute access (``{order.id}``) fails on
+    JSON values; both are refused with the way to write them.
+    """
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name}={template!r} is not a valid template ({exc}); write literal braces as "
+            "{{ and }}"
+        ) from None
+    for field in fields:
+        key = context_key(field)
+        if not key or key.isdigit():
+            raise ValueError(
+                f"{name}={template!r} has the positional field {{{field}}}; a template reads "
+                "the call's context by name: write {name} for the context's \"name\""
+            )
+        if "." in _BRACKETS.sub("", field):
+            suggestion = re.sub(r"\.([^.\[]+)", r"[\1]", field)
+            raise ValueError(
+                f"{name}={template!r} reads an attribute in {{{field}}}; context values are "
+                f"JSON, so index into them instead: {{{suggestion}}}"
+            )
+
+
+def fill_template(template: str, context: Mapping[str, Any]) -> str:
+    """``template`` with its fields taken from ``context``.
+
+    Raises ValueError naming every field the context lacks (or a value the field's format
+    spec cannot format), so that no caller ever hears a raw ``{when}``.
+    """
+    missing = [f for f in template_fields(template) if not _resolves(f, context)]
+    if missing:
+        raise ValueError("the context has no " + ", ".join("{" + f + "}" for f in missing))
+    try:
+        return string.Formatter().vformat(template, (), dict(context))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"a context value does not fit its field's format: {exc}") from None
+
+
+def _resolves(field: str, context: Mapping[str, Any]) -> bool:
+    try:
+        string.Formatter().get_field(field, (), dict(context))
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def check_outbound_context(profile: AgentProfile, context: Mapping[str, Any]) -> None:
+    """Refuse an outbound request whose context cannot fill the profile's templates.
+
+    The agent says ``outbound_greeting`` and ``voicemail`` word for word, so a field the
+    context lacks would reach the callee as a gap (or as the raw ``{field}``). This runs
+    before anything is dialled. Raises ValueError naming each missing field, the template
+    that uses it, and the context keys to add.
+    """
+    problems: list[str] = []
+    keys: list[str] = []
+    for name in OUTBOUND_TEMPLATES:
+        template = getattr(profile, name)
+        if template is None:
+            continue
+        missing = [f for f in template_fields(template) if not _resolves(f, context)]
+        if missing:
+            fields = ", ".join("{" + f + "}" for f in missing)
+            problems.append(f"{name} {template!r} needs {fields}")
+            keys.extend(k for k in map(context_key, missing) if k not in keys)
+            continue
+        try:
+            string.Formatter().vformat(template, (), dict(context))
+        except (ValueError, TypeError) as exc:
+            problems.append(f"{name} {template!r} cannot format the values given ({exc})")
+    if not problems:
+        return
+    if keys:
+        fix = "add " + " and ".join(f'"{k}"' for k in keys) + " to the request's context"
+    else:
+        fix = "send values of the types the template's format specs expect"
+    raise ValueError(
+        f"context={dict(context)!r} cannot fill what profile {profile.name!r} says on the call: "
+        + "; ".join(problems)
+        + f". {fix[0].upper()}{fix[1:]}, or take those fields out of the profile's templates."
+    )

@@ -21,6 +21,12 @@ from typing import Any, get_type_hints, overload
 import pydantic
 
 
+class TransferFailed(Exception):
+    """A transfer did not happen: nobody on the line can be moved, the target is not one the
+    line may dial, or the carrier refused it. The message is written for the model to pass
+    on, so the caller learns that they are still here and why."""
+
+
 class CallContext:
     """What a tool may do to the call it runs in. Transports provide the implementation; a
     tool asks for it by declaring a parameter annotated ``CallContext`` (the model never sees
@@ -32,7 +38,10 @@ class CallContext:
     async def hang_up(self) -> None:
         raise NotImplementedError
 
-    async def transfer(self, to: str) -> None:
+    async def transfer(self, to: str) -> str:
+        """Move the caller to ``to`` (a department or a number) once what they are hearing
+        has played; return the number dialled, after the carrier took the transfer. Raises
+        :class:`TransferFailed` when it did not happen."""
         raise NotImplementedError
 
 
@@ -127,8 +136,12 @@ async def end_call(ctx: CallContext, reason: str = "") -> dict[str, Any]:
 @tool
 async def transfer_call(ctx: CallContext, to: str) -> dict[str, Any]:
     """Transfer the caller to another number or department (e.g. "billing")."""
-    await ctx.transfer(to)
-    return {"ok": True, "transferred_to": to}
+    try:
+        number = await ctx.transfer(to)
+    except TransferFailed as exc:
+        # Said plainly, so the model tells the caller they are still on the line.
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "transferred_to": number}
 
 
 BUILTIN_TOOLS: dict[str, Tool] = {t.name: t for t in (end_call, transfer_call)}
@@ -148,6 +161,11 @@ class ToolSet:
 
     def names(self) -> list[str]:
         return list(self._tools)
+
+    def without(self, names: Iterable[str]) -> ToolSet:
+        """These tools less ``names`` (for a call on which those cannot work)."""
+        drop = set(names)
+        return ToolSet(t for name, t in self._tools.items() if name not in drop)
 
 
 ToolFn = Callable[..., Awaitable[Any] | Any]

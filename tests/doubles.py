@@ -8,7 +8,12 @@
   injects server events.
 * :class:`FakeTransport`: a :class:`~callplane.transports.base.Transport` that records what
   was played, cleared, hung up and transferred, and lets the test send caller audio, mark
-  echoes, keypad presses and the end of the call.
+  echoes, keypad presses and the end of the call; a test decides what a transfer moves, or
+  that the carrier refuses it.
+* :class:`FakeCall`: a tool's :class:`~callplane.tools.CallContext` that records what the tool
+  did to the call.
+* :class:`RecordingControl`: Twilio's REST call control, recording hang-ups and transfers
+  instead of calling Twilio (or refusing transfers, as Twilio can).
 * :class:`RecordingHandler`: a :class:`~callplane.transports.base.TransportHandler` that keeps
   every event a real transport delivers.
 * :class:`FakeClock`: stands in for the ``time`` module of the code under test, so positions
@@ -25,15 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from callplane.realtime.conformance import validate_client_event
+from callplane.tools import CallContext, TransferFailed
 from callplane.transports.base import (
     AudioIn,
     CallEnded,
     DtmfIn,
     MarkIn,
+    TransferOutcome,
     TransportEvent,
     TransportHandler,
 )
 from callplane.transports.socket import MessageSocket, SocketBase
+from callplane.transports.twilio import CallControl, TwilioRestSettings
 
 
 class FakeSocket(SocketBase):
@@ -157,7 +165,10 @@ class FakeTransport:
     """A :class:`~callplane.transports.base.Transport` in memory (µ-law, 8 bytes per ms).
 
     ``log`` is what the core did to the far end, in order: ``("play", payload, mark)`` and
-    ``("clear",)``. Hanging up or transferring ends the call, as Twilio's stream does.
+    ``("clear",)``. Hanging up ends the call, as Twilio's stream does. A transfer is recorded
+    in ``transfers`` and moves ``transfer_outcome``: ``line_moved`` (the default) ends the
+    call as Twilio's stream does, ``participant_moved`` leaves it running (a hybrid room). With
+    ``transfer_refusal`` set, the carrier refuses every transfer with that reason instead.
     """
 
     audio_format: Literal["audio/pcmu"] = "audio/pcmu"
@@ -168,6 +179,8 @@ class FakeTransport:
         self.log: list[Played] = []
         self.hang_ups = 0
         self.transfers: list[str] = []
+        self.transfer_outcome: TransferOutcome = "line_moved"
+        self.transfer_refusal: str | None = None
         self.listened = asyncio.Event()
 
     # ---- Transport ---------------------------------------------------------------------------
@@ -187,9 +200,13 @@ class FakeTransport:
         self.hang_ups += 1
         self.end("stream_closed")
 
-    async def transfer(self, to: str) -> None:
+    async def transfer(self, to: str) -> TransferOutcome:
+        if self.transfer_refusal is not None:
+            raise TransferFailed(self.transfer_refusal)
         self.transfers.append(to)
-        self.end("stream_closed")
+        if self.transfer_outcome == "line_moved":
+            self.end("stream_closed")
+        return self.transfer_outcome
 
     # ---- the far end, played by the test -----------------------------------------------------
 
@@ -218,6 +235,45 @@ class FakeTransport:
     def end(self, reason: str = "caller_hung_up") -> None:
         if self.handler is not None:
             self.handler.on_end(reason)
+
+
+class FakeCall(CallContext):
+    """A tool's call: records a hang-up and the transfer; ``transfer_refusal`` makes every
+    transfer fail with that reason. A transfer dials ``dialled`` (``to`` itself by default)."""
+
+    def __init__(self, *, transfer_refusal: str | None = None, dialled: str | None = None) -> None:
+        self.hung_up = False
+        self.transferred: str | None = None
+        self.transfer_refusal = transfer_refusal
+        self.dialled = dialled
+
+    async def hang_up(self) -> None:
+        self.hung_up = True
+
+    async def transfer(self, to: str) -> str:
+        if self.transfer_refusal is not None:
+            raise TransferFailed(self.transfer_refusal)
+        self.transferred = to
+        return self.dialled or to
+
+
+class RecordingControl(CallControl):
+    """Twilio's REST call control, recording the hang-up and transfers instead of calling
+    Twilio; with ``refuse_transfers`` set, a transfer fails as Twilio's REST API can."""
+
+    def __init__(self, call_sid: str, *, refuse_transfers: bool = False) -> None:
+        super().__init__(TwilioRestSettings("AC" + "0" * 32, "token"), call_sid)
+        self.hung_up = asyncio.Event()
+        self.transfers: list[str] = []
+        self.refuse_transfers = refuse_transfers
+
+    async def hang_up(self) -> None:
+        self.hung_up.set()
+
+    async def transfer(self, to: str) -> None:
+        if self.refuse_transfers:
+            raise RuntimeError(f"HTTP 400: Call {self.call_sid} is not in-progress (test)")
+        self.transfers.append(to)
 
 
 class RecordingHandler:

@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from callplane.conversation import Conversation
 from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
 from callplane.records import CallRecord
-from callplane.tools import ToolSet, tool
+from callplane.tools import BUILTIN_TOOLS, ToolSet, tool
 from tests.doubles import FakeClock, FakeRealtime, FakeTransport, until
 
 GREETING = "Greet the caller as Callplane support."
@@ -80,9 +81,12 @@ async def call(
     tools: ToolSet | None = None,
     settings: RealtimeSettings | None = None,
     filler: bytes = b"",
+    context: dict[str, Any] | None = None,
+    answered_by: str | None = None,
+    transport: FakeTransport | None = None,
 ) -> AsyncIterator[Call]:
     """A conversation running until the test's block ends (then the caller hangs up)."""
-    transport = FakeTransport()
+    transport = transport or FakeTransport()
     realtime = FakeRealtime()
     conversation = Conversation(
         transport,
@@ -90,7 +94,9 @@ async def call(
         tools or ToolSet([]),
         settings or RealtimeSettings(url="ws://realtime.test/v1/realtime", api_key="sk-test"),
         CallRecord(call_sid="CA_test"),
+        context=context,
         filler=filler,
+        answered_by=answered_by,
         dial=realtime.dial,
     )
     running = asyncio.create_task(conversation.run())
@@ -321,6 +327,176 @@ async def test_transfer_waits_for_the_playout_then_redirects_to_the_target() -> 
         record = await c.ended()
     assert c.transport.transfers == ["+15005550006"]
     assert record.transferred_to == "+15005550006" and record.end_reason == "transferred"
+
+
+def function_call(name: str, call_id: str, arguments: dict[str, Any]) -> dict[str, object]:
+    return {
+        "type": "response.function_call_arguments.done",
+        "event_id": "ev",
+        "response_id": "resp_1",
+        "item_id": "item_" + call_id,
+        "output_index": 0,
+        "call_id": call_id,
+        "name": name,
+        "arguments": json.dumps(arguments),
+    }
+
+
+@tool
+async def get_weather(location: str) -> dict[str, object]:
+    """The weather."""
+    return {"location": location, "conditions": "sunny"}
+
+
+TRANSFERRING = AgentProfile(
+    name="support",
+    greeting=GREETING,
+    tools=("transfer_call", "get_weather"),
+    transfer_targets={"billing": "+15005550006"},
+)
+TRANSFER_TOOLS = ToolSet([BUILTIN_TOOLS["transfer_call"], get_weather])
+
+
+async def ask_for(c: Call, name: str, call_id: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The model calls a tool in a response; the output it gets back, as JSON."""
+    c.realtime.send(response_created())
+    c.realtime.send(function_call(name, call_id, arguments))
+    c.realtime.send(response_done())
+    await until(
+        lambda: any(e.get("item", {}).get("call_id") == call_id for e in c.realtime.received()),
+        f"the output of {call_id}",
+    )
+    output = next(e for e in c.realtime.received() if e.get("item", {}).get("call_id") == call_id)
+    result: dict[str, Any] = json.loads(output["item"]["output"])
+    return result
+
+
+async def test_a_refused_transfer_is_an_error_for_the_model_and_the_call_goes_on() -> None:
+    transport = FakeTransport()
+    transport.transfer_refusal = "the phone network refused the transfer to +15005550006"
+    async with call(TRANSFERRING, tools=TRANSFER_TOOLS, transport=transport) as c:
+        out = await ask_for(c, "transfer_call", "call_1", {"to": "billing"})
+        assert out == {"ok": False, "error": transport.transfer_refusal}
+        await until(lambda: c.realtime.types()[-1] == "response.create", "a new response")
+        # The model's next tool call is answered and spoken as any other.
+        answered = len(c.realtime.types())
+        weather = await ask_for(c, "get_weather", "call_2", {"location": "Oslo"})
+        assert weather == {"location": "Oslo", "conditions": "sunny"}
+        await until(lambda: len(c.realtime.types()) == answered + 2, "the weather's response")
+        assert c.realtime.types()[-1] == "response.create"
+    assert c.record.end_reason == "caller_hung_up"
+    assert c.record.transferred_to is None
+    assert [t["output"] for t in c.record.tool_calls] == [json.dumps(out), json.dumps(weather)]
+
+
+async def test_a_transfer_to_no_known_place_never_reaches_the_carrier() -> None:
+    async with call(TRANSFERRING, tools=TRANSFER_TOOLS) as c:
+        out = await ask_for(c, "transfer_call", "call_1", {"to": "sales"})
+        assert out["ok"] is False
+        assert "departments: billing" in out["error"]
+        await until(lambda: c.realtime.types()[-1] == "response.create", "a new response")
+    assert c.transport.transfers == []
+    assert c.record.end_reason == "caller_hung_up" and c.record.transferred_to is None
+
+
+async def test_a_transfer_the_carrier_took_ends_a_phone_call_as_transferred() -> None:
+    async with call(TRANSFERRING, tools=TRANSFER_TOOLS) as c:
+        c.realtime.send(response_created())
+        c.realtime.send(function_call("transfer_call", "call_1", {"to": "billing"}))
+        c.realtime.send(response_done())
+        # Twilio ends the stream as it moves the call, before its REST answer is back.
+        record = await c.ended()
+    assert c.transport.transfers == ["+15005550006"]
+    assert record.end_reason == "transferred" and record.transferred_to == "+15005550006"
+    out = {"ok": True, "transferred_to": "+15005550006"}
+    assert record.tool_calls[0]["output"] == json.dumps(out)
+    # the call is over: the model is not asked for another response
+    assert c.realtime.types() == ["session.update", "response.create"]
+
+
+async def test_when_one_caller_of_a_room_moved_the_agent_goes_on_for_the_rest() -> None:
+    transport = FakeTransport()
+    transport.transfer_outcome = "participant_moved"
+    async with call(TRANSFERRING, tools=TRANSFER_TOOLS, transport=transport) as c:
+        out = await ask_for(c, "transfer_call", "call_1", {"to": "+1 415 555 0123"})
+        assert out == {"ok": True, "transferred_to": "+14155550123"}
+        await until(lambda: c.realtime.types()[-1] == "response.create", "a new response")
+        assert c.record.transferred_to == "+14155550123"
+        weather = await ask_for(c, "get_weather", "call_2", {"location": "Oslo"})
+        assert weather["conditions"] == "sunny"
+        await until(lambda: c.realtime.types()[-1] == "response.create", "the weather's response")
+    assert c.record.end_reason == "caller_hung_up"
+
+
+async def test_a_refused_keypad_transfer_is_told_to_the_model() -> None:
+    profile = TRANSFERRING.model_copy(update={"dtmf": {"0": "transfer:billing"}})
+    transport = FakeTransport()
+    transport.transfer_refusal = "the phone network refused the transfer to +15005550006"
+    async with call(profile, tools=TRANSFER_TOOLS, transport=transport) as c:
+        c.realtime.send(response_created())
+        c.realtime.send(response_done())
+        c.transport.press("0")
+        await until(lambda: len(c.realtime.types()) == 4, "the model to be told")
+        assert c.realtime.types()[-1] == "response.create"
+        told = c.realtime.received()[-2]["item"]["content"][0]["text"]
+        assert told == (
+            "(The caller pressed 0 on the keypad to be transferred to billing, but the transfer "
+            "did not happen: the phone network refused the transfer to +15005550006. They are "
+            "still on the line.)"
+        )
+    assert c.record.end_reason == "caller_hung_up" and c.record.transferred_to is None
+
+
+async def test_tools_offered_mid_call_update_the_session() -> None:
+    async with call(TRANSFERRING, tools=TRANSFER_TOOLS) as c:
+        first = c.realtime.received()[0]["session"]["tools"]
+        assert [t["name"] for t in first] == ["transfer_call", "get_weather"]
+        c.conversation.offer_tools(TRANSFER_TOOLS.without({"transfer_call"}))
+        c.conversation.offer_tools(TRANSFER_TOOLS.without({"transfer_call"}))  # no change
+        updates = [e for e in c.realtime.received() if e["type"] == "session.update"]
+        assert len(updates) == 2
+        assert updates[1]["session"] == {
+            "type": "realtime",
+            "tools": [get_weather.spec()],
+            "tool_choice": "auto",
+        }
+        out = await ask_for(c, "transfer_call", "call_1", {"to": "billing"})
+        assert out == {"error": "unknown tool 'transfer_call'"}
+    assert c.transport.transfers == []
+
+
+REMINDERS = AgentProfile(
+    name="reminders",
+    greeting="Greet the person you called.",
+    outbound_greeting="Hello {name}, this is a reminder of your appointment {when}.",
+    voicemail="Hello {name}, your appointment is {when}. Goodbye.",
+    tools=(),
+)
+
+
+async def test_an_outbound_greeting_is_said_exactly_with_the_context() -> None:
+    context = {"name": "Amina", "when": "tomorrow"}
+    async with call(REMINDERS, context=context, answered_by="human") as c:
+        create = c.realtime.received()[1]
+    assert create["response"] == {
+        "instructions": 'Say exactly: "Hello Amina, this is a reminder of your appointment '
+        'tomorrow."'
+    }
+
+
+async def test_a_greeting_the_context_cannot_fill_is_never_said_with_a_raw_field() -> None:
+    async with call(REMINDERS, context={"name": "Amina"}, answered_by="human") as c:
+        create = c.realtime.received()[1]
+    assert create["response"] == {"instructions": "Greet the person you called."}
+    assert "{when}" not in json.dumps(c.realtime.received())
+
+
+async def test_a_voicemail_the_context_cannot_fill_is_not_left() -> None:
+    async with call(REMINDERS, context={"name": "Amina"}, answered_by="machine_end_beep") as c:
+        record = await c.ended()
+    assert c.realtime.types() == ["session.update"]  # nothing was said
+    assert record.voicemail_left is None and record.end_reason == "machine_answered"
+    assert c.transport.hang_ups == 1
 
 
 async def test_a_key_without_an_action_is_told_to_the_model() -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from callplane.coordination import connect
 from callplane.outbound import Dialer, OutboundJob, OutboundLimits, OutboundRequest
 from callplane.profiles import AgentProfile
@@ -185,4 +187,44 @@ async def test_a_rest_outage_does_not_end_the_attempt_early() -> None:
     await dialer.on_status({"CallSid": sid, "CallStatus": "completed"})
     await asyncio.wait_for(job.done.wait(), 2)
     assert job.outcome == "human" and job.attempts[0].status_from == "callback"
+    await dialer.close()
+
+
+async def test_a_context_missing_a_template_field_is_refused_before_anything_is_dialled() -> None:
+    placed: list[OutboundJob] = []
+
+    async def place(job: OutboundJob) -> str:
+        placed.append(job)
+        return "CA" + "1" * 32
+
+    async def record_of(call_sid: str) -> dict[str, Any] | None:
+        return None
+
+    reminders = AgentProfile(
+        name="reminders",
+        outbound_greeting="Hello {name}, this is a reminder of your appointment {when}.",
+        voicemail="Hello {name}, please call us back about {when}.",
+    )
+    state = connect(None).outbound
+    dialer = Dialer(
+        OutboundLimits(
+            allowed_countries=("US",), calling_hours=(0, 24), caller_ids={"default": "+15550001111"}
+        ),
+        {"reminders": reminders},
+        place,
+        record_of,
+        state,
+        attempt_timeout_s=30,
+    )
+    request = OutboundRequest(to="+14155550123", profile="reminders", context={"name": "Amina"})
+    with pytest.raises(ValueError, match="cannot fill") as refused:
+        await dialer.submit(request)
+    message = str(refused.value)
+    assert "context={'name': 'Amina'}" in message and "profile 'reminders'" in message
+    assert f"outbound_greeting {reminders.outbound_greeting!r} needs {{when}}" in message
+    assert f"voicemail {reminders.voicemail!r} needs {{when}}" in message
+    assert 'Add "when" to the request\'s context' in message
+    await asyncio.sleep(0.05)
+    assert placed == [] and dialer.jobs == {}
+    assert await state.admit("probe", capacity=1, now=0.0) == (True, 0, 0)  # nothing queued
     await dialer.close()

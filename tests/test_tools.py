@@ -3,19 +3,8 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from callplane.tools import BUILTIN_TOOLS, CallContext, tool
-
-
-class FakeCall(CallContext):
-    def __init__(self) -> None:
-        self.hung_up = False
-        self.transferred: str | None = None
-
-    async def hang_up(self) -> None:
-        self.hung_up = True
-
-    async def transfer(self, to: str) -> None:
-        self.transferred = to
+from callplane.tools import BUILTIN_TOOLS, ToolSet, tool
+from tests.doubles import FakeCall
 
 
 @tool
@@ -71,3 +60,28 @@ async def test_builtins_act_on_the_call() -> None:
     await BUILTIN_TOOLS["end_call"].run('{"reason": "done"}', call)
     await BUILTIN_TOOLS["transfer_call"].run('{"to": "billing"}', call)
     assert call.hung_up and call.transferred == "billing"
+
+
+async def test_a_transfer_reports_the_number_the_call_went_to() -> None:
+    call = FakeCall(dialled="+15005550006")
+    out = json.loads(await BUILTIN_TOOLS["transfer_call"].run('{"to": "billing"}', call))
+    assert out == {"ok": True, "transferred_to": "+15005550006"}
+    assert call.transferred == "billing"
+
+
+async def test_a_transfer_that_did_not_happen_is_an_error_the_model_can_say() -> None:
+    call = FakeCall(transfer_refusal="the phone network refused the transfer to +15005550006")
+    out = json.loads(await BUILTIN_TOOLS["transfer_call"].run('{"to": "billing"}', call))
+    assert out == {
+        "ok": False,
+        "error": "the phone network refused the transfer to +15005550006",
+    }
+    assert call.transferred is None
+
+
+def test_a_toolset_without_some_tools_keeps_the_rest_in_order() -> None:
+    tools = ToolSet([lookup_order, BUILTIN_TOOLS["transfer_call"], get_weather])
+    fewer = tools.without({"transfer_call"})
+    assert fewer.names() == ["lookup_order", "weather"]
+    assert fewer.get("transfer_call") is None
+    assert tools.names() == ["lookup_order", "transfer_call", "weather"]  # unchanged

@@ -35,7 +35,7 @@ from callplane.livekit_settings import AGENT_IDENTITY_PREFIX, LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile, choose_profile, resolve_tools
 from callplane.records import CallRecord
-from callplane.rooms.agent_transport import LiveKitRoomTransport
+from callplane.rooms.agent_transport import LiveKitRoomTransport, is_phone_caller
 from callplane.rooms.mixer import SAMPLE_RATE
 from callplane.rooms.presence import Presence
 from callplane.rooms.publisher import STATE_ATTRIBUTE, RoomPublisher
@@ -79,6 +79,23 @@ def agent_token(settings: LiveKitSettings, room: str, identity: str, *, name: st
         .with_ttl(JOIN_TOKEN_TTL)
         .to_jwt()
     )
+
+
+PHONE_ONLY_TOOLS = frozenset({"transfer_call"})
+"""Tools that act on a phone line, and so only work while a phone caller is in the room."""
+
+
+def tools_for_room(toolset: ToolSet, *, phone_caller_present: bool) -> ToolSet:
+    """The profile's tools that the room's agent offers the model right now.
+
+    Every tool the model is offered is something it may promise the people in the room.
+    ``transfer_call`` moves a phone call to another number: in a room of web users only there
+    is no call to move, so the model must not be offered it, or it would announce transfers
+    that cannot happen. In a hybrid room it is offered while a phone caller is present, and
+    withdrawn when the last one leaves (:meth:`~callplane.conversation.Conversation.
+    offer_tools` updates the live session as people come and go).
+    """
+    return toolset if phone_caller_present else toolset.without(PHONE_ONLY_TOOLS)
 
 
 def _profile_for(
@@ -215,18 +232,31 @@ async def _converse(
         watcher = asyncio.create_task(
             _leave_when_done(transport, presence, settings.livekit.idle_timeout_s, stop)
         )
+
+        def offered() -> ToolSet:
+            return tools_for_room(toolset, phone_caller_present=bool(transport.phone_callers()))
+
         conversation = Conversation(
             transport,
             profile,
-            toolset,
+            offered(),
             settings.realtime(),
             record,
             filler=filler,
             observer=publisher,
         )
+
+        def people_changed(participant: rtc.RemoteParticipant) -> None:
+            if is_phone_caller(participant):
+                conversation.offer_tools(offered())
+
+        lkroom.on("participant_connected", people_changed)
+        lkroom.on("participant_disconnected", people_changed)
         try:
             await conversation.run()
         finally:
+            lkroom.off("participant_connected", people_changed)
+            lkroom.off("participant_disconnected", people_changed)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

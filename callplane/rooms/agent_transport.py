@@ -19,6 +19,9 @@ Opus decoder gives).
   returns (as Twilio does on ``clear``; the core treats them as void).
 * End: the handler's ``on_end`` when the room disconnects, when :meth:`hang_up` makes the agent
   leave, or when the job calls :meth:`leave` (the room emptied, the job was stopped).
+* Transfer: only a phone caller bridged into the room (``phone:+E164``) has a line to move;
+  :meth:`transfer` asks that caller's phone bridge to move it (:data:`~callplane.
+  livekit_settings.TRANSFER_RPC`) and the agent stays for everyone else.
 
 Hot paths (a frame in, a frame out) do no validation, no logging and nothing blocking.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -35,10 +39,18 @@ from typing import Literal
 
 from livekit import rtc
 
-from callplane.livekit_settings import AGENT_IDENTITY_PREFIX
+from callplane.livekit_settings import AGENT_IDENTITY_PREFIX, PHONE_IDENTITY_PREFIX, TRANSFER_RPC
 from callplane.rooms.mixer import FRAME_MS, SAMPLE_RATE, Mixer
 from callplane.rooms.playout import PlayoutQueue
-from callplane.transports.base import AudioIn, CallEnded, MarkIn, TransportEvent, TransportHandler
+from callplane.tools import TransferFailed
+from callplane.transports.base import (
+    AudioIn,
+    CallEnded,
+    MarkIn,
+    TransferOutcome,
+    TransportEvent,
+    TransportHandler,
+)
 
 log = logging.getLogger("callplane.livekit")
 
@@ -48,6 +60,8 @@ FRAME_BYTES = BYTES_PER_MS * FRAME_MS
 # has little queued audio to drop; a few frames, so that event-loop jitter never starves it.
 SOURCE_QUEUE_MS = 100
 AGENT_TRACK_NAME = "agent-voice"
+# The phone bridge lets the caller hear the goodbye, then waits for Twilio's REST API.
+TRANSFER_RPC_TIMEOUT_S = 30.0
 
 
 def is_human(participant: rtc.Participant) -> bool:
@@ -55,6 +69,12 @@ def is_human(participant: rtc.Participant) -> bool:
     return not participant.identity.startswith(AGENT_IDENTITY_PREFIX) and (
         participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
     )
+
+
+def is_phone_caller(participant: rtc.Participant) -> bool:
+    """A phone caller bridged into the room by callplane (``phone:+E164``): the participants
+    whose call a transfer can move. The edge never lets a web user take such an identity."""
+    return participant.identity.startswith(PHONE_IDENTITY_PREFIX) and is_human(participant)
 
 
 class LiveKitRoomTransport:
@@ -268,12 +288,48 @@ class LiveKitRoomTransport:
         self.leave("agent_hung_up")
         await self.room.disconnect()
 
-    async def transfer(self, to: str) -> None:
-        log.warning(
-            "room %s: transfer to %s requested, but a LiveKit room has no phone line to "
-            "transfer; the agent stays in the room",
-            self.room.name,
-            to,
+    def phone_callers(self) -> list[str]:
+        """Identities of the phone callers in the room now."""
+        return [p.identity for p in self.room.remote_participants.values() if is_phone_caller(p)]
+
+    async def transfer(self, to: str) -> TransferOutcome:
+        """Move a phone caller's call to the number ``to``; the agent stays in the room.
+
+        The caller is the room's only phone caller, or, with several, the one who spoke last
+        (who asked for it). Their phone bridge lets them hear what the agent said, redirects
+        the call through Twilio and answers once Twilio took it; anything else is a
+        :class:`~callplane.tools.TransferFailed` with the reason.
+        """
+        who = self._caller_to_transfer()
+        try:
+            await self.room.local_participant.perform_rpc(
+                destination_identity=who,
+                method=TRANSFER_RPC,
+                payload=json.dumps({"to": to}),
+                response_timeout=TRANSFER_RPC_TIMEOUT_S,
+            )
+        except rtc.RpcError as exc:
+            log.warning(
+                "room %s: transfer of %s to %s failed: %s", self.room.name, who, to, exc.message
+            )
+            raise TransferFailed(f"{who} was not transferred: {exc.message}") from None
+        log.info("room %s: %s transferred to %s", self.room.name, who, to)
+        return "participant_moved"
+
+    def _caller_to_transfer(self) -> str:
+        callers = self.phone_callers()
+        if not callers:
+            raise TransferFailed(
+                "nobody in this room is on a phone line, so there is no call to transfer"
+            )
+        if len(callers) == 1:
+            return callers[0]
+        speaking = self.speaking_human()
+        if speaking is not None and speaking[1] in callers:
+            return speaking[1]
+        raise TransferFailed(
+            f"{len(callers)} phone callers are in the room ({', '.join(sorted(callers))}) and "
+            "none of them spoke last; ask the one who wants the transfer to say so"
         )
 
     async def _playout_loop(self) -> None:

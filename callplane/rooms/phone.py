@@ -12,7 +12,11 @@ everyone. This module is the bridge between the call's Twilio media stream and t
   and sent to Twilio as 20 ms ``media`` frames on a real-time schedule (never faster, so
   Twilio's buffer never fills with audio the caller hears seconds late);
 * hang-up either way: the stream ending disconnects the participant; the room going away (or
-  the server removing the participant) ends the call through Twilio's REST API.
+  the server removing the participant) ends the call through Twilio's REST API;
+* transfer: the room's agent asks this participant (RPC :data:`~callplane.livekit_settings.
+  TRANSFER_RPC`) to move the call; the bridge lets the caller hear what was said, redirects the
+  call to ``<Dial>`` through Twilio's REST API under the profile's transfer rule
+  (:func:`~callplane.profiles.transfer_target`), answers, and leaves once Twilio ends the stream.
 
 Barge-in is the room agent's job: the bridge never clears what Twilio is playing.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import logging
 import re
@@ -37,8 +42,13 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
-from callplane.livekit_settings import PHONE_IDENTITY_PREFIX, LiveKitSettings
-from callplane.profiles import AgentProfile
+from callplane.livekit_settings import (
+    AGENT_IDENTITY_PREFIX,
+    PHONE_IDENTITY_PREFIX,
+    TRANSFER_RPC,
+    LiveKitSettings,
+)
+from callplane.profiles import AgentProfile, transfer_target
 from callplane.records import CallRecord
 from callplane.rooms.mixer import Mixer
 from callplane.rooms.pacer import FramePacer
@@ -51,7 +61,8 @@ from callplane.rooms.phone_audio import (
     decode_payload,
     encode_payload,
 )
-from callplane.transports.base import AudioIn, CallEnded, DtmfIn, EventQueue
+from callplane.tools import TransferFailed
+from callplane.transports.base import AudioIn, CallEnded, DtmfIn, EventQueue, MarkIn
 from callplane.transports.twilio import TwilioMediaStream
 
 __all__ = [
@@ -67,6 +78,15 @@ log = logging.getLogger("callplane.rooms.phone")
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 # RFC 4733 event codes, which is what LiveKit's SIP DTMF carries.
 _DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
+# Before a transfer, wait at most this long for Twilio to echo that the caller heard the room.
+HEARD_WAIT_S = 3.0
+# After Twilio took a transfer, stay this long so that the agent gets the answer before this
+# participant leaves (a leaving participant's pending answers are lost).
+ANSWER_GRACE_S = 1.0
+# A call that ends while Twilio is taking its transfer waits this long for the answer.
+TRANSFER_SETTLE_S = 15.0
+# A request from a participant this side has not seen join yet waits this long for them.
+PARTICIPANT_WAIT_S = 3.0
 
 
 # --------------------------------------------------------------------------------------
@@ -202,6 +222,10 @@ class PhoneRoomBridge:
         self._room_reason = "UNKNOWN_REASON"
         self._leaving = False
         self._source: rtc.AudioSource | None = None
+        self._marks: dict[str, asyncio.Future[None]] = {}  # marks sent, until Twilio echoes
+        self._mark_numbers = itertools.count(1)
+        self._transfer_settled: asyncio.Event | None = None  # set once Twilio answered
+        self.transferred_to: str | None = None
 
     # --- public ------------------------------------------------------------------------------
 
@@ -241,10 +265,15 @@ class PhoneRoomBridge:
         tasks = (caller, sender, gone, limit)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._settle_transfer()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.transferred_to is not None:
+            # The call rings elsewhere now: Twilio ended this stream, and hanging up would
+            # end the transferred call.
+            return "transferred"
         if caller in done and not caller.cancelled() and caller.exception() is None:
             return caller.result()
         if gone in done:
@@ -290,6 +319,7 @@ class PhoneRoomBridge:
                 exc,
             )
             return False
+        self.room.local_participant.register_rpc_method(TRANSFER_RPC, self._on_transfer)
         # Tracks that were subscribed before our handlers could see them.
         for participant in self.room.remote_participants.values():
             for publication in participant.track_publications.values():
@@ -304,8 +334,21 @@ class PhoneRoomBridge:
         )
         return True
 
+    async def _settle_transfer(self) -> None:
+        """The call is ending: if Twilio is taking a transfer (it ends the stream as it moves
+        the call), wait for its answer, and give the agent time to get ours."""
+        settled = self._transfer_settled
+        if settled is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled.wait(), TRANSFER_SETTLE_S)
+        if self.transferred_to is not None:
+            await asyncio.sleep(ANSWER_GRACE_S)
+
     async def _leave(self) -> None:
         self._leaving = True
+        with contextlib.suppress(Exception):
+            self.room.local_participant.unregister_rpc_method(TRANSFER_RPC)
         self.stream.listen(None)
         for sid in list(self._sources):
             self._remove_source(sid)
@@ -340,9 +383,84 @@ class PhoneRoomBridge:
                 self.stats["frames_to_room"] += 1
             elif isinstance(event, DtmfIn):
                 await self._forward_dtmf(event.digit)
+            elif isinstance(event, MarkIn):
+                heard = self._marks.pop(event.name, None)
+                if heard is not None and not heard.done():
+                    heard.set_result(None)
             elif isinstance(event, CallEnded):
                 return event.reason
         return "stream_closed"
+
+    # --- transfer -----------------------------------------------------------------------------
+
+    async def _on_transfer(self, data: rtc.RpcInvocationData) -> str:
+        """The room's agent asks to move this call (:data:`TRANSFER_RPC`).
+
+        Only an agent may ask (a web user must not be able to send the caller anywhere), and
+        only for a target the profile's transfer rule allows. Answers once Twilio took the
+        transfer; every refusal is an RPC error whose message says why, for the agent to
+        pass on.
+        """
+        asker = await self._participant(data.caller_identity)
+        if (
+            asker is None
+            or asker.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+            or not asker.identity.startswith(AGENT_IDENTITY_PREFIX)
+        ):
+            log.warning(
+                "call %s: %r asked to transfer the call and is not the room's agent; refused",
+                self.record.call_sid,
+                data.caller_identity,
+            )
+            raise _refusal("only the room's agent may transfer a phone caller")
+        try:
+            wanted = json.loads(data.payload)["to"]
+            if not isinstance(wanted, str):
+                raise TypeError(f"'to' is {type(wanted).__name__}")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _refusal(
+                f'the request {data.payload!r} is not {{"to": "<department or number>"}} ({exc})'
+            ) from None
+        try:
+            number = transfer_target(self.profile, wanted)
+        except ValueError as exc:
+            raise _refusal(str(exc)) from None
+        if self._transfer_settled is not None:
+            raise _refusal("this call is already being transferred")
+        settled = self._transfer_settled = asyncio.Event()
+        try:
+            await self._caller_heard_the_room()
+            await self.stream.transfer(number)
+        except TransferFailed as exc:
+            self._transfer_settled = None  # the agent may try again
+            raise _refusal(str(exc)) from None
+        finally:
+            settled.set()
+        self.transferred_to = self.record.transferred_to = number
+        log.info("call %s: transferred to %s by %s", self.record.call_sid, number, asker.identity)
+        return json.dumps({"transferred_to": number})
+
+    async def _participant(self, identity: str) -> rtc.RemoteParticipant | None:
+        """The remote participant ``identity``; one who just joined may send a request before
+        the server told this side that they are here, so wait for them a moment."""
+        deadline = asyncio.get_running_loop().time() + PARTICIPANT_WAIT_S
+        while (found := self.room.remote_participants.get(identity)) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return found
+
+    async def _caller_heard_the_room(self) -> None:
+        """Return once the caller has heard what the room said up to now: what waits in the
+        mix (``max_buffer_ms`` at most), then what Twilio still has to play (a mark's echo),
+        or after ``HEARD_WAIT_S``."""
+        await asyncio.sleep(self.tuning.max_buffer_ms / 1000)
+        name = f"before-transfer-{next(self._mark_numbers)}"
+        heard = self._marks[name] = asyncio.get_running_loop().create_future()
+        self.stream.send_mark(name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(heard, HEARD_WAIT_S)
+        self._marks.pop(name, None)
 
     async def _forward_dtmf(self, digit: str) -> None:
         self.record.key_pressed(digit)
@@ -436,6 +554,11 @@ class PhoneRoomBridge:
         with contextlib.suppress(ValueError, TypeError):
             self._room_reason = rtc.DisconnectReason.Name(reason)
         self._room_gone.set()
+
+
+def _refusal(reason: str) -> rtc.RpcError:
+    """An application error for the agent, its message the reason as written."""
+    return rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, reason)
 
 
 async def _read_frames(stream: rtc.AudioStream, mixer: Mixer, track_sid: str) -> None:

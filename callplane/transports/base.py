@@ -15,6 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+TransferOutcome = Literal["line_moved", "participant_moved"]
+"""What a transfer moved. ``line_moved``: the transport's own line (a phone call) now rings
+elsewhere, so the conversation is over. ``participant_moved``: one phone caller among others
+(a hybrid room) left for the target, and the agent stays for the rest."""
+
 
 class TransportHandler(Protocol):
     """Takes a call's inbound events; called synchronously, so every method returns at once."""
@@ -64,7 +69,12 @@ class Transport(Protocol):
 
     async def hang_up(self) -> None: ...
 
-    async def transfer(self, to: str) -> None: ...
+    async def transfer(self, to: str) -> TransferOutcome:
+        """Move the call to the number ``to`` (already resolved by
+        :func:`callplane.profiles.transfer_target`); return what moved once the carrier took
+        it. Raises :class:`callplane.tools.TransferFailed` when nothing moved, with a reason
+        the model can pass on."""
+        ...
 
 
 # The events as values, for a consumer that handles them in a coroutine of its own (the phone

@@ -19,8 +19,9 @@ from typing import Any, Literal, TypeVar
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
+from callplane.tools import TransferFailed
 from callplane.transports import twilio_protocol as tp
-from callplane.transports.base import TransportHandler
+from callplane.transports.base import TransferOutcome, TransportHandler
 from callplane.transports.socket import MessageSocket
 
 log = logging.getLogger("callplane.twilio")
@@ -124,14 +125,36 @@ class TwilioMediaStream:
         """Audio without a mark (the phone bridge paces its own frames and needs no echo)."""
         self.socket.send(tp.media_frame(self._sid, payload_b64))
 
+    def send_mark(self, name: str) -> None:
+        """A mark after the media sent so far: Twilio echoes it once the caller has heard
+        that media (the phone bridge's way to know the caller heard the agent out)."""
+        self.socket.send(tp.mark_frame(self._sid, name))
+
     def clear(self) -> None:
         self.socket.send(tp.clear_frame(self._sid))
 
     async def hang_up(self) -> None:
         await self._control("hang_up", lambda c: c.hang_up())
 
-    async def transfer(self, to: str) -> None:
-        await self._control("transfer", lambda c: c.transfer(to))
+    async def transfer(self, to: str) -> TransferOutcome:
+        """Redirect the call to ``<Dial>to</Dial>``; Twilio then ends this stream. Unlike a
+        hang-up, a transfer that Twilio refused must not pass for one: the caller is still on
+        the line and the model has to say so."""
+        if self.control is None:
+            raise TransferFailed(
+                "this line cannot transfer calls: no Twilio REST credentials are configured"
+            )
+        try:
+            await self.control.transfer(to)
+        except Exception as exc:
+            log.warning(
+                "call %s: transfer to %s through Twilio's REST API failed: %s",
+                self.start.call_sid,
+                to,
+                exc,
+            )
+            raise TransferFailed(f"the phone network refused the transfer to {to}") from exc
+        return "line_moved"
 
     # ---- SocketListener ------------------------------------------------------------------------
 

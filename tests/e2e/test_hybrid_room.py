@@ -6,12 +6,15 @@ profile names a room, so the call joins that room as ``phone:+E164`` (µ-law 8 k
 the room's webhooks go to the edge, which dispatches the agent through the media app's
 ``/agents/dispatch``; the agent job (a child process) hears every human mixed and answers
 through the local Realtime engine. The test checks both directions for both humans: each hears
-the agent's answer to a question the other one asked, and the agent hears both.
+the agent's answer to a question the other one asked, and the agent hears both. The agent can
+transfer the phone caller (the bridge redirects the call to ``<Dial>`` at the simulator) and
+stays for the web user; in a room of web users only it is not offered ``transfer_call``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -24,9 +27,9 @@ from callplane.profiles import AgentProfile
 from callplane_dev.stack import DEFAULT_CALLER, LocalStack, NumberPlan, StackOptions
 from callplane_standins.realtime_engine.context import Direction
 from callplane_standins.realtime_engine.speech import speak
-from callplane_standins.twilio_simulator.caller import hang_up, say, wait_for_reply
+from callplane_standins.twilio_simulator.caller import hang_up, pause, say, wait_for_reply
 from tests.conftest import ConformanceLog
-from tests.e2e.conftest import E2E_REPLICAS, started
+from tests.e2e.conftest import E2E_REPLICAS, EngineEvents, started
 from tests.support.livekit_people import Human
 from tests.support.stack import stack_livekit
 from tests.support.waiting import until
@@ -40,20 +43,27 @@ WEATHER = "what is the weather like today"
 WEATHER_ANSWER = "Right now it is sunny and seventy two degrees in San Francisco."
 HELLO = "hello"
 HELLO_ANSWER = "Hello! Yes, I can hear you. How can I help you today?"
+TRANSFER_ME = "please transfer me to billing"
+TRANSFERRING = "Sure. Transferring you to billing now."
+BILLING = "+15005550006"
 
 LOBBY = AgentProfile(
     name="lobby",
     instructions="You serve a shared room: phone callers and web users. Be brief.",
     greeting="Greet everyone in the room.",
-    tools=("get_weather",),
+    tools=("get_weather", "transfer_call"),
+    transfer_targets={"billing": BILLING},
     room=ROOM,
 )
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
+async def stack(
+    tmp_path: Path, conformance: ConformanceLog, engine_events: EngineEvents
+) -> AsyncIterator[LocalStack]:
     def observe(direction: Direction, event: Mapping[str, Any]) -> None:
         conformance(direction, event)
+        engine_events(direction, event)
 
     options = StackOptions(
         data_dir=tmp_path / "stack",
@@ -204,3 +214,152 @@ async def test_a_phone_caller_and_a_web_user_share_the_room_and_its_agent(
     assert jobs[0]["exit_code"] == 0
     # ... and the dispatch's job id is the one the agent joined and recorded under
     assert agent == f"agent-{jobs[0]['job_id']}"
+
+
+def offered(engine_events: EngineEvents) -> list[list[str]]:
+    """The tools of every ``session.update`` the engine got that declares tools, in order."""
+    return [
+        [tool["name"] for tool in event["session"]["tools"]]
+        for _, event in engine_events.of_type("session.update", "in")
+        if "tools" in event["session"]
+    ]
+
+
+async def test_the_agent_transfers_the_phone_caller_and_stays_for_the_web_user(
+    stack: LocalStack, engine_events: EngineEvents
+) -> None:
+    number = stack.number_for("lobby")
+    call = asyncio.create_task(
+        stack.call(
+            number,
+            [
+                wait_for_reply(timeout_s=30),  # the greeting
+                # the web user's "hello" and the agent's answer: the web user is in the room
+                wait_for_reply(timeout_s=60, quiet_ms=2500),
+                say(TRANSFER_ME),
+                pause(30_000),  # the call is redirected to <Dial> meanwhile
+            ],
+            max_s=120,
+        )
+    )
+    alice = Human(WEB_IDENTITY)
+    try:
+        deadline = time.monotonic() + 40
+        while not {PHONE_IDENTITY}.issubset(present := await participants(stack)) or not any(
+            p.startswith("agent-") for p in present
+        ):
+            assert not call.done(), f"the call ended early: {call.result()}"
+            assert time.monotonic() < deadline, f"the room never had caller and agent: {present}"
+            await asyncio.sleep(0.2)
+        livekit = stack_livekit(stack)
+        await alice.join(livekit.url, livekit.token(WEB_IDENTITY, ROOM))
+        # the greeting (which may have ended before the web user came) is over
+        await until(
+            lambda: (
+                bool(engine_events.of_type("response.done", "out"))
+                and alice.agent_state() == "listening"
+            ),
+            45,
+            f"the greeting to end (states so far: {alice.states})",
+        )
+        alice.say(HELLO)
+        await until(
+            lambda: any(t.text == HELLO_ANSWER for t in alice.finals("agent")),
+            45,
+            f"the answer to hello ({[t.text for t in alice.finals('agent')]})",
+        )
+
+        # The caller asks for billing: the agent says so, and the call goes to <Dial>.
+        result = await asyncio.wait_for(call, 90)
+        assert result.transferred_to == BILLING, result.errors
+        dials = [e.detail for e in result.timeline.events if e.kind == "dial"]
+        assert [d["number"] for d in dials] == [BILLING]
+        assert any(t.text == TRANSFERRING for t in alice.finals("agent"))
+        await until(
+            lambda: (
+                PHONE_IDENTITY not in {p.identity for p in alice.room.remote_participants.values()}
+            ),
+            15,
+            "the transferred caller to leave the room",
+        )
+
+        # The agent stays for the web user, and its tools still answer out loud.
+        agent = alice.agent_identity()
+        assert agent is not None
+        await until(lambda: alice.agent_state() == "listening", 30, "the agent to listen")
+        alice.say(WEATHER)
+        await until(
+            lambda: any(t.text == WEATHER_ANSWER for t in alice.finals("agent")),
+            45,
+            f"the weather answer after the transfer ({[t.text for t in alice.finals('agent')]})",
+        )
+        # transfer_call was offered while the caller was in the room, and withdrawn after
+        await until(
+            lambda: bool(offered(engine_events)) and offered(engine_events)[-1] == ["get_weather"],
+            15,
+            f"transfer_call to be withdrawn ({offered(engine_events)})",
+        )
+        assert offered(engine_events)[0] == ["get_weather", "transfer_call"]
+    finally:
+        if not call.done():
+            call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        await alice.leave()
+
+    # The call's record: moved to billing, not hung up on.
+    call_record = await stored(stack, result.call_sid, 10)
+    assert call_record["end_reason"] == "transferred"
+    assert call_record["transferred_to"] == BILLING
+    assert result.hung_up_by != "rest"
+
+    # The agent's record: the transfer as the carrier took it, then the weather, answered.
+    agent_record = await stored(stack, f"room:{ROOM}:{agent.removeprefix('agent-')}", 30)
+    assert agent_record["end_reason"] == "room_empty"
+    assert agent_record["transferred_to"] == BILLING
+    calls = [(c["name"], json.loads(c["output"])) for c in agent_record["tool_calls"]]
+    assert calls[0] == ("transfer_call", {"ok": True, "transferred_to": BILLING})
+    assert [name for name, _ in calls] == ["transfer_call", "get_weather"]
+    answers = [line["text"] for line in agent_record["transcript"] if line["role"] == "agent"]
+    assert TRANSFERRING in answers and WEATHER_ANSWER in answers
+    assert answers.index(WEATHER_ANSWER) > answers.index(TRANSFERRING)
+
+
+async def test_a_web_only_rooms_agent_is_not_offered_transfer_call(
+    stack: LocalStack, engine_events: EngineEvents
+) -> None:
+    """The lobby profile has transfer_call; a room of web users has no call to transfer."""
+    room = "web-only-lobby"
+    alice = Human(WEB_IDENTITY)
+    livekit = stack_livekit(stack)
+    try:
+        await alice.join(livekit.url, livekit.token(WEB_IDENTITY, room))
+        await until(
+            lambda: bool(alice.finals("agent")) and alice.agent_state() == "listening",
+            60,
+            f"the agent to greet and listen (states so far: {alice.states})",
+        )
+        assert offered(engine_events) == [["get_weather"]]
+        alice.say(TRANSFER_ME)  # the model cannot call what it is not offered
+        await until(
+            lambda: any(t.text == TRANSFERRING for t in alice.finals("agent")),
+            45,
+            f"the agent's reply ({[t.text for t in alice.finals('agent')]})",
+        )
+        await until(lambda: alice.agent_state() == "listening", 30, "the agent to listen")
+        alice.say(WEATHER)
+        await until(
+            lambda: any(t.text == WEATHER_ANSWER for t in alice.finals("agent")),
+            45,
+            f"the weather answer ({[t.text for t in alice.finals('agent')]})",
+        )
+        agent = alice.agent_identity()
+        assert agent is not None
+    finally:
+        await alice.leave()
+    assert engine_events.of_type("response.function_call_arguments.done", "out")
+    called = [e["name"] for _, e in engine_events.of_type("response.function_call_arguments.done")]
+    assert called == ["get_weather"]
+    assert offered(engine_events) == [["get_weather"]]
+    agent_record = await stored(stack, f"room:{room}:{agent.removeprefix('agent-')}", 30)
+    assert [c["name"] for c in agent_record["tool_calls"]] == ["get_weather"]
+    assert agent_record["transferred_to"] is None

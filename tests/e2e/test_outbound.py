@@ -204,6 +204,28 @@ async def test_refusals_name_the_limit_and_dial_nothing(
     print(f"{case}: {refused['reason']}")
 
 
+async def test_a_context_missing_a_field_the_reminder_says_is_refused_and_dials_nothing(
+    tmp_path: Path,
+) -> None:
+    outbound = OutboundLimits(allowed_countries=("US",), calling_hours=(0, 24))
+    options = StackOptions(
+        data_dir=tmp_path / "s", numbers=[NumberPlan("support")], outbound=outbound
+    )
+    async with LocalStack(options) as stack:
+        stack.simulator.set_callee(CALLEE, human(wait_for_reply(), hang_up()))
+        headers = {"Authorization": f"Bearer {stack.creds.media_api_key}"}
+        body = {"to": CALLEE, "profile": "reminders", "context": {"name": "Amina"}}
+        async with httpx.AsyncClient(base_url=stack.media_url, headers=headers) as http:
+            answer = await http.post("/calls", json=body)
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["detail"]
+        assert "context={'name': 'Amina'}" in detail and "profile 'reminders'" in detail
+        assert "outbound_greeting 'Hello {name}, this is a reminder" in detail
+        assert "needs {when}" in detail and "voicemail 'Hello {name}" in detail
+        assert 'Add "when" to the request\'s context' in detail
+        assert stack.simulator.carrier.calls == {}, "Twilio was called"
+
+
 async def test_over_the_concurrency_limit_is_refused(tmp_path: Path) -> None:
     outbound = OutboundLimits(
         allowed_countries=("US",), calling_hours=(0, 24), max_concurrent=1, max_queued=0

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from callplane.media_settings import MediaSettings
+from callplane.profiles import AgentProfile, resolve_tools
 from callplane.records import CallRecord, RecordStore
-from callplane.rooms.agent import AgentJobError, run_agent
+from callplane.rooms.agent import AgentJobError, run_agent, tools_for_room
 from callplane_standins.realtime_engine.server import EngineServer
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
-from tests.support.livekit_people import Human, humans, minted
+from tests.support.livekit_people import Human, humans, join, minted
 from tests.support.media import agent_room_settings
 from tests.support.waiting import until
 
@@ -273,3 +274,46 @@ async def test_the_agent_says_goodbye_and_leaves_when_asked_to_end(
         assert any("Goodbye" in t.text for t in alice.finals("agent"))
         assert alice.loud_frames > 0  # the goodbye was heard before the agent left
         await until(lambda: alice.agent_state() is None, 10, "the agent to leave the room")
+
+
+def test_a_room_without_a_phone_caller_is_not_offered_transfer_call() -> None:
+    profile = AgentProfile(name="lobby", tools=("end_call", "transfer_call"))
+    toolset = resolve_tools(profile, {})
+    assert tools_for_room(toolset, phone_caller_present=False).names() == ["end_call"]
+    assert tools_for_room(toolset, phone_caller_present=True).names() == [
+        "end_call",
+        "transfer_call",
+    ]
+
+
+def declared(engine: EngineServer) -> list[str]:
+    """The tools the agent's live Realtime session declares, as the engine holds them."""
+    return sorted(tool["name"] for s in engine.sessions for tool in s.config.get("tools", []))
+
+
+async def test_transfer_is_offered_only_while_a_phone_caller_is_in_the_room(
+    livekit: LiveKitServer,
+    settings: MediaSettings,
+    engine: EngineServer,
+    jobs: list[asyncio.Task[CallRecord]],
+) -> None:
+    room = "tools-follow-the-room"
+    assert settings.profiles["quiet"].tools == ("end_call", "transfer_call")
+    async with humans(minted(livekit, room), "alice") as (alice,):
+        start_job(jobs, settings, room, "quiet")
+        await until(lambda: alice.agent_state() == "listening", 15, "the agent to listen")
+        assert declared(engine) == ["end_call"]  # web users only: nobody to transfer
+        phone = await join(livekit, "phone:+15551234567", room, kind="sip")
+        try:
+            await until(
+                lambda: declared(engine) == ["end_call", "transfer_call"],
+                10,
+                f"transfer_call to be offered with a phone caller in ({declared(engine)})",
+            )
+        finally:
+            await phone.disconnect()
+        await until(
+            lambda: declared(engine) == ["end_call"],
+            10,
+            f"transfer_call to be withdrawn once the caller left ({declared(engine)})",
+        )

@@ -12,8 +12,9 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +22,11 @@ import pytest
 from livekit import api, rtc
 
 from callplane.audio import rms
-from callplane.livekit_settings import LiveKitSettings
+from callplane.livekit_settings import TRANSFER_RPC, LiveKitSettings
 from callplane.profiles import AgentProfile
 from callplane.records import CallRecord
+from callplane.rooms.agent import agent_token
+from callplane.rooms.agent_transport import LiveKitRoomTransport
 from callplane.rooms.pacer import FramePacer
 from callplane.rooms.phone import (
     BridgeTuning,
@@ -40,9 +43,10 @@ from callplane.rooms.phone_audio import (
     decode_payload,
     encode_payload,
 )
+from callplane.tools import TransferFailed
 from callplane.transports import twilio_protocol as tp
-from callplane.transports.twilio import CallControl, TwilioMediaStream, TwilioRestSettings
-from tests.doubles import FakeSocket
+from callplane.transports.twilio import CallControl, TwilioMediaStream
+from tests.doubles import FakeSocket, RecordingControl
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.support.livekit_people import join, publish_microphone
 from tests.support.ports import free_port
@@ -214,28 +218,24 @@ def test_a_profile_without_a_room_is_refused() -> None:
 # --------------------------------------------------------------------------------------
 
 
-class RecordingControl(CallControl):
-    """Twilio's REST call control, recording the hang-up instead of calling Twilio."""
-
-    def __init__(self, call_sid: str) -> None:
-        super().__init__(TwilioRestSettings("AC" + "0" * 32, "token"), call_sid)
-        self.hung_up = asyncio.Event()
-
-    async def hang_up(self) -> None:
-        self.hung_up.set()
-
-
 class FakeTwilio(FakeSocket):
-    """Twilio's side of a media stream, in memory: frames in, frames out with arrival times."""
+    """Twilio's side of a media stream, in memory: frames in, frames out with arrival times;
+    every mark is echoed as soon as it arrives (nothing is left to play)."""
 
     def __init__(self, call_sid: str = "CA_room_call") -> None:
         super().__init__()
         self.call_sid = call_sid
         self.sent: list[tuple[float, str]] = []
+        self.marks: list[str] = []
 
     def _write(self, text: str | bytes) -> None:
         super()._write(text)
         self.sent.append((time.monotonic(), self.written[-1]))
+        parsed = tp.parse(self.written[-1])
+        if isinstance(parsed, tp.Mark):
+            self.marks.append(parsed.name)
+            echo = {"event": "mark", "streamSid": "MZ_room", "mark": {"name": parsed.name}}
+            asyncio.get_running_loop().call_soon(self.deliver, echo)
 
     def stream(self, control: CallControl | None = None) -> TwilioMediaStream:
         start = tp.Start(
@@ -265,6 +265,8 @@ class FakeTwilio(FakeSocket):
         out = []
         for at, text in self.sent:
             parsed = tp.parse(text)
+            if isinstance(parsed, tp.Mark):
+                continue
             assert isinstance(parsed, tp.Media), text
             out.append((at, decode_payload(parsed.payload)))
         return out
@@ -328,7 +330,13 @@ class BridgedCall:
     task: asyncio.Task[CallRecord]
 
 
-StartCall = Callable[[str], Awaitable[BridgedCall]]
+class StartCall(Protocol):
+    def __call__(self, room: str, *, refuse_transfers: bool = False) -> Awaitable[BridgedCall]:
+        """Bridge a call into ``room``; Twilio refuses its transfers if asked to."""
+        ...
+
+
+BILLING = "+15005550006"
 
 
 @pytest.fixture
@@ -336,15 +344,14 @@ async def call(livekit: LiveKitServer, request: pytest.FixtureRequest) -> AsyncI
     """Start a bridged call into a room; yields a starter, cancels leftovers at the end."""
     tasks: list[asyncio.Task[CallRecord]] = []
 
-    async def start(room: str) -> BridgedCall:
+    async def start(room: str, *, refuse_transfers: bool = False) -> BridgedCall:
         fake = FakeTwilio(call_sid=f"CA_{request.node.name[:20]}")
-        control = RecordingControl(fake.call_sid)
+        control = RecordingControl(fake.call_sid, refuse_transfers=refuse_transfers)
         record = CallRecord(
             call_sid=fake.call_sid, from_=CALLER, profile="lobby", context={"room": room}
         )
-        bridge = PhoneRoomBridge(
-            fake.stream(control), livekit.settings(), AgentProfile(name="lobby", room=room), record
-        )
+        profile = AgentProfile(name="lobby", room=room, transfer_targets={"billing": BILLING})
+        bridge = PhoneRoomBridge(fake.stream(control), livekit.settings(), profile, record)
         task = asyncio.create_task(bridge.run())
         tasks.append(task)
         return BridgedCall(fake, control, record, task)
@@ -446,3 +453,104 @@ async def test_an_unreachable_livekit_hangs_the_call_up() -> None:
     assert control.hung_up.is_set()
     assert record.end_reason == "livekit_unavailable"
     assert not fake.sent
+
+
+# --------------------------------------------------------------------------------------
+# Transfers: the room's agent asks the phone bridge to move the call
+# --------------------------------------------------------------------------------------
+
+
+async def phone_in(livekit: LiveKitServer, room: str) -> None:
+    deadline = time.monotonic() + 15
+    while "phone:" + CALLER not in {p.identity for p in await livekit.participants(room)}:
+        assert time.monotonic() < deadline, f"the phone never joined\n{livekit.log_tail()}"
+        await asyncio.sleep(0.1)
+
+
+async def agent_in(livekit: LiveKitServer, room: str) -> LiveKitRoomTransport:
+    """The room's agent, joined with the token an agent job uses, as its transport: once it
+    sees the phone caller."""
+    agent_room = rtc.Room()
+    await agent_room.connect(
+        livekit.url, agent_token(livekit.settings(), room, "agent-test", name="agent")
+    )
+    transport = LiveKitRoomTransport(agent_room)
+    await until(lambda: bool(transport.phone_callers()), 10, "the agent to see the phone caller")
+    return transport
+
+
+async def test_the_agent_transfers_the_phone_caller_and_the_bridge_moves_the_call(
+    livekit: LiveKitServer, call: StartCall
+) -> None:
+    room = "hybrid-transfer"
+    bridged = await call(room)
+    await phone_in(livekit, room)
+    agent = await agent_in(livekit, room)
+    try:
+        assert agent.phone_callers() == ["phone:" + CALLER]
+        outcome = await agent.transfer("billing")
+        assert outcome == "participant_moved"
+        assert bridged.control.transfers == [BILLING]
+        # the caller heard the room out first: a mark was sent and echoed before the move
+        assert bridged.fake.marks == ["before-transfer-1"]
+        assert bridged.record.transferred_to == BILLING
+        bridged.fake.hang_up()  # Twilio ends the stream as the call moves to <Dial>
+        record = await asyncio.wait_for(bridged.task, 10)
+        assert record.end_reason == "transferred" and record.transferred_to == BILLING
+        assert not bridged.control.hung_up.is_set()  # hanging up would end the moved call
+        await until(lambda: not agent.phone_callers(), 10, "the phone caller to leave")
+    finally:
+        await agent.room.disconnect()
+
+
+async def test_a_transfer_twilio_refuses_leaves_the_caller_in_the_room(
+    livekit: LiveKitServer, call: StartCall
+) -> None:
+    room = "hybrid-transfer-refused"
+    bridged = await call(room, refuse_transfers=True)
+    await phone_in(livekit, room)
+    agent = await agent_in(livekit, room)
+    try:
+        with pytest.raises(TransferFailed) as failed:
+            await agent.transfer(BILLING)
+        assert str(failed.value) == (
+            f"phone:{CALLER} was not transferred: the phone network refused the transfer to "
+            f"{BILLING}"
+        )
+        with pytest.raises(TransferFailed, match="neither a department"):
+            await agent.transfer("the front desk")  # the bridge applies the profile's rule
+        assert not bridged.task.done()
+        assert bridged.record.transferred_to is None
+        bridged.fake.hang_up()
+        record = await asyncio.wait_for(bridged.task, 10)
+        assert record.end_reason == "caller_hung_up"
+    finally:
+        await agent.room.disconnect()
+
+
+async def test_only_the_rooms_agent_may_transfer_a_phone_caller(
+    livekit: LiveKitServer, call: StartCall
+) -> None:
+    room = "hybrid-transfer-by-a-web-user"
+    bridged = await call(room)
+    await phone_in(livekit, room)
+    web = await join(livekit, "web-mallory", room)
+    try:
+        with pytest.raises(rtc.RpcError) as refused:
+            await web.local_participant.perform_rpc(
+                destination_identity="phone:" + CALLER,
+                method=TRANSFER_RPC,
+                payload=json.dumps({"to": "+19005550199"}),
+            )
+        assert refused.value.message == "only the room's agent may transfer a phone caller"
+        assert bridged.control.transfers == []
+        assert not bridged.task.done()
+    finally:
+        await web.disconnect()
+
+
+async def test_a_room_without_a_phone_caller_has_nobody_to_transfer() -> None:
+    transport = LiveKitRoomTransport(rtc.Room())  # nobody in it
+    assert transport.phone_callers() == []
+    with pytest.raises(TransferFailed, match="nobody in this room is on a phone line"):
+        await transport.transfer(BILLING)

@@ -1,14 +1,18 @@
 """TwilioMediaStream over the tests' fake socket: each frame reaches the handler as it arrives,
-bad frames are counted, and what it sends keeps its order while the socket is congested."""
+bad frames are counted, what it sends keeps its order while the socket is congested, and a
+transfer counts only once Twilio's REST API took it."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from callplane.tools import TransferFailed
 from callplane.transports import twilio_protocol as tp
 from callplane.transports.base import AudioIn, CallEnded, DtmfIn, MarkIn
 from callplane.transports.twilio import TwilioMediaStream
-from tests.doubles import FakeSocket, RecordingHandler
+from tests.doubles import FakeSocket, RecordingControl, RecordingHandler
 
 START = tp.Start(stream_sid="MZ1", call_sid="CA1", account_sid="AC1")
 
@@ -81,3 +85,21 @@ def test_what_is_sent_while_twilio_reads_nothing_arrives_later_in_order() -> Non
         ("mark", {"name": "m3"}),
     ]
     assert {f["streamSid"] for f in frames} == {"MZ1"}
+
+
+async def test_a_transfer_twilio_took_moves_the_line() -> None:
+    control = RecordingControl("CA1")
+    transport = TwilioMediaStream(FakeSocket(), START, control)
+    assert await transport.transfer("+15005550006") == "line_moved"
+    assert control.transfers == ["+15005550006"]
+
+
+async def test_a_transfer_twilio_refused_or_could_not_be_asked_for_fails() -> None:
+    refusing = TwilioMediaStream(
+        FakeSocket(), START, RecordingControl("CA1", refuse_transfers=True)
+    )
+    with pytest.raises(TransferFailed, match=r"^the phone network refused the transfer to \+1500"):
+        await refusing.transfer("+15005550006")
+    uncontrolled = TwilioMediaStream(FakeSocket(), START, None)
+    with pytest.raises(TransferFailed, match="no Twilio REST credentials are configured"):
+        await uncontrolled.transfer("+15005550006")
