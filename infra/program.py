@@ -455,6 +455,8 @@ class Stack:
             )
         if self.media.app is not None:
             pulumi.export("modalWebUrl", self.media.app.web_url)
+            # Read back from Modal after the deploy (and checked against the edge's URLs).
+            pulumi.export("modalWebUrls", self.media.app.web_urls)
         if self.livekit is not None:
             pulumi.export(
                 "livekit",

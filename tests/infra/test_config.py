@@ -276,3 +276,10 @@ def test_modal_placement_settings_default_to_safe_and_are_checked() -> None:
     assert "callplane:modal.region = 'US East': not a Modal region. Fix:" in found
     assert "'any' to leave placement to Modal" in found
     assert "callplane:modal.appName = 'Acme_Voice': not a usable Modal app name" in found
+
+
+def test_a_local_stack_number_naming_no_known_profile_fails_with_the_names_it_could_use() -> None:
+    (problem,) = problems(local(numbers=[{"country": "US", "type": "local", "profile": "suport"}]))
+    assert problem.startswith("callplane:numbers[0].profile = 'suport' is neither in")
+    assert "['reminders', 'sales', 'support']" in problem
+    assert "Fix: correct the name or add callplane:profiles.suport.instructions" in problem
