@@ -1,25 +1,28 @@
 """Cloudflare Python Worker entry: translates Cloudflare's request and response and delegates to
 :func:`edge_worker.core.handle`. Nothing else lives here.
 
-NOT RUN in this repository: the ``workers`` module exists only inside Cloudflare's Pyodide
-runtime, so the class below has never served a request here. What is exercised locally is the
-translation (:func:`to_edge_request`, :func:`load_config`) against stand-in objects with the same
-attributes as the SDK's ``Request`` (``url``, ``method``, ``headers.items()``, ``await
-bytes()``), and the core itself, which the ASGI adapter serves under uvicorn in the tests.
+What runs on Cloudflare is the bundle ``infra/edge_bundle.py`` computes from the imports of its
+main module ``worker_entry.py``, which re-exports :class:`Default` (workerd imports the main
+module by file name, so it sits at the top of the bundle). ``tests/edge_worker/test_pyodide.py``
+runs exactly that bundle in Pyodide 0.28.2 (the interpreter of Cloudflare's Python Workers)
+under Node: ``Default`` constructed with ``(ctx, env)``, ``fetch`` given a ``workers.Request``
+around a web ``Request``, the answer a ``workers.Response``, effects sent with ``fetch`` inside
+``ctx.waitUntil``. The ``workers`` module there is written after Cloudflare's documentation, not
+taken from workerd, and workerd itself (its limits, snapshots and bindings) is not run.
 
 Configuration: a secret binding named ``CALLPLANE_EDGE_CONFIG`` holding the edge config JSON
-(``wrangler secret put CALLPLANE_EDGE_CONFIG``); it is parsed once per isolate. The bundle needs
-``edge_worker/`` (without ``asgi.py``) and ``callplane/security.py`` (plus
-``callplane/__init__.py``), all stdlib-only.
+(``pulumi up`` sets it, or ``wrangler secret put CALLPLANE_EDGE_CONFIG``); it is parsed once per
+isolate.
 
 Per-isolate state: the ``/token`` rate limiter (one :class:`TokenBucket` per isolate, keyed by
 ``CF-Connecting-IP``, which Cloudflare sets and a client cannot forge; isolates do not share it,
-so the effective limit is per isolate). The playground is not bundled: serve ``web/dist`` with
-Workers static assets, or the playground routes answer 404 saying it is not built.
+so the effective limit is per isolate). The playground (``web/dist``) is served by Cloudflare as
+static assets under ``/playground/`` before the worker is called; the worker sees only paths
+that are no asset.
 
 Effects: a webhook's :class:`~edge_worker.wire.DispatchAgent` is sent with the runtime's
-``fetch`` inside ``self.ctx.waitUntil(...)``, so the answer to LiveKit is not held up by the
-media app (retried once on a network error, 5xx or 429, like the ASGI adapter).
+``fetch`` from a task handed to ``self.ctx.waitUntil(...)``, so the answer to LiveKit is not held
+up by the media app (retried once on a network error, 5xx or 429, like the ASGI adapter).
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ async def send_dispatch(config: EdgeConfig, effect: DispatchAgent, fetch: Any) -
 
 
 class Default(_Entrypoint):  # type: ignore[valid-type,misc]
-    """The worker's fetch handler (Cloudflare instantiates it with ``self.env`` set)."""
+    """The worker's fetch handler: the runtime constructs it with ``(ctx, env)`` per request."""
 
     env: Any
     ctx: Any
@@ -139,5 +142,10 @@ class Default(_Entrypoint):  # type: ignore[valid-type,misc]
             config, await to_edge_request(request), now=time.time(), limiter=limiter_for(config)
         )
         for effect in response.effects:
-            self.ctx.waitUntil(send_dispatch(config, effect, _fetch))
-        return _Response(response.body, status=response.status, headers=response.headers)
+            # A task, so that the dispatch runs on the event loop whatever the runtime does with
+            # the awaitable it is given; waitUntil keeps the isolate alive until it is done.
+            self.ctx.waitUntil(asyncio.ensure_future(send_dispatch(config, effect, _fetch)))
+        # No body at all when it is empty: the Fetch standard refuses a body, even an empty one,
+        # with a null-body status such as 204 (TypeError); workerd still accepts an empty one
+        # but logs a warning for it on every such answer.
+        return _Response(response.body or None, status=response.status, headers=response.headers)

@@ -92,6 +92,46 @@ def settings(
         typer.echo(f"not set yet (placeholders used): {keys}", err=True)
 
 
+@app.command("edge-bundle")
+def edge_bundle(
+    dest: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder to write the bundle to: new, empty, or holding a bundle written before."
+        ),
+    ],
+    stack: StackOption,
+    project_dir: ProjectOption = Path("."),
+) -> None:
+    """Write the stack's Cloudflare worker bundle, exactly the modules `pulumi up` uploads, with
+    the playground's static assets under DEST/assets/. The last line printed is the main module."""
+    from infra.edge_bundle import ASSETS_DIR, BundleError, compatibility_flags, write_bundle
+    from infra.program import REPO
+
+    try:
+        found = read_stack_file(stack, project_dir)
+        config = found.config
+        cloudflare = config.edge.cloudflare
+        flags = compatibility_flags(cloudflare.compatibility_date) if cloudflare else []
+        bundle = write_bundle(dest, REPO, playground=config.livekit is not None)
+    except (BundleError, ConfigError, FileNotFoundError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"edge worker bundle of stack {found.name} in {dest}:")
+    for name in bundle.files:
+        typer.echo(f"  {name}  ({bundle.content_type(name)})")
+    if bundle.assets:
+        typer.echo(f"static assets in {dest / ASSETS_DIR} ({len(bundle.assets)} files):")
+        for name in bundle.assets:
+            typer.echo(f"  /{name}")
+    else:
+        typer.echo("no static assets: the stack has no callplane:livekit, so no playground")
+    if cloudflare is not None:
+        typer.echo(f"compatibility date {cloudflare.compatibility_date}, flags {', '.join(flags)}")
+    typer.echo("main module:")
+    typer.echo(bundle.main_module)
+
+
 def main() -> None:
     """Entry point of ``python -m infra <command>``."""
     app()

@@ -51,14 +51,10 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 #: What the Modal image and the Cloudflare worker bundle carry (the tag changes with them).
 SOURCE_PACKAGES = ("callplane", "functions", "edge_worker")
-EDGE_BUNDLE = (
-    "edge_worker/__init__.py",
-    "edge_worker/config.py",
-    "edge_worker/core.py",
-    "edge_worker/worker.py",
-    "callplane/__init__.py",
-    "callplane/security.py",
-)
+#: Where ``pulumi up`` writes the Cloudflare worker's bundle (one folder per script name): the
+#: modules it uploads and the playground's assets, which the provider uploads from ``assets/``.
+#: The file set is computed from the entry's imports by :mod:`infra.edge_bundle`.
+EDGE_BUNDLE = Path(".callplane") / "edge-bundle"
 
 
 def _parse(value: Any) -> Any:
@@ -363,27 +359,55 @@ _SECRET_CMD = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 def _cloudflare_worker(
     name: str, config: StackConfig, config_json: pulumi.Output[str], parent: pulumi.Resource
 ) -> Any:
+    """The edge as a Cloudflare Python Worker: the bundle computed from the entry's imports
+    (:func:`infra.edge_bundle.compute_bundle`), written under :data:`EDGE_BUNDLE`, with the
+    playground served as static assets when the stack has LiveKit (else there is no playground
+    to serve). A bundle that cannot be built (a third-party import, the playground not built)
+    fails the preview with the file and the fix."""
     import base64
 
     import pulumi_cloudflare as cloudflare
 
+    from infra.edge_bundle import ASSETS_DIR, BundleError, compatibility_flags, write_bundle
+
     cf = config.edge.cloudflare
     assert cf is not None
+    folder = REPO / EDGE_BUNDLE / cf.script_name
+    try:
+        flags = compatibility_flags(cf.compatibility_date)
+        bundle = write_bundle(folder, REPO, playground=config.livekit is not None)
+    except BundleError as exc:
+        raise pulumi.RunError(str(exc)) from None
+    main = bundle.main_module
+    # The provider sends ``content`` as the main module's part and ``files`` as the other
+    # modules, each under its path, which is the name the other modules import it by.
     files = {
         rel: cloudflare.WorkersScriptFilesArgs(
-            content_type="text/x-python",
-            content_base64=base64.b64encode((REPO / rel).read_bytes()).decode(),
+            content_type=bundle.content_type(rel),
+            content_base64=base64.b64encode(content).decode(),
         )
-        for rel in EDGE_BUNDLE
+        for rel, content in bundle.files.items()
+        if rel != main
     }
+    assets = None
+    if bundle.assets:
+        assets = cloudflare.WorkersScriptAssetsArgs(
+            directory=str(folder / ASSETS_DIR),
+            # /playground/ serves playground/index.html; a path that is no asset reaches the
+            # worker (/, /twilio/..., /token, /livekit/webhook, /healthz).
+            config=cloudflare.WorkersScriptAssetsConfigArgs(html_handling="auto-trailing-slash"),
+        )
     return cloudflare.WorkersScript(
         f"{name}-script",
         account_id=cf.account_id,
         script_name=cf.script_name,
-        main_module="edge_worker/worker.py",
+        main_module=main,
+        content=bundle.files[main].decode("utf-8"),
+        content_type=bundle.content_type(main),
         files=files,
+        assets=assets,
         compatibility_date=cf.compatibility_date,
-        compatibility_flags=["python_workers"],
+        compatibility_flags=flags,
         bindings=[
             cloudflare.WorkersScriptBindingArgs(
                 name="CALLPLANE_EDGE_CONFIG", type="secret_text", text=config_json

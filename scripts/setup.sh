@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything callplane needs on a fresh Debian machine; idempotent, and quick when all
 # is already there. Debian packages: espeak-ng (the offline voice), sox, chromium (the browser
-# tests drive it headless), Node.js and npm (the web playground's build); uv from PyPI; the
-# project's Python environment from uv.lock (frozen, so CI and laptops resolve identically).
+# tests drive it headless), Node.js and npm (the web playground's build, and Pyodide for the edge
+# worker's tests); uv from PyPI; the project's Python environment from uv.lock (frozen, so CI and
+# laptops resolve identically).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,13 @@ say "syncing the Python environment (uv sync --frozen --all-extras)"
 uv sync --frozen --all-extras --quiet
 # The browser playground (web/, livekit-client): npm ci and an esbuild bundle, only when changed.
 bash scripts/build_web.sh
+# Pyodide, the interpreter of Cloudflare's Python Workers, for the edge worker's tests
+# (tests/edge_worker/test_pyodide.py): npm ci of its lock, only when it changed.
+pyodide_dir=tests/edge_worker/pyodide
+pyodide_installed=$pyodide_dir/node_modules/.package-lock.json
+if [ ! -f "$pyodide_installed" ] || [ "$pyodide_dir/package-lock.json" -nt "$pyodide_installed" ]; then
+  say "installing Pyodide for the edge worker's tests (npm ci in $pyodide_dir)"
+  (cd "$pyodide_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  touch "$pyodide_installed"
+fi
 say "ready: $(uv run --frozen python --version), $(espeak-ng --version | head -c 40)"

@@ -7,6 +7,7 @@ pulumi-cloudflare resource are the real ones.
 
 from __future__ import annotations
 
+import base64
 import json
 import zlib
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from typing import Any, cast
 import pulumi
 import pytest
 
-from infra.program import Stack, read_config
+from infra.edge_bundle import ENTRY_SOURCE, PYTHON_MODULE_TYPE, compute_bundle
+from infra.program import EDGE_BUNDLE, REPO, Stack, read_config
 from infra.providers.modal_app import expected_web_url, plan
 from tests.infra.conftest import BUNDLE
 
@@ -169,6 +171,32 @@ def test_local_stack_points_numbers_at_the_local_edge() -> Any:
     return pulumi.Output.all(stack.livekit.trunk_id, stack.edge.config_json).apply(both)
 
 
+def check_worker_upload(inputs: dict[str, Any]) -> None:
+    """The WorkersScript carries the computed bundle: the entry as the main module's content,
+    every other module as a Python file part (read back from the folder it was written to), and
+    the built playground as static assets."""
+    expected = compute_bundle(REPO)
+    assert inputs["mainModule"] == "worker_entry.py" == expected.main_module
+    assert (inputs["content"], inputs["contentType"]) == (ENTRY_SOURCE, PYTHON_MODULE_TYPE)
+    folder = REPO / EDGE_BUNDLE / "callplane-edge"
+    uploaded = inputs["files"]
+    assert set(uploaded) == set(expected.files) - {"worker_entry.py"}
+    assert {"edge_worker/livekit_routes.py", "edge_worker/__init__.py"} <= set(uploaded)
+    assert "edge_worker/asgi.py" not in uploaded
+    for rel, part in uploaded.items():
+        assert part["contentType"] == "text/x-python", rel
+        assert base64.b64decode(part["contentBase64"]) == (folder / rel).read_bytes(), rel
+        assert (folder / rel).read_bytes() == (REPO / rel).read_bytes(), rel
+    assets = inputs["assets"]
+    assert assets["directory"] == str(folder / "assets")
+    assert assets["config"] == {"htmlHandling": "auto-trailing-slash"}
+    assert (folder / "assets" / "playground" / "index.html").read_bytes() == (
+        REPO / "web" / "dist" / "index.html"
+    ).read_bytes()
+    assert inputs["compatibilityDate"] == "2025-09-01"
+    assert inputs["compatibilityFlags"] == ["python_workers", "python_workers_20250116"]
+
+
 @pulumi_test
 def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
     engine = use("prod", CLOUD, CLOUD_SECRETS)
@@ -197,8 +225,7 @@ def test_cloud_stack_wires_modal_cloudflare_sip_trunk_and_import() -> Any:
         assert imported["mode"] == "import" and imported["import_ref"] == "+14155550111"
         assert "country" not in imported
         (script,) = engine.of("WorkersScript")
-        assert script.inputs["mainModule"] == "edge_worker/worker.py"
-        assert "edge_worker/core.py" in script.inputs["files"]
+        check_worker_upload(script.inputs)
         (binding,) = unsecret(script.inputs["bindings"])
         assert binding["name"] == "CALLPLANE_EDGE_CONFIG" and binding["type"] == "secret_text"
         edge = json.loads(unsecret(binding["text"]))
