@@ -276,7 +276,9 @@ class ReplicaSet:
     added to (and overrides) this process's environment, so children find the same Python,
     PATH and virtualenv as the stack. Each replica writes stdout and stderr to
     ``<log_dir>/<name>-<i>.log`` (a restart appends to it). ``start_timeout_s`` bounds how
-    long one replica may take to become ready.
+    long one replica may take to become ready: a replica imports the whole media plane, which
+    takes a few seconds on an idle machine and many times that on a loaded one, so the bound
+    is generous (a ready replica is used at once; only a broken one waits it out).
     """
 
     def __init__(
@@ -287,7 +289,7 @@ class ReplicaSet:
         count: int,
         ready: ReadyCheck,
         log_dir: Path,
-        start_timeout_s: float = 30.0,
+        start_timeout_s: float = 90.0,
     ) -> None:
         if count < 1:
             raise ValueError("a replica set needs at least one replica")
