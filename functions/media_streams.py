@@ -170,11 +170,13 @@ class MediaStreams:
             answered_by=answered_by,
             context=context,
         )
+
+        def dropped(reason: str) -> None:
+            stats[f"dropped_{reason}"] += 1
+            record.frame_dropped(reason)
+
         transport = TwilioMediaStream(
-            socket,
-            start,
-            CallControl(settings.twilio(), start.call_sid),
-            on_invalid=lambda r: stats.update([f"dropped_{r}"]),
+            socket, start, CallControl(settings.twilio(), start.call_sid), on_invalid=dropped
         )
         running: Awaitable[CallRecord]
         if profile.room is not None and livekit is not None:
@@ -292,7 +294,7 @@ class _StartReader:
 
     def on_text(self, data: bytes) -> None:
         self._frames += 1
-        parsed = tp.parse(data.decode("utf-8", "replace"))
+        parsed = tp.read(data)  # raises nothing, whatever the frame
         if isinstance(parsed, tp.Start):
             self._found(parsed)
         elif self._frames >= 3:

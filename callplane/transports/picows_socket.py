@@ -5,7 +5,9 @@ of the bridge: the Realtime client (``callplane.realtime.client``) and the media
 picows delivers frames by callback on the event loop, and the bridge's code is synchronous per
 frame, so a text frame goes from picows's callback straight to the listener's ``on_text``, as
 the UTF-8 bytes picows read: no queue, no future, no coroutine woken per frame. Fragmented
-messages are put together first; the peer's close is answered and its code kept. Sends go to
+messages are put together first; the peer's close is answered and its code kept. A text message
+that is not UTF-8 fails the connection with 1007, as RFC 6455 requires (see
+:mod:`callplane.transports.socket`); picows itself checks close frames. Sends go to
 picows's transport at once unless the kernel's buffer is full, when the socket's
 :class:`~callplane.transports.socket.FlowControl` holds them in order until it drains.
 """
@@ -17,7 +19,7 @@ import logging
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from callplane.transports.socket import SocketBase
+from callplane.transports.socket import CLOSE_INVALID_TEXT, SocketBase, is_utf8
 
 log = logging.getLogger("callplane.socket")
 
@@ -78,12 +80,17 @@ class PicowsSocket(WSListener, SocketBase):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:  # nearly every frame: first, and with few lookups
+            data = frame.get_payload_as_bytes()
+            # isascii is one C pass and settles nearly every message; the rest are decoded
+            if not data.isascii() and not is_utf8(data):
+                self._fail(transport, CLOSE_INVALID_TEXT, "a text message was not UTF-8")
+                return
             on_text = self.inbox.on_text
             if on_text is None:
-                self.inbox.text(frame.get_payload_as_bytes())
+                self.inbox.text(data)
                 return
             try:
-                on_text(frame.get_payload_as_bytes())
+                on_text(data)
             except Exception:
                 log.exception("a socket listener failed on a message; the socket goes on")
         elif kind is _TEXT or kind is _BINARY:
@@ -96,10 +103,12 @@ class PicowsSocket(WSListener, SocketBase):
             if frame.fin:
                 whole = b"".join(self._parts)
                 self._parts = None
-                if self._parts_text:
+                if not self._parts_text:
+                    self.inbox.binary(whole)
+                elif whole.isascii() or is_utf8(whole):  # a fragment may split a character
                     self.inbox.text(whole)
                 else:
-                    self.inbox.binary(whole)
+                    self._fail(transport, CLOSE_INVALID_TEXT, "a text message was not UTF-8")
         elif kind is _CLOSE:
             inbox = self.inbox
             inbox.close_code = frame.get_close_code().value
@@ -108,6 +117,18 @@ class PicowsSocket(WSListener, SocketBase):
                 transport.send_close(WSCloseCode.OK)
             transport.disconnect()
         # pings are answered by picows itself (enable_auto_pong)
+
+    def _fail(self, transport: WSTransport, code: int, why: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): close with ``code`` and disconnect.
+        The listener hears the close at once, with ``code`` and ``why``, after any message
+        held for it; nothing that arrives later reaches it."""
+        log.warning("closing a WebSocket with %d: %s", code, why)
+        self._gone = True  # no data frame may follow the close frame
+        self._flow.discard()
+        self.inbox.peer_gone(code, why)
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode(code), why.encode())
+        transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._gone = True

@@ -20,9 +20,18 @@ class _Transport:
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, Any]] = []
+        self.closed_with: list[tuple[int, bytes]] = []
+        self.disconnected = False
 
     def send(self, kind: Any, data: Any) -> None:
         self.sent.append((kind, data))
+
+    def send_close(self, code: Any, reason: bytes = b"") -> None:
+        self.closed_with.append((int(code), reason))
+        self.is_close_frame_sent = True
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.disconnected = True
 
 
 class _Listener:
@@ -43,9 +52,15 @@ class _Listener:
         self.closed.append((code, reason))
 
 
-def _frame(socket: PicowsSocket, kind: WSMsgType, data: bytes, fin: bool = True) -> None:
+def _frame(
+    socket: PicowsSocket,
+    kind: WSMsgType,
+    data: bytes,
+    fin: bool = True,
+    transport: _Transport | None = None,
+) -> None:
     frame = _make_test_ws_frame(kind, data, fin, False)
-    socket.on_ws_frame(cast(WSTransport, _Transport()), frame)
+    socket.on_ws_frame(cast(WSTransport, transport or _Transport()), frame)
 
 
 def _text(socket: PicowsSocket, text: str) -> None:
@@ -80,6 +95,45 @@ def test_fragments_are_put_together_and_the_close_comes_after_every_message() ->
     assert listener.got == [("text", b'{"a":1}')]
     assert listener.closed == [(None, "")]
     assert socket.closed
+
+
+def test_a_text_message_that_is_not_utf8_fails_the_connection_with_1007() -> None:
+    """RFC 6455 section 8.1: the listener hears the close (code 1007) after what came before,
+    and nothing after it; the peer gets a close frame with 1007 and is disconnected."""
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)
+    _frame(socket, WSMsgType.TEXT, "héllo".encode(), transport=transport)
+    _frame(socket, WSMsgType.TEXT, b'{"event":"media"}\xff', transport=transport)
+    _frame(socket, WSMsgType.TEXT, b"after", transport=transport)  # still in picows's buffer
+    assert listener.got == [("text", "héllo".encode())]
+    assert listener.closed == [(1007, "a text message was not UTF-8")]
+    assert transport.closed_with == [(1007, b"a text message was not UTF-8")]
+    assert transport.disconnected and socket.closed and not socket.send("late")
+    socket.on_ws_disconnected(cast(WSTransport, transport))
+    assert len(listener.closed) == 1
+
+
+def test_utf8_is_judged_on_the_whole_message_and_binary_messages_are_opaque() -> None:
+    """A fragment may end inside a character (RFC 6455 section 5.6): only the reassembled
+    message must be UTF-8. A binary message is not checked at all."""
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)
+    e_acute = "é".encode()
+    _frame(socket, WSMsgType.TEXT, b"caf" + e_acute[:1], fin=False, transport=transport)
+    _frame(socket, WSMsgType.CONTINUATION, e_acute[1:], transport=transport)
+    _frame(socket, WSMsgType.BINARY, b"\xff\xfe", transport=transport)
+    assert listener.got == [("text", "café".encode()), ("binary", b"\xff\xfe")]
+    assert listener.closed == [] and transport.closed_with == []
+    _frame(socket, WSMsgType.TEXT, b"caf" + e_acute[:1], fin=False, transport=transport)
+    _frame(socket, WSMsgType.CONTINUATION, b"!", transport=transport)  # the character is cut
+    assert listener.closed == [(1007, "a text message was not UTF-8")]
+    assert transport.closed_with[0][0] == 1007
 
 
 def test_a_listener_that_raises_does_not_stop_the_socket() -> None:
