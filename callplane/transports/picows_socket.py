@@ -134,7 +134,13 @@ class PicowsSocket(WSListener, SocketBase):
         self._gone = True
         self._flow.discard()
         inbox = self.inbox
-        inbox.peer_gone(inbox.close_code, inbox.close_reason)
+        code, reason = inbox.close_code, inbox.close_reason
+        handshake = transport.close_handshake
+        if code is None and handshake is not None and handshake.sent is not None:
+            # The peer sent no close, this side did: picows itself fails a connection whose
+            # frame is too large (1009) or malformed (1002), and that code says why it ended.
+            code, reason = handshake.sent.code.value, handshake.sent.reason or ""
+        inbox.peer_gone(code, reason)
 
     def pause_writing(self) -> None:
         self._flow.pause_writing()

@@ -72,9 +72,10 @@ class SocketListener(Protocol):
 
     def on_close(self, code: int | None, reason: str) -> None:
         """The connection is gone; called once, after every message that arrived before it.
-        ``code`` is the peer's close code, if it sent one, or the code this side failed the
-        connection with (1007: a text message was not UTF-8; 1011: the socket itself
-        failed), with ``reason`` saying why."""
+        ``code`` is the peer's close code, if it sent one, or else the code this side closed
+        or failed the connection with (1007: a text message was not UTF-8; 1009: a message
+        was too large; 1002: a frame was malformed; 1011: the socket itself failed), with
+        ``reason`` saying why."""
         ...
 
 

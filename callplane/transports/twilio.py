@@ -85,10 +85,10 @@ class TwilioMediaStream:
 
     Hostile or broken frames never end the call: the parser raises nothing, and a frame it
     cannot vouch for is dropped and counted (:attr:`dropped`, ``on_invalid``). What ends it:
-    Twilio's ``stop`` (``caller_hung_up``), the socket closing (``stream_closed``; with code
-    1007, ``invalid_utf8``, see :mod:`callplane.transports.socket`), or an exception while a
-    frame is handled, which is a fault of this side: it is logged once, with its traceback,
-    and the call ends as ``internal_error``.
+    Twilio's ``stop`` (``caller_hung_up``), the socket closing (``stream_closed``, or what its
+    close code says: ``invalid_utf8``, ``message_too_big``, ``protocol_error``, see
+    :data:`_CLOSE_REASONS`), or an exception while a frame is handled, which is a fault of this
+    side: it is logged once, with its traceback, and the call ends as ``internal_error``.
     """
 
     audio_format: Literal["audio/pcmu"] = "audio/pcmu"
@@ -248,9 +248,16 @@ class TwilioMediaStream:
 _read = tp.read
 
 # What a socket's close code says about the end of the call (any other code, or none, is
-# ``stream_closed``): 1007, a text message was not UTF-8 (RFC 6455 section 8.1: the connection
-# must then fail, whichever side saw it); 1011, an endpoint failed (ours logs why).
-_CLOSE_REASONS: dict[int | None, str] = {1007: "invalid_utf8", 1011: "internal_error"}
+# ``stream_closed``): the connection failed, whichever side saw why (RFC 6455 section 7.4.1):
+# 1002, a malformed frame; 1007, a text message was not UTF-8 (section 8.1 requires failing
+# the connection); 1009, a message over the server's frame limit; 1011, an endpoint failed
+# (ours logs why).
+_CLOSE_REASONS: dict[int | None, str] = {
+    1002: "protocol_error",
+    1007: "invalid_utf8",
+    1009: "message_too_big",
+    1011: "internal_error",
+}
 
 
 def _ignore(payload: bytes) -> None:

@@ -5,9 +5,17 @@ while the kernel's buffer is full."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
 
-from picows import WSMsgType, WSTransport, WSUpgradeRequest, ws_connect, ws_create_server
+from picows import (
+    WSCloseCode,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    ws_connect,
+    ws_create_server,
+)
 from picows.picows import _make_test_ws_frame
 
 from callplane.transports.picows_socket import PicowsSocket
@@ -16,19 +24,25 @@ from tests.doubles import until
 
 
 class _Transport:
+    """picows's WSTransport as the socket uses it: what was sent, and the close handshake."""
+
     is_close_frame_sent = False
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, Any]] = []
         self.closed_with: list[tuple[int, bytes]] = []
         self.disconnected = False
+        self.close_handshake: Any = None
 
     def send(self, kind: Any, data: Any) -> None:
         self.sent.append((kind, data))
 
     def send_close(self, code: Any, reason: bytes = b"") -> None:
         self.closed_with.append((int(code), reason))
-        self.is_close_frame_sent = True
+        if not self.is_close_frame_sent:
+            self.is_close_frame_sent = True
+            sent = SimpleNamespace(code=code, reason=reason.decode())
+            self.close_handshake = SimpleNamespace(sent=sent, recv=None)
 
     def disconnect(self, graceful: bool = True) -> None:
         self.disconnected = True
@@ -134,6 +148,19 @@ def test_utf8_is_judged_on_the_whole_message_and_binary_messages_are_opaque() ->
     _frame(socket, WSMsgType.CONTINUATION, b"!", transport=transport)  # the character is cut
     assert listener.closed == [(1007, "a text message was not UTF-8")]
     assert transport.closed_with[0][0] == 1007
+
+
+def test_a_connection_picows_failed_ends_with_the_code_it_sent() -> None:
+    """A frame over the size limit: picows sends 1009 and disconnects; with no close from the
+    peer, the listener hears 1009 (and why), not an unexplained end."""
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)
+    transport.send_close(WSCloseCode.MESSAGE_TOO_BIG, b"2000000 > 1048576")
+    socket.on_ws_disconnected(cast(WSTransport, transport))
+    assert listener.closed == [(1009, "2000000 > 1048576")]
 
 
 def test_a_listener_that_raises_does_not_stop_the_socket() -> None:

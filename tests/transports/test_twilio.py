@@ -128,6 +128,8 @@ def test_a_handler_that_raises_ends_the_call_as_an_internal_error_logged_once(
         (None, "stream_closed"),
         (1007, "invalid_utf8"),
         (1011, "internal_error"),
+        (1009, "message_too_big"),
+        (1002, "protocol_error"),
     ],
 )
 def test_the_close_code_says_why_the_stream_ended(code: int | None, reason: str) -> None:
