@@ -26,6 +26,10 @@ What RFC 6455 asks of a receiver about UTF-8, and where it is done:
   code 1007 (``PicowsSocket``; under ASGI the server does it and reports the code). The check
   is on the whole message, since a fragment may end inside a character (section 5.6).
 * A close frame whose reason is not UTF-8: the same rule; picows fails the connection itself.
+* Not UTF-8, but framing, which ``PicowsSocket`` also checks: a continuation that begins no
+  message, or a new message before a fragmented one ended, is a protocol error (sections 5.4
+  and 7.1.7: fail with 1002); a message whose fragments add up to more than the socket takes
+  fails with 1009 (section 7.4.1), as picows does for one frame that is too large.
 * A binary message: its payload is opaque to the protocol, so nothing is required of it; what
   to do with one is the listener's choice (the Twilio transport drops and counts it).
 * Valid UTF-8 whose content the application cannot use (JSON that spells a lone surrogate,
@@ -45,6 +49,10 @@ log = logging.getLogger("callplane.socket")
 CLOSE_INVALID_TEXT = 1007
 """RFC 6455's close code for a message whose data does not fit its type (a text message that is
 not UTF-8)."""
+CLOSE_MESSAGE_TOO_BIG = 1009
+"""RFC 6455's close code for a message too large to process."""
+CLOSE_PROTOCOL_ERROR = 1002
+"""RFC 6455's close code for frames that break the protocol (fragments out of order)."""
 
 
 def is_utf8(data: bytes) -> bool:

@@ -253,3 +253,27 @@ async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads_
         transport.disconnect()
         server.close()
         await server.wait_closed()
+
+
+def test_fragments_out_of_order_or_past_the_limit_fail_the_connection() -> None:
+    """RFC 6455: a continuation with no message begun, or a new message inside a fragmented
+    one, is a protocol error (1002); fragments adding up past the socket's limit are a message
+    too big (1009). Nothing of such a message reaches the listener."""
+    cases: list[tuple[list[tuple[WSMsgType, bytes, bool]], int]] = [
+        ([(WSMsgType.CONTINUATION, b"x", True)], 1002),
+        ([(WSMsgType.TEXT, b"a", False), (WSMsgType.TEXT, b"b", True)], 1002),
+        ([(WSMsgType.TEXT, b"a", False), (WSMsgType.BINARY, b"b", False)], 1002),
+        ([(WSMsgType.TEXT, b"a" * 6, False), (WSMsgType.CONTINUATION, b"b" * 5, False)], 1009),
+    ]
+    for frames, code in cases:
+        socket = PicowsSocket()
+        socket.max_message_bytes = 10
+        transport = _Transport()
+        socket.on_ws_connected(cast(WSTransport, transport))
+        listener = _Listener()
+        socket.listen(listener)
+        for kind, data, fin in frames:
+            _frame(socket, kind, data, fin=fin, transport=transport)
+        assert listener.got == [], frames
+        assert [c for c, _ in listener.closed] == [code], frames
+        assert transport.closed_with[0][0] == code and transport.disconnected
