@@ -99,7 +99,18 @@ class MediaStreams:
         start = await _read_start(socket)
         if start is None:
             stats["refused_no_start"] += 1
-            log.warning("media stream refused: no start message within %.0f s", START_TIMEOUT_S)
+            if socket.closed:
+                log.warning(
+                    "media stream refused: the connection ended before its start message "
+                    "(close code %s%s)",
+                    socket.close_code,
+                    f": {socket.close_reason}" if socket.close_reason else "",
+                )
+            else:
+                log.warning(
+                    "media stream refused: no start message in its first 3 frames or within %.0f s",
+                    START_TIMEOUT_S,
+                )
             await socket.close(CLOSE_NO_START)
             return
         try:

@@ -18,7 +18,7 @@ sides: a socket calls its listener once per inbound message, from its own callba
   take over a socket mid-stream (the stream handler reads ``start``, then the call's transport
   reads the rest) without a message slipping past.
 
-What RFC 6455 asks of a receiver about UTF-8, and where it is done:
+What RFC 6455 asks of a receiver (UTF-8, framing), and where it is done:
 
 * A text message whose payload is not UTF-8: the endpoint MUST fail the connection (section
   8.1), with close code 1007 (section 7.4.1). A socket does so before its listener sees the
@@ -33,7 +33,7 @@ What RFC 6455 asks of a receiver about UTF-8, and where it is done:
 * A binary message: its payload is opaque to the protocol, so nothing is required of it; what
   to do with one is the listener's choice (the Twilio transport drops and counts it).
 * Valid UTF-8 whose content the application cannot use (JSON that spells a lone surrogate,
-  ``"\ud800"``, malformed frames): no concern of the WebSocket; the listener's parser drops
+  ``"\\ud800"``, malformed frames): no concern of the WebSocket; the listener's parser drops
   and counts such a message, and the connection goes on.
 """
 
