@@ -148,7 +148,15 @@ class Conversation:
     # --- public ------------------------------------------------------------------------------
 
     async def run(self) -> CallRecord:
-        reason = "caller_hung_up"
+        """Run the call until it ends; return its record, closed with the end reason.
+
+        The reason says what ended the call: the transport's (``caller_hung_up``,
+        ``stream_closed``, ...), a request (``agent_hung_up``, ``transferred``, ...),
+        ``realtime_unavailable`` when the session could not be kept, ``cancelled`` when the
+        task running it was, or ``internal_error`` when this code raised: that exception is
+        logged here, once, the call is hung up, and the record is returned as for any other
+        end."""
+        reason = "internal_error"  # until the call ends in one of the ways below
         self._done = asyncio.get_running_loop().create_future()
         try:
             await self._open_realtime(greet=True)
@@ -162,6 +170,13 @@ class Conversation:
         except RealtimeClosed as exc:
             reason = f"realtime_unavailable (close code {exc.code})"
             log.error("call %s: %s", self.record.call_sid, exc)
+            with contextlib.suppress(Exception):
+                await self.transport.hang_up()
+        except asyncio.CancelledError:
+            reason = "cancelled"  # the server running the call stopped before it ended
+            raise
+        except Exception:
+            log.exception("call %s: failed; the call is hung up", self.record.call_sid)
             with contextlib.suppress(Exception):
                 await self.transport.hang_up()
         finally:

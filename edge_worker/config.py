@@ -38,7 +38,6 @@ Only ``url``, ``api_key`` and ``api_secret`` are required; ``dispatch_url`` and
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -46,6 +45,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
+
+from edge_worker.wire import JSONRefused, read_json
 
 __all__ = [
     "ENV_VAR",
@@ -276,6 +277,7 @@ class EdgeConfig:
                     f"{where}={route!r} is invalid: use NumberRoute(profile=..., region=...)"
                 )
             _check_name(f"{where}.profile", route.profile)
+            _check_name(f"{where}.region", route.region)
             if route.region not in self.media_urls:
                 raise EdgeConfigError(
                     f"{where}.region={route.region!r} has no entry in media_urls "
@@ -352,12 +354,9 @@ class EdgeConfig:
     def from_json(cls, text: str, *, source: str = "edge config") -> EdgeConfig:
         """Parse and validate the JSON document (see the module docstring for its shape)."""
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise EdgeConfigError(
-                f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                "fix the document"
-            ) from None
+            data = read_json(text)
+        except JSONRefused as exc:
+            raise EdgeConfigError(f"{source}: {exc}; fix the document") from None
         return cls.from_mapping(data, source=source)
 
     @classmethod
@@ -422,7 +421,12 @@ def _check_number(number: object) -> None:
 def _check_url(where: str, value: object, schemes: tuple[str, ...], example: str) -> None:
     if not isinstance(value, str):
         raise EdgeConfigError(f"{where}={value!r} is invalid: use a URL like {example!r}")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # an unclosed IPv6 bracket, say
+        raise EdgeConfigError(
+            f"{where}={value!r} is invalid: it is not a URL ({exc}); e.g. {example!r}"
+        ) from None
     problem = None
     if parts.scheme not in schemes:
         problem = f"the scheme must be one of {list(schemes)}"

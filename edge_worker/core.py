@@ -25,6 +25,7 @@ Routes:
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ StatusHandler = Callable[[dict[str, str]], None]
 PLAYGROUND_PREFIX = "/playground/"
 
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+# What XML 1.0 cannot hold in a document (its Char production), even escaped.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _FORM = "application/x-www-form-urlencoded"
 
 
@@ -149,18 +152,29 @@ def _voice(call: _Call) -> EdgeResponse:
     call_sid = _first(form, "CallSid")
     if not call_sid:
         return _text(400, "the voice webhook has no CallSid; it must come from Twilio")
-    token = mint_stream_token(config.stream_secret, call_sid, route.profile, route.region, now=now)
-    parameters = [("token", token), ("profile", route.profile), ("to", to)]
-    if outbound:
-        parameters.append(("direction", "outbound"))
+    # The caller's fields go to the media plane as <Parameter> values: XML must be able to
+    # carry them (Twilio never sends a control character; a request that does is refused).
+    passed: list[tuple[str, str]] = []
     for name, source in (
+        ("to", "To"),
         ("from", "From"),
         ("country", "ToCountry" if outbound else "FromCountry"),
         ("answered_by", "AnsweredBy"),
     ):
-        value = _first(form, source)
-        if value:
-            parameters.append((name, value))
+        value = to if name == "to" else _first(form, source)
+        if _NOT_XML.search(value):
+            return _text(
+                400,
+                f"{source}={value[:80]!r} holds a character that XML, and so TwiML, cannot "
+                "carry (a control character); Twilio never sends one",
+            )
+        if value or name == "to":
+            passed.append((name, value))
+    token = mint_stream_token(config.stream_secret, call_sid, route.profile, route.region, now=now)
+    parameters = [("token", token), ("profile", route.profile), passed[0]]
+    if outbound:
+        parameters.append(("direction", "outbound"))
+    parameters.extend(passed[1:])
     return _xml(stream_twiml(config.media_stream_url(route.region), parameters))
 
 

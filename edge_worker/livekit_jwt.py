@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from edge_worker.wire import JSONRefused, read_json
+
 __all__ = [
     "WEBHOOK_LEEWAY_S",
     "JWTError",
@@ -114,9 +116,9 @@ def verify_webhook(
     if not hmac.compare_digest(hashlib.sha256(body).digest(), claimed_digest):
         raise JWTError("body_hash", "the body does not match the webhook token's sha256 claim")
     try:
-        event = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("the webhook body is not JSON") from None
+        event = read_json(body)
+    except JSONRefused as exc:
+        raise ValueError(f"the webhook body is not JSON the edge reads: {exc}") from None
     if not isinstance(event, dict):
         raise ValueError("the webhook body is not a JSON object")
     return event
@@ -178,9 +180,11 @@ def _unb64url(text: str, part: str) -> bytes:
 
 def _json_segment(text: str, part: str) -> dict[str, Any]:
     try:
-        value = json.loads(_unb64url(text, part).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise JWTError("malformed", f"the token's {part} is not JSON") from None
+        value = read_json(_unb64url(text, part))
+    except JSONRefused as exc:
+        raise JWTError(
+            "malformed", f"the token's {part} is not JSON the edge reads: {exc}"
+        ) from None
     if not isinstance(value, dict):
         raise JWTError("malformed", f"the token's {part} is not a JSON object")
     return value

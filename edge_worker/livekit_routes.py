@@ -32,8 +32,10 @@ from edge_worker.wire import (
     DispatchAgent,
     EdgeRequest,
     EdgeResponse,
+    JSONRefused,
     OutboundHTTP,
     json_response,
+    read_json,
     text_response,
 )
 
@@ -148,9 +150,9 @@ def _token_body(raw: bytes) -> tuple[str, str | None, str | None, str | None, bo
     """``(room, identity, name, profile, agent)`` or the 400 message naming the bad field."""
     example = '{"room": "demo", "identity": "alice", "profile": "support"}'
     try:
-        data = json.loads(raw.decode("utf-8")) if raw.strip() else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return f"the body is not JSON; send an object like {example}"
+        data = read_json(raw) if raw.strip() else None
+    except JSONRefused as exc:
+        return f"the body is not JSON the edge reads: {exc}; send an object like {example}"
     if not isinstance(data, dict):
         return f"the body must be a JSON object like {example}"
     unknown = sorted(str(key) for key in data if key not in _TOKEN_FIELDS)
@@ -197,8 +199,8 @@ def _token_body(raw: bytes) -> tuple[str, str | None, str | None, str | None, bo
 
 def _room_hint(raw: bytes) -> str | None:
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(raw)
+    except JSONRefused:
         return None
     room = data.get("room") if isinstance(data, dict) else None
     return room if isinstance(room, str) else None
@@ -358,8 +360,8 @@ def _metadata(raw: object) -> dict[str, Any]:
     if not isinstance(raw, str) or not raw.strip():
         return {}
     try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError:
+        parsed = read_json(raw)
+    except JSONRefused:
         return {}
     return parsed if isinstance(parsed, dict) else {}
 

@@ -15,14 +15,79 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "MAX_JSON_NUMBER_CHARS",
     "DispatchAgent",
     "EdgeRequest",
     "EdgeResponse",
     "Headers",
+    "JSONRefused",
     "OutboundHTTP",
     "json_response",
+    "read_json",
     "text_response",
 ]
+
+MAX_JSON_NUMBER_CHARS = 32
+"""The longest number :func:`read_json` reads: nothing the edge is sent needs more, and a
+longer one would cost a conversion (or raise int()'s digit limit) for nothing."""
+
+
+class JSONRefused(ValueError):
+    """Text that :func:`read_json` does not read, with why (the message names the problem and
+    quotes none of the text)."""
+
+
+def read_json(text: str | bytes) -> Any:
+    """The JSON value of ``text`` (UTF-8 if bytes), read as strictly as RFC 8259 writes it, or
+    :class:`JSONRefused`: never another exception, whatever a client sent.
+
+    Refused: bytes that are not UTF-8 (``json.loads`` would guess UTF-16 or UTF-32 from them),
+    text that is not JSON, ``NaN`` and ``Infinity`` (Python's decoder takes them, JSON has
+    none), a number longer than :data:`MAX_JSON_NUMBER_CHARS` characters or too large for a
+    float, and nesting deeper than the decoder can follow.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise JSONRefused("it is not UTF-8 text") from None
+    try:
+        return json.loads(
+            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
+        )
+    except JSONRefused:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JSONRefused(
+            f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise JSONRefused("it is nested too deeply") from None
+    except ValueError as exc:  # what the decoder raises besides, for any other reason
+        raise JSONRefused(f"not valid JSON ({exc})") from None
+
+
+def _json_number(text: str) -> str:
+    if len(text) > MAX_JSON_NUMBER_CHARS:
+        raise JSONRefused(
+            f"it has a number {len(text)} characters long; at most {MAX_JSON_NUMBER_CHARS} are read"
+        )
+    return text
+
+
+def _json_int(text: str) -> int:
+    return int(_json_number(text))
+
+
+def _json_float(text: str) -> float:
+    value = float(_json_number(text))
+    if value in (float("inf"), float("-inf")):
+        raise JSONRefused("it has a number too large for a float")
+    return value
+
+
+def _json_constant(name: str) -> Any:
+    raise JSONRefused(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 class Headers(Mapping[str, str]):

@@ -12,18 +12,28 @@ everything queued by then.
 The picows stream server (``functions.stream_server``) serves the same streams without these
 tasks; this adapter is for the media app's ``/twilio/media`` route (what Modal's ASGI serving
 and uvicorn run).
+
+RFC 6455's UTF-8 rule is the ASGI server's here: it hands the app a text message as ``str``,
+so it has decoded it, and it fails the connection with 1007 when it cannot (the disconnect's
+code reaches the listener). Either task failing in a way the adapter does not expect is a fault
+of this side: it is logged once, the socket is gone with code 1011 (the listener hears it) and
+closes with that code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from callplane.transports.socket import SocketBase
 
+log = logging.getLogger("callplane.socket")
+
+CLOSE_INTERNAL_ERROR = 1011
 HIGH_WATER = 64  # messages queued for the writer: about a second of a call's audio
 LOW_WATER = 16
 CLOSE_FLUSH_S = 2.0  # how long close() lets the writer finish what is queued
@@ -38,6 +48,7 @@ class AsgiSocket(SocketBase):
         self._queue: deque[str] = deque()
         self._writer_waits: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._failed_with: int | None = None  # the close code, when a task failed
 
     def start(self) -> None:
         """Start reading and writing (call once, after ``accept``)."""
@@ -62,7 +73,7 @@ class AsgiSocket(SocketBase):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                await self.ws.close(code=code)
+                await self.ws.close(code=self._failed_with or code)
 
     # ---- the tasks -------------------------------------------------------------------------
 
@@ -92,6 +103,8 @@ class AsgiSocket(SocketBase):
                     flow.resume_writing()  # held messages join the queue, in order
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._mark_gone(None, "")
+        except Exception as exc:
+            self._task_failed("writing", exc)
 
     async def _read(self) -> None:
         inbox = self.inbox
@@ -109,7 +122,15 @@ class AsgiSocket(SocketBase):
                     inbox.binary(bytes(message.get("bytes") or b""))
         except (WebSocketDisconnect, RuntimeError):
             pass
+        except Exception as exc:
+            self._task_failed("reading", exc)
+            return
         self._mark_gone(code, "")
+
+    def _task_failed(self, what: str, exc: Exception) -> None:
+        log.error("a media socket failed %s; the connection is closed", what, exc_info=exc)
+        self._failed_with = CLOSE_INTERNAL_ERROR
+        self._mark_gone(CLOSE_INTERNAL_ERROR, f"the socket failed {what}: {exc}")
 
     def _mark_gone(self, code: int | None, reason: str) -> None:
         if self._gone:

@@ -99,7 +99,18 @@ class MediaStreams:
         start = await _read_start(socket)
         if start is None:
             stats["refused_no_start"] += 1
-            log.warning("media stream refused: no start message within %.0f s", START_TIMEOUT_S)
+            if socket.closed:
+                log.warning(
+                    "media stream refused: the connection ended before its start message "
+                    "(close code %s%s)",
+                    socket.close_code,
+                    f": {socket.close_reason}" if socket.close_reason else "",
+                )
+            else:
+                log.warning(
+                    "media stream refused: no start message in its first 3 frames or within %.0f s",
+                    START_TIMEOUT_S,
+                )
             await socket.close(CLOSE_NO_START)
             return
         try:
@@ -170,11 +181,13 @@ class MediaStreams:
             answered_by=answered_by,
             context=context,
         )
+
+        def dropped(reason: str) -> None:
+            stats[f"dropped_{reason}"] += 1
+            record.frame_dropped(reason)
+
         transport = TwilioMediaStream(
-            socket,
-            start,
-            CallControl(settings.twilio(), start.call_sid),
-            on_invalid=lambda r: stats.update([f"dropped_{r}"]),
+            socket, start, CallControl(settings.twilio(), start.call_sid), on_invalid=dropped
         )
         running: Awaitable[CallRecord]
         if profile.room is not None and livekit is not None:
@@ -292,7 +305,7 @@ class _StartReader:
 
     def on_text(self, data: bytes) -> None:
         self._frames += 1
-        parsed = tp.parse(data.decode("utf-8", "replace"))
+        parsed = tp.read(data)  # raises nothing, whatever the frame
         if isinstance(parsed, tp.Start):
             self._found(parsed)
         elif self._frames >= 3:

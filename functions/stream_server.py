@@ -37,10 +37,17 @@ log = logging.getLogger("callplane.media")
 
 STREAM_PATH = b"/twilio/media"
 MAX_FRAME_BYTES = 1024 * 1024  # Twilio's frames are a few hundred bytes; a start is < 4 KiB
+"""The largest frame, and message, a stream may send. picows fails a connection that sends a
+larger frame with 1009 (RFC 6455 section 7.4.1) without reading it, the socket one whose
+fragments add up to more, and the call ends as ``message_too_big``;
+anything smaller is read, and judged by the socket (UTF-8) and the Twilio transport (the rest,
+see :mod:`callplane.transports.twilio`)."""
 
 
 class _Stream(PicowsSocket):
     """One accepted media stream: served by :meth:`MediaStreams.serve` in its own task."""
+
+    max_message_bytes = MAX_FRAME_BYTES  # fragments of a message count together
 
     def __init__(self, server: StreamServer) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from callplane.realtime.conformance import (
     ConformanceError,
@@ -23,6 +24,19 @@ from callplane_standins.realtime_engine.server import EngineServer
 # functions/app.py deploys the media plane for one stack and will not guess which: the tests
 # read the dev stack's Modal app, unless the shell names another.
 os.environ.setdefault("CALLPLANE_STACK", "dev")
+
+# Property tests (Hypothesis) are bounded: 200 examples each, no per-example deadline (the
+# machine is shared, so time per example says nothing). In CI (CI=true) every run draws the same
+# examples, so a run cannot fail on a draw the previous one did not make; elsewhere each run
+# draws new ones, and a failing example is kept in .hypothesis/ and tried first next time.
+# HYPOTHESIS_PROFILE picks a profile by name.
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, derandomize=True, database=None, print_blob=True
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @dataclass

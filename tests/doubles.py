@@ -15,7 +15,10 @@
 * :class:`RecordingControl`: Twilio's REST call control, recording hang-ups and transfers
   instead of calling Twilio (or refusing transfers, as Twilio can).
 * :class:`RecordingHandler`: a :class:`~callplane.transports.base.TransportHandler` that keeps
-  every event a real transport delivers.
+  every event a real transport delivers (or, with ``audio_error``, fails on audio as a broken
+  handler would).
+* :class:`BrokenTransport`: a :class:`FakeTransport` whose ``listen`` raises, for the
+  conversation's handling of its own faults.
 * :class:`FakeClock`: stands in for the ``time`` module of the code under test, so positions
   in played audio are exact.
 """
@@ -237,6 +240,20 @@ class FakeTransport:
             self.handler.on_end(reason)
 
 
+class BrokenTransport(FakeTransport):
+    """A :class:`FakeTransport` that raises ``error`` when the conversation starts listening:
+    a fault on this side, in the middle of a call that has opened its Realtime session."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def listen(self, handler: TransportHandler | None) -> None:
+        if handler is not None:
+            raise self.error
+        super().listen(handler)
+
+
 class FakeCall(CallContext):
     """A tool's call: records a hang-up and the transfer; ``transfer_refusal`` makes every
     transfer fail with that reason. A transfer dials ``dialled`` (``to`` itself by default)."""
@@ -277,12 +294,16 @@ class RecordingControl(CallControl):
 
 
 class RecordingHandler:
-    """A :class:`~callplane.transports.base.TransportHandler` that keeps every event."""
+    """A :class:`~callplane.transports.base.TransportHandler` that keeps every event; with
+    ``audio_error`` it raises that on every frame of audio instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, audio_error: Exception | None = None) -> None:
         self.events: list[TransportEvent] = []
+        self.audio_error = audio_error
 
     def on_audio(self, payload_b64: bytes) -> None:
+        if self.audio_error is not None:
+            raise self.audio_error
         self.events.append(AudioIn(payload_b64))
 
     def on_mark(self, name: str) -> None:

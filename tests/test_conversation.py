@@ -23,7 +23,7 @@ from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
 from callplane.records import CallRecord
 from callplane.tools import BUILTIN_TOOLS, ToolSet, tool
-from tests.doubles import FakeClock, FakeRealtime, FakeTransport, until
+from tests.doubles import BrokenTransport, FakeClock, FakeRealtime, FakeTransport, until
 
 GREETING = "Greet the caller as Callplane support."
 
@@ -279,6 +279,29 @@ async def test_a_lost_session_is_reopened_while_the_caller_hears_the_filler() ->
         c.realtime.send(speech_started())
         assert c.transport.clears == 0
     assert c.record.end_reason == "caller_hung_up"
+
+
+async def test_a_fault_of_this_side_ends_the_call_as_an_internal_error_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not ``caller_hung_up``: the record says the call failed here, the exception is logged
+    once with its traceback, the caller is hung up on and the Realtime session closed."""
+    transport = BrokenTransport(RuntimeError("the transport broke"))
+    realtime = FakeRealtime()
+    conversation = Conversation(
+        transport,
+        AgentProfile(name="support", greeting=GREETING, tools=()),
+        ToolSet([]),
+        RealtimeSettings(url="ws://realtime.test/v1/realtime", api_key="sk-test"),
+        CallRecord(call_sid="CA_test"),
+        dial=realtime.dial,
+    )
+    record = await asyncio.wait_for(conversation.run(), 10)
+    assert record.end_reason == "internal_error"
+    assert transport.hang_ups == 1
+    assert realtime.session.closed
+    failures = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert len(failures) == 1 and "the transport broke" in str(failures[0])
 
 
 async def test_a_session_that_cannot_be_reopened_ends_the_call(

@@ -65,6 +65,9 @@ class CallRecord:
     voicemail_left: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     cost_usd: dict[str, float] = field(default_factory=dict)
+    # Frames from the far end that were dropped (malformed, oversized, binary), by reason: a
+    # call goes on past them, and this says it had them.
+    dropped_frames: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Not a dataclass field: asdict(), to_json(), repr and == never see the listener.
@@ -124,6 +127,12 @@ class CallRecord:
         """Note a keypad digit (DTMF) the caller pressed."""
         self.dtmf.append(digit)
         self._changed()
+
+    def frame_dropped(self, reason: str) -> None:
+        """Count a frame from the far end that was dropped for ``reason``. Not a change that
+        is written at once (a flood of bad frames must not become a flood of writes): the
+        counts go with the call's next write, its end at the latest."""
+        self.dropped_frames[reason] = self.dropped_frames.get(reason, 0) + 1
 
     def close(self, reason: str, prices: PriceTable = DEFAULT_PRICES) -> None:
         self.ended_at = time.time()

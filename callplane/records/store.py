@@ -56,6 +56,7 @@ SUMMARY_KEYS: Final = (
     "voicemail_left",
     "context",
     "cost_usd",
+    "dropped_frames",
 )
 """What a record holds besides its columns and its lists: the ``summary`` JSON of its row."""
 

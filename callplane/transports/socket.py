@@ -17,6 +17,24 @@ sides: a socket calls its listener once per inbound message, from its own callba
   no listener is registered are held in order and handed to the next one, so a consumer may
   take over a socket mid-stream (the stream handler reads ``start``, then the call's transport
   reads the rest) without a message slipping past.
+
+What RFC 6455 asks of a receiver (UTF-8, framing), and where it is done:
+
+* A text message whose payload is not UTF-8: the endpoint MUST fail the connection (section
+  8.1), with close code 1007 (section 7.4.1). A socket does so before its listener sees the
+  message, so that ``on_text`` only ever gets UTF-8; the listener then hears the close with
+  code 1007 (``PicowsSocket``; under ASGI the server does it and reports the code). The check
+  is on the whole message, since a fragment may end inside a character (section 5.6).
+* A close frame whose reason is not UTF-8: the same rule; picows fails the connection itself.
+* Not UTF-8, but framing, which ``PicowsSocket`` also checks: a continuation that begins no
+  message, or a new message before a fragmented one ended, is a protocol error (sections 5.4
+  and 7.1.7: fail with 1002); a message whose fragments add up to more than the socket takes
+  fails with 1009 (section 7.4.1), as picows does for one frame that is too large.
+* A binary message: its payload is opaque to the protocol, so nothing is required of it; what
+  to do with one is the listener's choice (the Twilio transport drops and counts it).
+* Valid UTF-8 whose content the application cannot use (JSON that spells a lone surrogate,
+  ``"\\ud800"``, malformed frames): no concern of the WebSocket; the listener's parser drops
+  and counts such a message, and the connection goes on.
 """
 
 from __future__ import annotations
@@ -28,13 +46,32 @@ from typing import Protocol
 
 log = logging.getLogger("callplane.socket")
 
+CLOSE_INVALID_TEXT = 1007
+"""RFC 6455's close code for a message whose data does not fit its type (a text message that is
+not UTF-8)."""
+CLOSE_MESSAGE_TOO_BIG = 1009
+"""RFC 6455's close code for a message too large to process."""
+CLOSE_PROTOCOL_ERROR = 1002
+"""RFC 6455's close code for frames that break the protocol (fragments out of order)."""
+
+
+def is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is well-formed UTF-8 (no overlong forms, no surrogates, nothing past
+    U+10FFFF: Python's strict decoder is RFC 3629's)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
 
 class SocketListener(Protocol):
     """Called by a socket for every inbound message, synchronously, on the event loop. The
     calls must not block; an exception is logged by the socket and does not stop it."""
 
     def on_text(self, data: bytes) -> None:
-        """A whole text message, as its UTF-8 bytes."""
+        """A whole text message, as its UTF-8 bytes (checked: a socket fails the connection
+        on a text message that is not UTF-8, see the module docstring)."""
         ...
 
     def on_binary(self, data: bytes) -> None:
@@ -42,8 +79,11 @@ class SocketListener(Protocol):
         ...
 
     def on_close(self, code: int | None, reason: str) -> None:
-        """The connection is gone (``code`` is the peer's close code, if it sent one); called
-        once, after every message that arrived before it."""
+        """The connection is gone; called once, after every message that arrived before it.
+        ``code`` is the peer's close code, if it sent one, or else the code this side closed
+        or failed the connection with (1007: a text message was not UTF-8; 1009: a message
+        was too large; 1002: a frame was malformed; 1011: the socket itself failed), with
+        ``reason`` saying why."""
         ...
 
 
@@ -239,6 +279,8 @@ class Inbox:
         self._message(_BINARY, data)
 
     def _message(self, text: bool, data: bytes) -> None:
+        if self.closed:  # the connection failed: what was still in its buffer is not read
+            return
         listener = self._listener
         if listener is None or self._held:
             self._held.append((text, data))

@@ -78,11 +78,17 @@ class TwilioMediaStream:
     """A Transport over one Twilio media stream whose ``start`` has already been read.
 
     It is its socket's listener: each text frame is parsed where the socket's callback
-    delivers it and goes on to the handler at once. A compact media frame (nearly all of
-    them) is read from the bytes without the JSON decoder (:func:`twilio_protocol.
-    media_payload`); anything else goes through the full parser. Any
+    delivers it (:func:`twilio_protocol.read`, whose fast branch reads a compact media frame,
+    nearly all of them, without the JSON decoder) and goes on to the handler at once. Any
     :class:`~callplane.transports.socket.MessageSocket` will do: picows's, the media app's
     ASGI adapter, a test's.
+
+    Hostile or broken frames never end the call: the parser raises nothing, and a frame it
+    cannot vouch for is dropped and counted (:attr:`dropped`, ``on_invalid``). What ends it:
+    Twilio's ``stop`` (``caller_hung_up``), the socket closing (``stream_closed``, or what its
+    close code says: ``invalid_utf8``, ``message_too_big``, ``protocol_error``, see
+    :data:`_CLOSE_REASONS`), or an exception while a frame is handled, which is a fault of this
+    side: it is logged once, with its traceback, and the call ends as ``internal_error``.
     """
 
     audio_format: Literal["audio/pcmu"] = "audio/pcmu"
@@ -159,34 +165,51 @@ class TwilioMediaStream:
     # ---- SocketListener ------------------------------------------------------------------------
 
     def on_text(self, data: bytes) -> None:
-        payload = _media_payload(data)
-        if payload is not None:
-            self._audio(payload)
-        else:
-            self._other(data)
+        try:
+            frame = _read(data)
+            if isinstance(frame, bytes):
+                self._audio(frame)
+            else:
+                self._other(frame)
+        except Exception as exc:  # from the handler or this class, never from the parser
+            self._failed(exc)
 
     def on_binary(self, data: bytes) -> None:
+        # Twilio sends text only; a binary message is a protocol error at its level, not at
+        # the WebSocket's (RFC 6455 puts no constraint on binary payloads), so it is dropped.
         self._drop("binary_frame")
 
     def on_close(self, code: int | None, reason: str) -> None:
-        self._end("stream_closed")
+        self._end(_CLOSE_REASONS.get(code, "stream_closed"))
 
-    def _other(self, data: bytes) -> None:
-        """A frame that is not compact media: the full parser judges it."""
+    def _other(self, frame: tp.Frame) -> None:
+        """A frame that is not compact media, already parsed."""
         handler = self._handler
         if handler is None or self._ended:
             return
-        parsed = tp.parse(data.decode("utf-8", "replace"))
-        if isinstance(parsed, tp.Media):
-            handler.on_audio(parsed.payload.encode("ascii"))  # checked to be base64
-        elif isinstance(parsed, tp.Mark):
-            handler.on_mark(parsed.name)
-        elif isinstance(parsed, tp.Dtmf):
-            handler.on_dtmf(parsed.digit)
-        elif isinstance(parsed, tp.Stop):
+        if isinstance(frame, tp.Media):
+            handler.on_audio(frame.payload.encode("ascii"))  # checked to be base64
+        elif isinstance(frame, tp.Mark):
+            handler.on_mark(frame.name)
+        elif isinstance(frame, tp.Dtmf):
+            handler.on_dtmf(frame.digit)
+        elif isinstance(frame, tp.Stop):
             self._end("caller_hung_up")
-        elif isinstance(parsed, tp.Invalid):
-            self._drop(parsed.reason)
+        elif isinstance(frame, tp.Invalid):
+            self._drop(frame.reason, frame.detail)
+        elif isinstance(frame, tp.Start):
+            self._drop("repeated_start")  # the stream's start was read before this transport
+
+    def _failed(self, exc: Exception) -> None:
+        """Handling a frame raised: log it once and end the call as ``internal_error``."""
+        if self._ended:
+            return
+        log.error(
+            "call %s: handling a frame from Twilio failed; the call ends",
+            self.start.call_sid,
+            exc_info=exc,
+        )
+        self._end("internal_error")
 
     def _end(self, reason: str) -> None:
         handler = self._handler
@@ -195,8 +218,16 @@ class TwilioMediaStream:
             self._audio = _ignore
             handler.on_end(reason)
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, detail: str = "") -> None:
         self.dropped[reason] += 1
+        if detail and self.dropped[reason] == 1:  # a frame the parser did not foresee: once
+            log.warning(
+                "call %s: dropped a frame from Twilio (%s): %s; such frames are only counted "
+                "from now on",
+                self.start.call_sid,
+                reason,
+                detail,
+            )
         if self._on_invalid is not None:
             self._on_invalid(reason)
 
@@ -214,7 +245,19 @@ class TwilioMediaStream:
             log.exception("call %s: %s through Twilio's REST API failed", self.start.call_sid, what)
 
 
-_media_payload = tp.media_payload
+_read = tp.read
+
+# What a socket's close code says about the end of the call (any other code, or none, is
+# ``stream_closed``): the connection failed, whichever side saw why (RFC 6455 section 7.4.1):
+# 1002, a malformed frame; 1007, a text message was not UTF-8 (section 8.1 requires failing
+# the connection); 1009, a message over the server's frame limit; 1011, an endpoint failed
+# (ours logs why).
+_CLOSE_REASONS: dict[int | None, str] = {
+    1002: "protocol_error",
+    1007: "invalid_utf8",
+    1009: "message_too_big",
+    1011: "internal_error",
+}
 
 
 def _ignore(payload: bytes) -> None:

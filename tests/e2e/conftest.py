@@ -117,23 +117,6 @@ async def stack(
     _checked(conformance, running)
 
 
-@pytest.fixture
-async def single_process_stack(
-    tmp_path: Path, conformance: ConformanceLog, engine_events: EngineEvents
-) -> AsyncIterator[LocalStack]:
-    """The whole stack with the media plane in this process, for a test that reads one
-    process's own counters (``stack.media_app.state``)."""
-
-    def observe(direction: Direction, event: Mapping[str, Any]) -> None:
-        conformance(direction, event)
-        engine_events(direction, event)
-
-    options = StackOptions(data_dir=tmp_path / "stack", pace=4.0, engine_observer=observe)
-    async with started(options) as running:
-        yield running
-    _checked(conformance, running)
-
-
 LIVEKIT_AGENT_IDLE_S = 3.0
 """How long an agent job stays in an empty room in the LiveKit end-to-end tests."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 from types import TracebackType
@@ -13,6 +14,7 @@ from types import TracebackType
 import httpx
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from callplane_dev.stack import DEFAULT_CALLER, LocalStack
 from callplane_standins.twilio_simulator.caller import synthesize_ulaw
@@ -28,10 +30,17 @@ class TwilioLikeStream:
         self.call_sid = "CA" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self.ws: ClientConnection | None = None
+        self._parameters: dict[str, str] = {}
         self.media: asyncio.Queue[bytes] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TwilioLikeStream:
+        await self.open()
+        await self.start()
+        return self
+
+    async def open(self) -> None:
+        """Ask the edge for TwiML and open the stream it names, signed, as Twilio does."""
         validator = RequestValidator(self.stack.creds.auth_token)
         voice_url = self.stack.edge_url + "/twilio/voice"
         form = {
@@ -56,6 +65,11 @@ class TwilioLikeStream:
             stream.url,
             additional_headers={"X-Twilio-Signature": validator.compute_signature(stream.url, {})},
         )
+        self._parameters = stream.parameters
+
+    async def start(self) -> None:
+        """Send ``connected`` and the ``start`` carrying the edge's stream token, then listen."""
+        assert self.ws is not None
         await self.ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1"}))
         await self.ws.send(
             json.dumps(
@@ -68,7 +82,7 @@ class TwilioLikeStream:
                         "accountSid": self.stack.creds.account_sid,
                         "callSid": self.call_sid,
                         "tracks": ["inbound"],
-                        "customParameters": stream.parameters,
+                        "customParameters": self._parameters,
                         "mediaFormat": {
                             "encoding": "audio/x-mulaw",
                             "sampleRate": 8000,
@@ -79,7 +93,6 @@ class TwilioLikeStream:
             )
         )
         self._reader = asyncio.create_task(self._read())
-        return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
@@ -91,20 +104,33 @@ class TwilioLikeStream:
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for frame in self.ws:
+        with contextlib.suppress(ConnectionClosed):  # the server may fail the stream
+            await self._read_frames(self.ws)
+
+    async def _read_frames(self, ws: ClientConnection) -> None:
+        async for frame in ws:
             message = json.loads(frame)
             if message["event"] == "media":
                 await self.media.put(base64.b64decode(message["media"]["payload"]))
             elif message["event"] == "mark":  # played at once, as far as this client cares
-                await self.ws.send(
+                await ws.send(
                     json.dumps(
                         {"event": "mark", "streamSid": self.stream_sid, "mark": message["mark"]}
                     )
                 )
 
-    async def send_raw(self, frame: str | bytes) -> None:
+    async def send_raw(self, frame: str | bytes, *, text: bool | None = None) -> None:
+        """Send ``frame`` as it is: a str as a text message, bytes as a binary one unless
+        ``text`` (then as a text message, whether or not the bytes are UTF-8)."""
         assert self.ws is not None
-        await self.ws.send(frame)
+        await self.ws.send(frame, text=text)
+
+    async def closed(self, timeout_s: float = 20.0) -> int | None:
+        """Wait until the server has closed the stream; the close code it sent."""
+        assert self.ws is not None
+        async with asyncio.timeout(timeout_s):
+            await self.ws.wait_closed()
+        return self.ws.close_code
 
     async def say(self, text: str, trailing_silence_ms: int = 1000) -> None:
         """Speak in real-time 20 ms frames, then stay silent long enough to end the turn."""

@@ -170,6 +170,24 @@ def test_twiml_escapes_hostile_values_like_the_sdk(config: EdgeConfig) -> None:
     assert response.body.decode() == sdk_stream(url, parameters)
 
 
+@pytest.mark.parametrize(
+    ("field", "form"),
+    [
+        ("From", voice_form(From="+1555\x01")),
+        ("To", voice_form(Direction="outbound-api", From="+15550001111", To="+1\x01")),
+        ("AnsweredBy", voice_form(AnsweredBy="human\ufffe")),
+    ],
+)
+def test_a_field_xml_cannot_carry_is_a_400_naming_it(
+    config: EdgeConfig, field: str, form: dict[str, str]
+) -> None:
+    """TwiML with a control character in it is not XML, and Twilio could not read it."""
+    response = handle(config, signed_post("/twilio/voice", form), now=NOW)
+    assert response.status == 400
+    assert response.body.decode().startswith(f"{field}=")
+    assert b"cannot carry" in response.body
+
+
 def test_missing_call_sid_is_a_400(config: EdgeConfig) -> None:
     form = voice_form()
     del form["CallSid"]

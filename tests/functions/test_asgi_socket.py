@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
 from starlette.websockets import WebSocket, WebSocketState
 
 from functions.asgi_socket import HIGH_WATER, LOW_WATER, AsgiSocket
@@ -86,3 +87,21 @@ async def test_a_writer_that_falls_behind_pauses_the_flow_until_it_caught_up() -
     assert LOW_WATER < HIGH_WATER
     await socket.close(4000)
     assert ws.closed_with == 4000
+
+
+async def test_a_reader_that_fails_unexpectedly_ends_the_socket_as_an_internal_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message the adapter cannot read (here an ASGI event without a type) is this side's
+    fault: logged once, the listener hears 1011, and the socket closes with 1011."""
+    ws = FakeWebSocket()
+    socket = AsgiSocket(cast(WebSocket, ws))
+    listener = Listener()
+    socket.listen(listener)
+    socket.start()
+    await ws.inbound.put({"text": "no type"})
+    await until(lambda: bool(listener.closed), "the close")
+    assert listener.closed == [1011] and socket.closed
+    assert len([r for r in caplog.records if r.exc_info is not None]) == 1
+    await socket.close()
+    assert ws.closed_with == 1011

@@ -33,6 +33,25 @@ def test_cost_uses_the_country_rate_per_started_minute_and_token_prices(tmp_path
     assert record.cost_usd["model"] == (1000 * 10 + 2000 * 20 + 500 * 1 + 100 * 2) / 1e6
 
 
+def test_dropped_frames_are_counted_by_reason_without_a_write_each(tmp_path: Path) -> None:
+    """A flood of bad frames is a flood of counts, not of writes: the counts go with the
+    call's next change (here its end) and come back from the store."""
+    record = CallRecord(call_sid="CA8")
+    writes: list[CallRecord] = []
+    record.watch(writes.append)
+    for reason in ("invalid_json", "oversized_number", "invalid_json"):
+        record.frame_dropped(reason)
+    assert writes == []
+    assert record.dropped_frames == {"invalid_json": 2, "oversized_number": 1}
+    record.close("caller_hung_up")
+    store = RecordStore(tmp_path / "r.sqlite3")
+    store.save(record)
+    again = store.get("CA8")
+    store.close()
+    assert again is not None
+    assert again["dropped_frames"] == {"invalid_json": 2, "oversized_number": 1}
+
+
 def test_records_round_trip_through_sqlite(tmp_path: Path) -> None:
     store = RecordStore(tmp_path / "r.sqlite3")
     record = CallRecord(call_sid="CA9", from_="+15550001111", to="+15550002222", profile="sales")

@@ -5,9 +5,17 @@ while the kernel's buffer is full."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
 
-from picows import WSMsgType, WSTransport, WSUpgradeRequest, ws_connect, ws_create_server
+from picows import (
+    WSCloseCode,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    ws_connect,
+    ws_create_server,
+)
 from picows.picows import _make_test_ws_frame
 
 from callplane.transports.picows_socket import PicowsSocket
@@ -16,13 +24,28 @@ from tests.doubles import until
 
 
 class _Transport:
+    """picows's WSTransport as the socket uses it: what was sent, and the close handshake."""
+
     is_close_frame_sent = False
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, Any]] = []
+        self.closed_with: list[tuple[int, bytes]] = []
+        self.disconnected = False
+        self.close_handshake: Any = None
 
     def send(self, kind: Any, data: Any) -> None:
         self.sent.append((kind, data))
+
+    def send_close(self, code: Any, reason: bytes = b"") -> None:
+        self.closed_with.append((int(code), reason))
+        if not self.is_close_frame_sent:
+            self.is_close_frame_sent = True
+            sent = SimpleNamespace(code=code, reason=reason.decode())
+            self.close_handshake = SimpleNamespace(sent=sent, recv=None)
+
+    def disconnect(self, graceful: bool = True) -> None:
+        self.disconnected = True
 
 
 class _Listener:
@@ -43,9 +66,15 @@ class _Listener:
         self.closed.append((code, reason))
 
 
-def _frame(socket: PicowsSocket, kind: WSMsgType, data: bytes, fin: bool = True) -> None:
+def _frame(
+    socket: PicowsSocket,
+    kind: WSMsgType,
+    data: bytes,
+    fin: bool = True,
+    transport: _Transport | None = None,
+) -> None:
     frame = _make_test_ws_frame(kind, data, fin, False)
-    socket.on_ws_frame(cast(WSTransport, _Transport()), frame)
+    socket.on_ws_frame(cast(WSTransport, transport or _Transport()), frame)
 
 
 def _text(socket: PicowsSocket, text: str) -> None:
@@ -80,6 +109,58 @@ def test_fragments_are_put_together_and_the_close_comes_after_every_message() ->
     assert listener.got == [("text", b'{"a":1}')]
     assert listener.closed == [(None, "")]
     assert socket.closed
+
+
+def test_a_text_message_that_is_not_utf8_fails_the_connection_with_1007() -> None:
+    """RFC 6455 section 8.1: the listener hears the close (code 1007) after what came before,
+    and nothing after it; the peer gets a close frame with 1007 and is disconnected."""
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)
+    _frame(socket, WSMsgType.TEXT, "héllo".encode(), transport=transport)
+    _frame(socket, WSMsgType.TEXT, b'{"event":"media"}\xff', transport=transport)
+    _frame(socket, WSMsgType.TEXT, b"after", transport=transport)  # still in picows's buffer
+    assert listener.got == [("text", "héllo".encode())]
+    assert listener.closed == [(1007, "a text message was not UTF-8")]
+    assert transport.closed_with == [(1007, b"a text message was not UTF-8")]
+    assert transport.disconnected and socket.closed and not socket.send("late")
+    socket.on_ws_disconnected(cast(WSTransport, transport))
+    assert len(listener.closed) == 1
+
+
+def test_utf8_is_judged_on_the_whole_message_and_binary_messages_are_opaque() -> None:
+    """A fragment may end inside a character (RFC 6455 section 5.6): only the reassembled
+    message must be UTF-8. A binary message is not checked at all."""
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)
+    e_acute = "é".encode()
+    _frame(socket, WSMsgType.TEXT, b"caf" + e_acute[:1], fin=False, transport=transport)
+    _frame(socket, WSMsgType.CONTINUATION, e_acute[1:], transport=transport)
+    _frame(socket, WSMsgType.BINARY, b"\xff\xfe", transport=transport)
+    assert listener.got == [("text", "café".encode()), ("binary", b"\xff\xfe")]
+    assert listener.closed == [] and transport.closed_with == []
+    _frame(socket, WSMsgType.TEXT, b"caf" + e_acute[:1], fin=False, transport=transport)
+    _frame(socket, WSMsgType.CONTINUATION, b"!", transport=transport)  # the character is cut
+    assert listener.closed == [(1007, "a text message was not UTF-8")]
+    assert transport.closed_with[0][0] == 1007
+
+
+def test_a_connection_picows_failed_ends_with_the_code_it_sent() -> None:
+    """A frame over the size limit: picows sends 1009 and disconnects; with no close from the
+    peer, the listener hears 1009 (and why), not an unexplained end."""
+    socket = PicowsSocket()
+    transport = _Transport()
+    socket.on_ws_connected(cast(WSTransport, transport))
+    listener = _Listener()
+    socket.listen(listener)
+    transport.send_close(WSCloseCode.MESSAGE_TOO_BIG, b"2000000 > 1048576")
+    socket.on_ws_disconnected(cast(WSTransport, transport))
+    assert listener.closed == [(1009, "2000000 > 1048576")]
 
 
 def test_a_listener_that_raises_does_not_stop_the_socket() -> None:
@@ -172,3 +253,27 @@ async def test_a_peer_that_stops_reading_gets_everything_in_order_once_it_reads_
         transport.disconnect()
         server.close()
         await server.wait_closed()
+
+
+def test_fragments_out_of_order_or_past_the_limit_fail_the_connection() -> None:
+    """RFC 6455: a continuation with no message begun, or a new message inside a fragmented
+    one, is a protocol error (1002); fragments adding up past the socket's limit are a message
+    too big (1009). Nothing of such a message reaches the listener."""
+    cases: list[tuple[list[tuple[WSMsgType, bytes, bool]], int]] = [
+        ([(WSMsgType.CONTINUATION, b"x", True)], 1002),
+        ([(WSMsgType.TEXT, b"a", False), (WSMsgType.TEXT, b"b", True)], 1002),
+        ([(WSMsgType.TEXT, b"a", False), (WSMsgType.BINARY, b"b", False)], 1002),
+        ([(WSMsgType.TEXT, b"a" * 6, False), (WSMsgType.CONTINUATION, b"b" * 5, False)], 1009),
+    ]
+    for frames, code in cases:
+        socket = PicowsSocket()
+        socket.max_message_bytes = 10
+        transport = _Transport()
+        socket.on_ws_connected(cast(WSTransport, transport))
+        listener = _Listener()
+        socket.listen(listener)
+        for kind, data, fin in frames:
+            _frame(socket, kind, data, fin=fin, transport=transport)
+        assert listener.got == [], frames
+        assert [c for c, _ in listener.closed] == [code], frames
+        assert transport.closed_with[0][0] == code and transport.disconnected

@@ -86,7 +86,7 @@ def test_the_media_fast_path_agrees_with_the_full_parser() -> None:
     odd = compact.replace(payload, "f39/f3+A/w=")  # not a multiple of 4
     assert tp.parse(odd) == tp.Invalid("bad_base64")
     bad_ts = compact.replace('"timestamp":"40"', '"timestamp":"x"')
-    assert tp.parse(bad_ts) == tp.Invalid("malformed_media")
+    assert tp.parse(bad_ts) == tp.Invalid("bad_timestamp")
 
 
 def test_the_bytes_fast_path_takes_exactly_what_parse_takes_as_compact_media() -> None:
