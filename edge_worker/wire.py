@@ -14,7 +14,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body the edge takes, on every route: Twilio's webhooks and LiveKit's
+events are a few kilobytes, and a web token request is a few hundred bytes. The adapters refuse
+a larger one before reading it (413); the core checks again."""
+
 __all__ = [
+    "MAX_BODY_BYTES",
     "DispatchAgent",
     "EdgeRequest",
     "EdgeResponse",
@@ -77,11 +83,14 @@ class EdgeRequest:
 class DispatchAgent:
     """Effect: ask the media plane to make sure one agent is in ``room``. The media app's
     launcher is idempotent per room, so duplicate effects (LiveKit retries its webhooks, several
-    humans join at once) are harmless."""
+    humans join at once) are harmless. ``web_key`` is the id of the web key whose token created
+    the room (see :func:`edge_worker.livekit_routes.web_key_id`), for the media app's per-key
+    cap on agent jobs; None for rooms made otherwise."""
 
     room: str
     profile: str | None
     reason: str
+    web_key: str | None = None
 
 
 @dataclass(frozen=True)

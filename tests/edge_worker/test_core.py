@@ -474,6 +474,29 @@ async def test_worker_glue_translates_and_delegates() -> None:
     assert response.status == 200 and b"<Stream" in response.body
 
 
+async def test_worker_refuses_a_declared_oversized_body_without_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class StandInResponse:
+        def __init__(self, body: bytes, status: int, headers: dict[str, str]) -> None:
+            self.body, self.status, self.headers = body, status, headers
+
+    class Unreadable(FakeCloudflareRequest):
+        async def bytes(self) -> bytes:
+            raise AssertionError("the body was read")
+
+    monkeypatch.setattr(worker, "_Response", StandInResponse)
+    entry = worker.Default()
+    entry.env = FakeEnv()
+    for declared in (str(MAX_BODY_BYTES + 1), "100000000", "lots"):
+        request = Unreadable(
+            "https://edge.example.com/token", "POST", {"Content-Length": declared}, b""
+        )
+        response = await entry.fetch(request)
+        assert response.status == 413
+        assert f"over the limit of {MAX_BODY_BYTES} bytes".encode() in response.body
+
+
 def test_worker_without_secret_says_how_to_set_it() -> None:
     with pytest.raises(RuntimeError, match="wrangler secret put CALLPLANE_EDGE_CONFIG"):
         worker.load_config(object())
