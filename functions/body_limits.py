@@ -4,7 +4,8 @@ Every HTTP route of the media app goes through :class:`BodyLimit`: a declared
 ``Content-Length`` over the limit (or one that is not a number) is answered 413 before the app
 sees the request, and a body sent without one (chunked) is cut off at the limit and answered
 413 too, so no route ever buffers more than :data:`MAX_BODY_BYTES`, whatever it does with the
-body. Routes that take JSON parse it with :func:`read_json`, which measures the nesting before
+body. A 413 closes the connection (``Connection: close``): the rest of the body is never read,
+so a client that is still sending may see the connection reset before it reads the answer. Routes that take JSON parse it with :func:`read_json`, which measures the nesting before
 parsing (:mod:`callplane.bounded_json`), so a body of nested brackets is a 400 naming the limit
 rather than a ``RecursionError``.
 
