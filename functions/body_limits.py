@@ -5,9 +5,11 @@ Every HTTP route of the media app goes through :class:`BodyLimit`: a declared
 sees the request, and a body sent without one (chunked) is cut off at the limit and answered
 413 too, so no route ever buffers more than :data:`MAX_BODY_BYTES`, whatever it does with the
 body. A 413 closes the connection (``Connection: close``): the rest of the body is never read,
-so a client that is still sending may see the connection reset before it reads the answer. Routes that take JSON parse it with :func:`read_json`, which measures the nesting before
-parsing (:mod:`callplane.bounded_json`), so a body of nested brackets is a 400 naming the limit
-rather than a ``RecursionError``.
+so a client that is still sending may see the connection reset before it reads the answer.
+
+Routes that take JSON parse it with :func:`read_json`, which measures the nesting before parsing
+(:mod:`callplane.bounded_json`), so a body of nested brackets is a 400 naming the limit rather
+than a ``RecursionError``.
 
 Routes read the body only after they have checked the caller where the protocol allows it: the
 API key (``POST /calls``, ``POST /agents/dispatch``), or for Twilio's status callbacks the
