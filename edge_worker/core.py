@@ -248,6 +248,10 @@ def _verified_form(config: EdgeConfig, request: EdgeRequest) -> dict[str, list[s
     if len(request.body) > MAX_BODY_BYTES:
         return _too_large("Twilio never sends that")
     headers = request.headers if isinstance(request.headers, Headers) else Headers(request.headers)
+    # Without a signature there is nothing to check the body against: it is not parsed.
+    signature = headers.get("x-twilio-signature")
+    if not signature:
+        return _text(403, "missing X-Twilio-Signature header: only Twilio may call this URL")
     content_type = headers.get("content-type", _FORM).split(";")[0].strip().lower()
     if content_type != _FORM:
         return _text(
@@ -259,9 +263,6 @@ def _verified_form(config: EdgeConfig, request: EdgeRequest) -> dict[str, list[s
         form = parse_qs(request.body.decode("utf-8"), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
         return _text(400, "the form body is not valid UTF-8")
-    signature = headers.get("x-twilio-signature")
-    if not signature:
-        return _text(403, "missing X-Twilio-Signature header: only Twilio may call this URL")
     url = config.public_url + request.path + (f"?{request.query}" if request.query else "")
     if not validate_twilio_signature(config.twilio_auth_token, url, form, signature):
         return _text(

@@ -312,6 +312,17 @@ def test_wrong_method_is_405(config: EdgeConfig, method: str, path: str, allow: 
     assert response.headers["allow"] == allow
 
 
+@pytest.mark.parametrize("path", ["/twilio/voice", "/twilio/status"])
+def test_an_unsigned_body_is_refused_before_it_is_parsed(config: EdgeConfig, path: str) -> None:
+    """Not UTF-8 and not a form: with no signature to check it against, it is never read."""
+    request = EdgeRequest(
+        "POST", path, "", {"Content-Type": "application/x-www-form-urlencoded"}, b"\xff\xfe" * 1000
+    )
+    response = handle(config, request, now=NOW)
+    assert response.status == 403
+    assert b"missing X-Twilio-Signature" in response.body
+
+
 def test_json_body_is_415(config: EdgeConfig) -> None:
     request = EdgeRequest(
         "POST",
