@@ -139,12 +139,14 @@ def instrument(agents: AgentJobs, probe: Probe, launcher: Launcher) -> None:
     agents.launcher = TimedLauncher(launcher, probe)
     dispatch = agents.dispatch
 
-    async def timed(room: str, profile: str | None, reason: str) -> tuple[AgentJob, bool]:
+    async def timed(
+        room: str, profile: str | None, reason: str, web_key: str | None = None
+    ) -> tuple[AgentJob, bool]:
         marks = probe.current
         if marks is not None and "dispatch_received" not in marks.times:
             marks.once("dispatch_received")
             marks.notes["dispatch_reason"] = reason
-        return await dispatch(room, profile, reason)
+        return await dispatch(room, profile, reason, web_key)
 
     agents.dispatch = timed  # type: ignore[method-assign]
 

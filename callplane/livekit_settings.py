@@ -37,6 +37,12 @@ class LiveKitSettings(BaseModel):
     idle_timeout_s: float = Field(default=20.0, gt=0, le=3600)
     # The longest a web token may live; the edge never mints a longer one.
     token_ttl_s: int = Field(default=15 * 60, gt=0, le=15 * 60)
+    # At most this many agent jobs run at once on the stack, and at most this many for the rooms
+    # one web key's tokens created: a dispatch over either cap is refused (429) and starts
+    # nothing. Counted across every media container (Redis), each job for as long as its room
+    # lease lives.
+    max_agent_jobs: int = Field(default=50, ge=1, le=100_000)
+    max_agent_jobs_per_web_key: int = Field(default=5, ge=1, le=100_000)
 
     @field_validator("url")
     @classmethod

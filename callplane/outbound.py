@@ -1,7 +1,10 @@
 """Outbound calls: the agent calls people, waits for a human, and reports back.
 
 Three layers, as elsewhere: the **limits** (pure functions over a request, the clock and the
-day's spend) decide whether a call may be placed and say which limit refused it and why; the
+day's spend, plus a look-up of the webhook's host) decide whether a call may be placed and say
+which limit refused it and why: the destination's country and number type (premium-rate and
+other special numbers are refused unless allowed), the calling hours, the daily budget, the
+size of the request's ``context`` and where its ``webhook_url`` points; the
 **dialer** queues requests under the concurrency limit, places each attempt through a
 ``place`` callable (Twilio's ``Calls.create`` in the media app), waits for Twilio's final
 status callback, and retries busy and unanswered attempts with the profile's backoff; the
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import secrets
 import time
@@ -24,19 +28,31 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
+from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as phone_timezones
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from callplane.coordination import CoordinationUnavailable, OutboundState
 from callplane.profiles import AgentProfile, check_outbound_context
+from callplane.webhooks import (
+    Resolver,
+    WebhookRefused,
+    WebhookTarget,
+    check_host_pattern,
+    check_webhook_url,
+    resolve_host,
+)
 
 __all__ = [
+    "DEFAULT_NUMBER_TYPES",
+    "NUMBER_TYPES",
     "Dialer",
     "OutboundJob",
     "OutboundLimits",
     "OutboundRequest",
     "Refused",
     "check_limits",
+    "context_size",
     "destination",
     "spend_day",
 ]
@@ -44,6 +60,17 @@ __all__ = [
 log = logging.getLogger("callplane.outbound")
 
 FINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+
+NUMBER_TYPES: dict[int, str] = {
+    value: name for name, value in vars(PhoneNumberType).items() if name.isupper()
+}
+"""phonenumbers' number types by value (``PhoneNumberType.PREMIUM_RATE`` is ``PREMIUM_RATE``)."""
+
+DEFAULT_NUMBER_TYPES = ("FIXED_LINE", "MOBILE", "FIXED_LINE_OR_MOBILE", "TOLL_FREE", "VOIP")
+"""The number types a stack calls unless ``outbound.allowed_number_types`` says otherwise:
+numbers that reach a person at the ordinary price. Premium-rate and shared-cost numbers charge
+the caller (the stack) per minute, and pagers, voicemail access, UAN and personal numbers, or a
+number phonenumbers cannot place (UNKNOWN), are not a person to remind of an appointment."""
 
 
 class OutboundLimits(BaseModel):
@@ -64,6 +91,40 @@ class OutboundLimits(BaseModel):
     # that has heard nothing for this long asks Twilio's REST API for the call's status instead
     # of holding its concurrency slot until the attempt times out.
     status_poll_s: float = Field(default=20.0, ge=1.0, le=3600.0)
+    # The number types (phonenumbers' names) this stack may call; see DEFAULT_NUMBER_TYPES.
+    allowed_number_types: tuple[str, ...] = DEFAULT_NUMBER_TYPES
+    # The largest request context, as compact JSON in UTF-8: it is stored with the call's record
+    # and read into the agent's instructions, so it is kept small.
+    max_context_bytes: int = Field(default=8192, ge=16, le=32768)
+    # Hosts a request's webhook_url may name ("hooks.example.com", or "*.example.com" for the
+    # names below it); none: requests may not ask for a webhook. Only https, and only to hosts
+    # that resolve to public addresses (callplane.webhooks).
+    webhook_hosts: tuple[str, ...] = ()
+    # Local stacks only: also accept webhooks to loopback addresses, over http or https, so that
+    # a test can receive them on 127.0.0.1. A cloud stack refuses this setting.
+    webhook_loopback: bool = False
+
+    @field_validator("allowed_number_types", mode="before")
+    @classmethod
+    def _number_types(cls, value: object) -> object:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            return value
+        known = sorted(NUMBER_TYPES.values())
+        types: list[str] = []
+        for item in value:
+            name = str(item).strip().upper().replace("-", "_").replace(" ", "_")
+            if name not in known:
+                raise ValueError(
+                    f"allowed_number_types: {item!r} is not a number type; use phonenumbers' "
+                    f"names: {', '.join(known)}"
+                )
+            types.append(name)
+        return tuple(types)
+
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _webhook_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_host_pattern(host) for host in value)
 
     @field_validator("calling_hours")
     @classmethod
@@ -91,6 +152,8 @@ class Destination:
     number: str
     country: str
     zone: str
+    # phonenumbers' number type (FIXED_LINE, MOBILE, PREMIUM_RATE, ..., UNKNOWN)
+    type: str = "UNKNOWN"
 
 
 @cache
@@ -122,7 +185,27 @@ def destination(number: str) -> Destination:
         raise ValueError(f"to={number!r} has no known country code")
     zones = [z for z in phone_timezones.time_zones_for_number(parsed) if "/" in z]
     zone = next((z for z in zones if not z.startswith("Etc/")), None)
-    return Destination(number, country, zone or _zone_table().get(country, "UTC"))
+    kind = NUMBER_TYPES.get(phonenumbers.number_type(parsed), "UNKNOWN")
+    return Destination(number, country, zone or _zone_table().get(country, "UTC"), kind)
+
+
+_TYPE_WORDS = {
+    "PREMIUM_RATE": "the caller pays a premium per minute",
+    "SHARED_COST": "the caller shares the cost of the call",
+    "UAN": "a universal access number of a business",
+    "VOICEMAIL": "it reaches a voicemail system, not a person",
+    "PAGER": "it reaches a pager",
+    "PERSONAL_NUMBER": "a personal forwarding number, charged at its own rate",
+    "UNKNOWN": "phonenumbers cannot tell what it reaches, or it is not a valid number",
+    "TOLL_FREE": "toll-free",
+    "VOIP": "a VoIP number",
+}
+
+
+def context_size(context: Mapping[str, Any]) -> int:
+    """The size ``outbound.max_context_bytes`` limits: the context as compact JSON, UTF-8."""
+    text = json.dumps(context, separators=(",", ":"), ensure_ascii=False, default=str)
+    return len(text.encode("utf-8"))
 
 
 def check_limits(
@@ -135,6 +218,13 @@ def check_limits(
             f"{to.number} is in {to.country}; this stack calls only "
             f"{', '.join(limits.allowed_countries) or 'no country'} "
             f"(outbound.allowed_countries): add {to.country!r} to allow it",
+        )
+    if to.type not in limits.allowed_number_types:
+        raise Refused(
+            "allowed_number_types",
+            f"{to.number} is a {to.type} number ({_TYPE_WORDS.get(to.type, 'a special number')});"
+            f" this stack calls only {', '.join(limits.allowed_number_types) or 'no type'} "
+            f"numbers (outbound.allowed_number_types): add {to.type!r} to allow it",
         )
     try:
         zone = ZoneInfo(to.zone)
@@ -268,8 +358,10 @@ class Dialer:
         attempt_timeout_s: float = 4 * 3600,
         poll_s: float = POLL_S,
         slot_lease_s: float = SLOT_LEASE_S,
+        resolve: Resolver = resolve_host,
     ) -> None:
         self.limits = limits
+        self.resolve = resolve
         self.profiles = profiles
         self._place = place
         self._record_of = record_of
@@ -287,9 +379,10 @@ class Dialer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, request: OutboundRequest) -> OutboundJob:
-        """Check the request and queue it; raise :class:`Refused` (or ValueError for bad
-        input, such as a context that lacks a field the profile's ``outbound_greeting`` or
-        ``voicemail`` says) before anything is dialled. Raises
+        """Check the request and queue it; raise :class:`Refused` (the destination's country
+        or number type, the context's size, the webhook's host, the calling hours, the budget,
+        the queue) or ValueError for bad input (such as a context that lacks a field the
+        profile's ``outbound_greeting`` or ``voicemail`` says) before anything is dialled. Raises
         :class:`~callplane.coordination.CoordinationUnavailable` when the shared state cannot
         be reached: no limit could be checked, so nothing is queued."""
         profile = self.profiles.get(request.profile)
@@ -298,6 +391,17 @@ class Dialer:
                 f"profile={request.profile!r} is not configured; use one of {sorted(self.profiles)}"
             )
         to = destination(request.to)
+        size = context_size(request.context)
+        if size > self.limits.max_context_bytes:
+            raise Refused(
+                "max_context_bytes",
+                f"context is {size} bytes as JSON, over the limit of "
+                f"{self.limits.max_context_bytes} bytes (outbound.max_context_bytes); send only "
+                "what the agent needs to say, or raise the limit",
+                status=413,
+            )
+        if request.webhook_url is not None:
+            await self.check_webhook(request.webhook_url)
         now = self._clock()
         spent = await self._state.spent(spend_day(now))
         check_limits(self.limits, to, now=now, spent_today_usd=spent)
@@ -334,6 +438,20 @@ class Dialer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
+
+    async def check_webhook(self, url: str) -> WebhookTarget:
+        """``url``'s target if this stack may POST to it now (its host resolved and every
+        address checked); :class:`Refused` naming ``webhook_hosts`` otherwise. Called when a
+        request arrives, and again by the media app when it delivers."""
+        try:
+            return await check_webhook_url(
+                url,
+                hosts=self.limits.webhook_hosts,
+                allow_loopback=self.limits.webhook_loopback,
+                resolve=self.resolve,
+            )
+        except WebhookRefused as exc:
+            raise Refused("webhook_hosts", str(exc)) from None
 
     async def on_status(self, fields: Mapping[str, str]) -> None:
         """A verified Twilio status callback, whichever container placed the call."""

@@ -141,10 +141,11 @@ class StackOptions:
     # tests shorten it to see renewals happen.
     session_limit_s: float = 60 * 60
     # Outbound limits; the caller ID defaults to the first number. Locally, any hour is a
-    # calling hour (production's default is 08:00-21:00 in the callee's zone).
+    # calling hour (production's default is 08:00-21:00 in the callee's zone), and a request's
+    # webhook may go to loopback, where the tests receive it (a cloud stack refuses that).
     outbound: OutboundLimits = field(
         default_factory=lambda: OutboundLimits(
-            allowed_countries=("US", "GB", "PK"), calling_hours=(0, 24)
+            allowed_countries=("US", "GB", "PK"), calling_hours=(0, 24), webhook_loopback=True
         )
     )
     # Run a real livekit-server (with Redis) for web rooms, agent jobs and hybrid phone rooms;
@@ -153,6 +154,10 @@ class StackOptions:
     livekit_port: int = 0
     # How long an agent job stays in a room after the last human left (or if nobody came).
     agent_idle_timeout_s: float = 20.0
+    # The caps on agent jobs running at once: on the stack, and for one web key's rooms
+    # (callplane:livekit.maxAgentJobs, maxAgentJobsPerWebKey).
+    max_agent_jobs: int = 50
+    max_agent_jobs_per_web_key: int = 5
     # 1: the media plane in this process (the demo, `callplane call`, quick tests). 2 or more:
     # the cloud's shape (callplane_dev.media_plane): that many OS processes of the media app
     # and of the stream server behind a front each, with PostgreSQL and Redis shared by all.
@@ -387,7 +392,12 @@ class LocalStack:
             raw["databaseUrl"] = self.plane.database_url
             raw["redisUrl"] = self.plane.redis_url
         if self.livekit is not None:
-            raw["livekit"] = {"url": self.livekit.url, "apiKey": creds.LIVEKIT_API_KEY}
+            raw["livekit"] = {
+                "url": self.livekit.url,
+                "apiKey": creds.LIVEKIT_API_KEY,
+                "maxAgentJobs": o.max_agent_jobs,
+                "maxAgentJobsPerWebKey": o.max_agent_jobs_per_web_key,
+            }
             raw["livekitApiSecret"] = creds.livekit_api_secret
             raw["webKey"] = creds.web_key or None
             raw["linkSecret"] = creds.link_secret or None

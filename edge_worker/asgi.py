@@ -17,9 +17,14 @@ Effects: a LiveKit webhook that calls for an agent comes back with a
 on a network error, a 5xx or a 429; failures are logged with the room, never with the key.
 
 State the core must not hold lives here, per app: the ``/token`` rate limiter
-(:class:`~edge_worker.rate_limit.TokenBucket`, keyed by the socket peer's address; behind a
-proxy that is the proxy, so put the limit at the proxy or on Cloudflare) and the playground's
-files, read once from ``web/dist/`` at start-up when that folder exists.
+(:class:`~edge_worker.rate_limit.TokenBucket`, keyed by the socket peer's address, with
+failed authentications and tokens issued in buckets of their own; behind a proxy that address
+is the proxy, so put the limit at the proxy or on Cloudflare) and the playground's files, read
+once from ``web/dist/`` at start-up when that folder exists.
+
+Bodies: a declared ``Content-Length`` over :data:`~edge_worker.wire.MAX_BODY_BYTES` is answered
+413 without reading the body, and a body sent without one (chunked) is cut off and refused at
+that size, on every route.
 
 Run it with ``uvicorn --factory edge_worker.asgi:create_app_from_env`` and the config JSON in
 ``CALLPLANE_EDGE_CONFIG``.
@@ -43,6 +48,7 @@ from edge_worker.core import (
     EdgeResponse,
     Headers,
     StatusHandler,
+    declared_too_large,
     handle,
 )
 from edge_worker.livekit_routes import dispatch_request
@@ -114,9 +120,9 @@ class EdgeApp:
             headers=Headers(headers),
             client=str(client[0]) if client else "",
         )
-        declared = request.headers.get("content-length", "0")
-        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
-            response = _too_large()
+        refused = declared_too_large(request.headers)
+        if refused is not None:
+            response = refused
         else:
             body = await _read_body(receive)
             if body is None:
@@ -260,7 +266,10 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 def _too_large() -> EdgeResponse:
-    message = f"the body is over {MAX_BODY_BYTES} bytes; Twilio never sends that\n"
+    message = (
+        f"the body is over the limit of {MAX_BODY_BYTES} bytes; no request to the edge is that "
+        "large (webhooks are a few kilobytes)\n"
+    )
     return EdgeResponse(413, {"content-type": "text/plain; charset=utf-8"}, message.encode())
 
 

@@ -115,6 +115,8 @@ class LiveKitEdgeConfig:
     are the browser origins (``scheme://host[:port]``) allowed to call ``/token``.
     ``dispatch_url`` is the media app's ``/agents/dispatch`` and ``dispatch_api_key`` its
     ``api_key``; without them webhooks are verified and acknowledged but start no agent.
+    ``rate_limit_per_minute`` applies per client address to tokens issued and, separately, to
+    failed authentications, so wrong keys from an address never use up a valid key's tokens.
     """
 
     url: str
@@ -186,7 +188,8 @@ class LiveKitEdgeConfig:
         if isinstance(rate, bool) or not isinstance(rate, int) or not 0 < rate <= 100_000:
             raise EdgeConfigError(
                 f"{where}.rate_limit_per_minute={rate!r} is invalid: use a whole number of "
-                "token requests per client IP per minute, from 1 to 100000"
+                "tokens (and, counted apart, failed authentications) per client address per "
+                "minute, from 1 to 100000"
             )
         object.__setattr__(self, "web_keys", tuple(self.web_keys))
         object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))

@@ -35,7 +35,7 @@ from callplane.security import mint_stream_token, validate_twilio_signature
 from edge_worker import livekit_routes, playground
 from edge_worker.config import EdgeConfig
 from edge_worker.rate_limit import TokenBucket
-from edge_worker.wire import DispatchAgent, EdgeRequest, EdgeResponse, Headers
+from edge_worker.wire import MAX_BODY_BYTES, DispatchAgent, EdgeRequest, EdgeResponse, Headers
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -45,13 +45,11 @@ __all__ = [
     "EdgeResponse",
     "Headers",
     "StatusHandler",
+    "declared_too_large",
     "handle",
     "reject_twiml",
     "stream_twiml",
 ]
-
-MAX_BODY_BYTES = 64 * 1024
-"""Twilio's webhooks are a few kilobytes; anything much larger is not from Twilio."""
 
 StatusHandler = Callable[[dict[str, str]], None]
 
@@ -74,14 +72,17 @@ def handle(
 ) -> EdgeResponse:
     """Answer one request. ``now`` (Unix seconds) stamps and checks tokens; ``on_status``
     receives each verified status callback's form fields (first value per name) and must not
-    block; ``limiter`` rate-limits ``POST /token`` per ``request.client`` (its state belongs to
-    the adapter; None means no limit); ``playground_files`` is the built playground (name to
-    bytes). Effects the adapter must run after answering are in ``EdgeResponse.effects``.
+    block; ``limiter`` rate-limits ``POST /token`` per ``request.client``, failed
+    authentications and tokens issued apart (its state belongs to the adapter; None means no
+    limit); ``playground_files`` is the built playground (name to bytes). Effects the adapter
+    must run after answering are in ``EdgeResponse.effects``.
 
     Never raises for bad input: a bad signature is 403 (401 for LiveKit's JWTs and web
-    credentials), an unknown path 404, a wrong method 405, a non-form Twilio body 415, an
-    oversized body 413, and a failing ``on_status`` 500. Error bodies are plain text naming the
-    problem and never contain secrets or tokens.
+    credentials), an unknown path 404, a wrong method 405, a non-form Twilio body 415, a body
+    over :data:`MAX_BODY_BYTES` 413, a JSON body nested deeper than
+    :data:`callplane.bounded_json.MAX_JSON_DEPTH` 400, and a failing ``on_status`` 500. Error
+    bodies are plain text naming the problem (and the limit) and never contain secrets or
+    tokens.
     """
     call = _Call(config, request, now, on_status, limiter, playground_files or {})
     # "/" exists only as a redirect for browsers, so other methods there stay a plain 404.
@@ -98,6 +99,16 @@ def handle(
         allow = ", ".join(methods)
         return _text(405, f"{method} is not allowed on {request.path}; use {allow}", allow=allow)
     return handler(call)
+
+
+def declared_too_large(headers: Mapping[str, str]) -> EdgeResponse | None:
+    """The 413 for a request whose ``Content-Length`` is over :data:`MAX_BODY_BYTES` (or is
+    not a number), None otherwise. Adapters ask before they read the body, so that a large
+    upload is refused without being received."""
+    declared = Headers(headers).get("content-length", "0").strip()
+    if declared.isdigit() and int(declared) <= MAX_BODY_BYTES:
+        return None
+    return _too_large("no request to the edge is that large (webhooks are a few kilobytes)")
 
 
 def stream_twiml(stream_url: str, parameters: Iterable[tuple[str, str]]) -> str:
@@ -204,7 +215,7 @@ def _token(call: _Call) -> EdgeResponse:
 
 def _livekit_webhook(call: _Call) -> EdgeResponse:
     if len(call.request.body) > MAX_BODY_BYTES:
-        return _text(413, f"the body is over {MAX_BODY_BYTES} bytes; LiveKit never sends that")
+        return _too_large("LiveKit never sends that")
     return livekit_routes.livekit_webhook(call.config, call.request, call.now)
 
 
@@ -249,8 +260,12 @@ _ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
 def _verified_form(config: EdgeConfig, request: EdgeRequest) -> dict[str, list[str]] | EdgeResponse:
     """The form fields of a Twilio-signed form POST, or the error response to send instead."""
     if len(request.body) > MAX_BODY_BYTES:
-        return _text(413, f"the body is over {MAX_BODY_BYTES} bytes; Twilio never sends that")
+        return _too_large("Twilio never sends that")
     headers = request.headers if isinstance(request.headers, Headers) else Headers(request.headers)
+    # Without a signature there is nothing to check the body against: it is not parsed.
+    signature = headers.get("x-twilio-signature")
+    if not signature:
+        return _text(403, "missing X-Twilio-Signature header: only Twilio may call this URL")
     content_type = headers.get("content-type", _FORM).split(";")[0].strip().lower()
     if content_type != _FORM:
         return _text(
@@ -262,9 +277,6 @@ def _verified_form(config: EdgeConfig, request: EdgeRequest) -> dict[str, list[s
         form = parse_qs(request.body.decode("utf-8"), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
         return _text(400, "the form body is not valid UTF-8")
-    signature = headers.get("x-twilio-signature")
-    if not signature:
-        return _text(403, "missing X-Twilio-Signature header: only Twilio may call this URL")
     url = config.public_url + request.path + (f"?{request.query}" if request.query else "")
     if not validate_twilio_signature(config.twilio_auth_token, url, form, signature):
         return _text(
@@ -273,6 +285,10 @@ def _verified_form(config: EdgeConfig, request: EdgeRequest) -> dict[str, list[s
             "be public_url plus the path, and twilio_auth_token must be the account's Auth Token",
         )
     return form
+
+
+def _too_large(why: str) -> EdgeResponse:
+    return _text(413, f"the body is over the limit of {MAX_BODY_BYTES} bytes; {why}")
 
 
 def _first(form: Mapping[str, list[str]], name: str) -> str:

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from edge_worker.wire import JSONRefused, read_json
+from callplane.bounded_json import JSONBodyError, loads_bounded
 
 __all__ = [
     "WEBHOOK_LEEWAY_S",
@@ -100,11 +100,19 @@ def decode_hs256(
 
 
 def verify_webhook(
-    body: bytes, authorization: str, *, api_key: str, api_secret: str, now: float
+    body: bytes,
+    authorization: str,
+    *,
+    api_key: str,
+    api_secret: str,
+    now: float,
+    max_bytes: int = 64 * 1024,
 ) -> dict[str, Any]:
     """The parsed event of a LiveKit webhook whose ``Authorization`` header (the bare JWT, no
     ``Bearer``) is valid for ``body``, byte for byte. Raises :class:`JWTError` otherwise, or
-    :class:`ValueError` when the verified body is not a JSON object."""
+    :class:`ValueError` when the verified body is not a JSON object, is over ``max_bytes`` or
+    nests deeper than :data:`callplane.bounded_json.MAX_JSON_DEPTH` (the body is parsed only
+    once its signature is verified, and then within those limits)."""
     claims = decode_hs256(authorization, api_secret, issuer=api_key, now=now)
     claimed = claims.get("sha256")
     if not isinstance(claimed, str) or not claimed:
@@ -115,10 +123,7 @@ def verify_webhook(
         raise JWTError("no_sha256", "the webhook token's sha256 claim is not base64") from None
     if not hmac.compare_digest(hashlib.sha256(body).digest(), claimed_digest):
         raise JWTError("body_hash", "the body does not match the webhook token's sha256 claim")
-    try:
-        event = read_json(body)
-    except JSONRefused as exc:
-        raise ValueError(f"the webhook body is not JSON the edge reads: {exc}") from None
+    event = loads_bounded(body, max_bytes=max_bytes, what="the webhook body")
     if not isinstance(event, dict):
         raise ValueError("the webhook body is not a JSON object")
     return event
@@ -179,12 +184,14 @@ def _unb64url(text: str, part: str) -> bytes:
 
 
 def _json_segment(text: str, part: str) -> dict[str, Any]:
+    # The header is read before the signature is checked: parsed within limits, so that a
+    # forged token cannot make the parser recurse without end.
     try:
-        value = read_json(_unb64url(text, part))
-    except JSONRefused as exc:
-        raise JWTError(
-            "malformed", f"the token's {part} is not JSON the edge reads: {exc}"
-        ) from None
+        value = loads_bounded(
+            _unb64url(text, part), max_bytes=_MAX_TOKEN_CHARS, what=f"the token's {part}"
+        )
+    except JSONBodyError as exc:
+        raise JWTError("malformed", exc.message) from None
     if not isinstance(value, dict):
         raise JWTError("malformed", f"the token's {part} is not a JSON object")
     return value

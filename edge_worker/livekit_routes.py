@@ -3,51 +3,59 @@
 * ``POST /token`` (and its CORS preflight): a browser asks for a LiveKit token for one room.
   Authorised by a web key (``Authorization: Bearer <one of livekit.web_keys>``) or a signed link
   (``?link=``, see :mod:`edge_worker.web_links`); a request with an ``Origin`` header must come
-  from ``livekit.allowed_origins``; each client address is rate limited. The token is an HS256
-  JWT in ``livekit-api``'s claim format that may join that room only, for at most 15 minutes,
-  and (unless ``"agent": false``) asks LiveKit to dispatch the agent with the profile.
+  from ``livekit.allowed_origins``; each client address is rate limited, failed
+  authentications and tokens issued in buckets of their own. The token is an HS256 JWT in
+  ``livekit-api``'s claim format that may join that room only, for at most 15 minutes, and
+  (unless ``"agent": false``) asks LiveKit to dispatch the agent with the profile; the room
+  metadata names the profile and the id of the web key that asked (never the key itself).
 * ``POST /livekit/webhook``: LiveKit's room events, verified like ``livekit-api``'s
   ``WebhookReceiver``. ``room_started``, and a human joining, yield a :class:`DispatchAgent`
   effect for the room; the adapter POSTs it to the media app's ``/agents/dispatch``
-  (:func:`dispatch_request`), which starts at most one agent per room.
+  (:func:`dispatch_request`), which starts at most one agent per room, and caps the agent jobs
+  of the stack and of each web key.
 
 Standard library only; nothing here does I/O or reads a clock: ``now`` comes from the adapter.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
+from callplane.bounded_json import JSONBodyError, loads_bounded
 from edge_worker.config import MAX_TOKEN_TTL_S, EdgeConfig, LiveKitEdgeConfig
 from edge_worker.livekit_jwt import JWTError, access_token_claims, encode_hs256, verify_webhook
 from edge_worker.rate_limit import TokenBucket
 from edge_worker.web_links import verify_web_link
 from edge_worker.wire import (
+    MAX_BODY_BYTES,
     DispatchAgent,
     EdgeRequest,
     EdgeResponse,
-    JSONRefused,
     OutboundHTTP,
     json_response,
-    read_json,
     text_response,
 )
 
 __all__ = [
     "AGENT_IDENTITY_PREFIX",
+    "FAILED_AUTH_PREFIX",
+    "MAX_TOKEN_BODY_BYTES",
     "PHONE_IDENTITY_PREFIX",
     "ROOM_PATTERN",
+    "TOKENS_PREFIX",
     "dispatch_for_event",
     "dispatch_request",
     "livekit_webhook",
     "token",
     "token_preflight",
+    "web_key_id",
 ]
 
 # Mirrors of callplane.livekit_settings (which needs pydantic, so the Worker cannot import it);
@@ -57,7 +65,17 @@ PHONE_IDENTITY_PREFIX = "phone:"
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 """Room names and identities: the same pattern as ``AgentProfile.room``."""
 
+MAX_TOKEN_BODY_BYTES = 4096
+"""The largest ``POST /token`` body: its five fields fit in a few hundred bytes."""
+
+TOKENS_PREFIX = "tokens:"
+FAILED_AUTH_PREFIX = "failed-auth:"
+"""The rate limiter keys a client address under these: tokens issued and failed
+authentications are two buckets, so a burst of wrong keys from an address throttles the
+failures without locking a valid key at that address out."""
+
 _PROFILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_WEB_KEY_ID = re.compile(r"[0-9a-f]{16}")
 _MAX_NAME_CHARS = 128
 _TOKEN_FIELDS = ("room", "identity", "name", "profile", "agent")
 _DISPATCH_EVENTS = ("room_started", "participant_joined")
@@ -82,30 +100,33 @@ def token(
     new_identity: IdentityFactory = _new_identity,
 ) -> EdgeResponse:
     """Mint a web participant's token; see the module docstring for the checks, in order:
-    configured (503), origin (403), rate limit (429 with ``Retry-After``), key or link (401),
-    body (400 naming the field)."""
+    configured (503), origin (403), key or link (401; 429 with ``Retry-After`` once this address
+    has failed too often), tokens issued to this address (429 with ``Retry-After``), body (413
+    over :data:`MAX_TOKEN_BODY_BYTES`, 400 naming the field or the nesting limit).
+
+    The body is parsed only after a web key was accepted, or, for a signed link (which is bound
+    to a room), within the size and nesting limits to find the room the link must match."""
     livekit = config.livekit
     if livekit is None:
         return _no_livekit()
     cors = _cors_headers(livekit, request)
     if cors is None:
         return _forbidden_origin(request)
-    if limiter is not None:
-        wait = limiter.take(request.client or "unknown", now)
+    client = request.client or "unknown"
+    key = _authorised(livekit, request, now)
+    if key is None:
+        # Counted apart from tokens issued: wrong keys throttle the failures from this address,
+        # never the valid key another user of the address presents.
+        wait = limiter.take(FAILED_AUTH_PREFIX + client, now) if limiter is not None else 0.0
         if wait > 0:
-            retry_after = str(max(1, int(wait + 0.999)))
-            return text_response(
-                429,
-                f"too many token requests from this address; retry in {retry_after} s",
-                headers={**cors, "retry-after": retry_after},
-            )
-    # Authenticate before validating, so that only a caller with credentials learns what a
-    # valid body looks like. A link is bound to a room, so it needs the room the body asks for.
-    if not _authorised(livekit, request, _room_hint(request.body), now):
+            return _too_many("too many failed authentications from this address", wait, cors)
         return _unauthorised(cors)
+    wait = limiter.take(TOKENS_PREFIX + client, now) if limiter is not None else 0.0
+    if wait > 0:
+        return _too_many("too many token requests from this address", wait, cors)
     body = _token_body(request.body)
-    if isinstance(body, str):
-        return text_response(400, body, headers=cors)
+    if isinstance(body, _BadBody):
+        return text_response(body.status, body.message, headers=cors)
     room, identity, name, profile, agent = body
     identity = identity or new_identity()
     issued = int(now)
@@ -117,7 +138,7 @@ def token(
         now=issued,
         ttl_s=ttl,
         name=name,
-        room_config=_room_config(livekit, profile, agent=agent),
+        room_config=_room_config(livekit, profile, agent=agent, web_key=key or None),
     )
     document = {
         "token": encode_hs256(claims, livekit.api_secret),
@@ -127,6 +148,13 @@ def token(
         "expires_at": issued + ttl,
     }
     return json_response(200, document, headers=cors)
+
+
+def web_key_id(key: str) -> str:
+    """The public id of a web key: 16 hex digits of its SHA-256. It goes into the metadata of
+    the rooms the key's tokens create, so that the media app can count a key's agent jobs
+    without the key itself ever leaving the edge."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
 def token_preflight(config: EdgeConfig, request: EdgeRequest) -> EdgeResponse:
@@ -146,97 +174,134 @@ def token_preflight(config: EdgeConfig, request: EdgeRequest) -> EdgeResponse:
     return EdgeResponse(204, headers, b"")
 
 
-def _token_body(raw: bytes) -> tuple[str, str | None, str | None, str | None, bool] | str:
-    """``(room, identity, name, profile, agent)`` or the 400 message naming the bad field."""
+TokenBody = tuple[str, str | None, str | None, str | None, bool]
+
+
+class _BadBody(NamedTuple):
+    """Why a token request's body is refused: the status and the message naming the field."""
+
+    status: int
+    message: str
+
+
+def _token_body(raw: bytes) -> TokenBody | _BadBody:
+    """``(room, identity, name, profile, agent)``, or the refusal naming the bad field or the
+    broken limit."""
     example = '{"room": "demo", "identity": "alice", "profile": "support"}'
+    if not raw.strip():
+        return _BadBody(400, f"the body is empty; send a JSON object like {example}")
     try:
-        data = read_json(raw) if raw.strip() else None
-    except JSONRefused as exc:
-        return f"the body is not JSON the edge reads: {exc}; send an object like {example}"
+        data = loads_bounded(raw, max_bytes=MAX_TOKEN_BODY_BYTES, what="the POST /token body")
+    except JSONBodyError as exc:
+        return _BadBody(exc.status, f"{exc.message}, like {example}")
     if not isinstance(data, dict):
-        return f"the body must be a JSON object like {example}"
+        return _BadBody(400, f"the body must be a JSON object like {example}")
     unknown = sorted(str(key) for key in data if key not in _TOKEN_FIELDS)
     if unknown:
-        return f"unknown field(s) {unknown}; allowed: {list(_TOKEN_FIELDS)}"
+        return _BadBody(400, f"unknown field(s) {unknown}; allowed: {list(_TOKEN_FIELDS)}")
     room = data.get("room")
     if not isinstance(room, str) or not ROOM_PATTERN.fullmatch(room):
-        return (
-            f"room={_shown(room)} is invalid: use 1-128 characters from letters, digits, '_', "
-            "'.', ':' and '-', starting with a letter or digit"
+        return _BadBody(
+            400,
+            (
+                f"room={_shown(room)} is invalid: use 1-128 characters from letters, digits, '_', "
+                "'.', ':' and '-', starting with a letter or digit"
+            ),
         )
     identity = data.get("identity")
     if identity is not None:
         if not isinstance(identity, str) or not ROOM_PATTERN.fullmatch(identity):
-            return (
-                f"identity={_shown(identity)} is invalid: use 1-128 characters from letters, "
-                "digits, '_', '.', ':' and '-', starting with a letter or digit (or leave it "
-                "out for a random web-... identity)"
+            return _BadBody(
+                400,
+                (
+                    f"identity={_shown(identity)} is invalid: use 1-128 characters from letters, "
+                    "digits, '_', '.', ':' and '-', starting with a letter or digit (or leave it "
+                    "out for a random web-... identity)"
+                ),
             )
         if identity.startswith((AGENT_IDENTITY_PREFIX, PHONE_IDENTITY_PREFIX)):
-            return (
-                f"identity={identity!r} is reserved: identities starting with "
-                f"{AGENT_IDENTITY_PREFIX!r} or {PHONE_IDENTITY_PREFIX!r} belong to agents and "
-                "phone callers; choose another"
+            return _BadBody(
+                400,
+                (
+                    f"identity={identity!r} is reserved: identities starting with "
+                    f"{AGENT_IDENTITY_PREFIX!r} or {PHONE_IDENTITY_PREFIX!r} belong to agents and "
+                    "phone callers; choose another"
+                ),
             )
     name = data.get("name")
     if name is not None and (
         not isinstance(name, str) or len(name) > _MAX_NAME_CHARS or not name.strip()
     ):
-        return (
-            f"name={_shown(name)} is invalid: use a display name of 1-{_MAX_NAME_CHARS} characters"
+        return _BadBody(
+            400,
+            f"name={_shown(name)} is invalid: use a display name of 1-{_MAX_NAME_CHARS} characters",
         )
     profile = data.get("profile")
     if profile is not None and (not isinstance(profile, str) or not _PROFILE.fullmatch(profile)):
-        return (
-            f"profile={_shown(profile)} is invalid: name an agent profile (1-64 characters from "
-            "letters, digits, '_', '.' and '-')"
+        return _BadBody(
+            400,
+            f"profile={_shown(profile)} is invalid: name an agent profile (1-64 characters "
+            "from letters, digits, '_', '.' and '-')",
         )
     agent = data.get("agent", True)
     if not isinstance(agent, bool):
-        return f"agent={_shown(agent)} is invalid: use true or false"
+        return _BadBody(400, f"agent={_shown(agent)} is invalid: use true or false")
     return room, identity, name, profile, agent
 
 
 def _room_hint(raw: bytes) -> str | None:
+    """The room a link-authorised request asks for, read within the body limits (None if the
+    body cannot be read as an object with a string ``room``: the link then fails)."""
     try:
-        data = read_json(raw)
-    except JSONRefused:
+        data = loads_bounded(raw, max_bytes=MAX_TOKEN_BODY_BYTES)
+    except JSONBodyError:
         return None
     room = data.get("room") if isinstance(data, dict) else None
     return room if isinstance(room, str) else None
 
 
-def _room_config(livekit: LiveKitEdgeConfig, profile: str | None, *, agent: bool) -> dict[str, Any]:
+def _room_config(
+    livekit: LiveKitEdgeConfig, profile: str | None, *, agent: bool, web_key: str | None
+) -> dict[str, Any]:
     """The ``RoomConfiguration`` (protojson) applied if this join creates the room. With an
-    agent: an explicit dispatch of ``agent_name`` carrying the profile, and the profile in the
-    room metadata, which is where the webhook route reads it back. Without: room metadata that
+    agent: an explicit dispatch of ``agent_name`` carrying the profile, and room metadata with
+    the profile and the id of the web key (``web_key``, the key itself when the request came
+    with one), which is where the webhook route reads them back. Without: room metadata that
     tells the webhook route not to start one."""
     if not agent:
         return {"metadata": json.dumps({"agent": False})}
-    metadata = json.dumps({"profile": profile} if profile else {})
     dispatch: dict[str, Any] = {"agentName": livekit.agent_name}
     if profile:
-        dispatch["metadata"] = metadata
+        dispatch["metadata"] = json.dumps({"profile": profile})
     config: dict[str, Any] = {"agents": [dispatch]}
+    metadata: dict[str, str] = {}
     if profile:
-        config["metadata"] = metadata
+        metadata["profile"] = profile
+    if web_key:
+        metadata["web_key"] = web_key_id(web_key)
+    if metadata:
+        config["metadata"] = json.dumps(metadata)
     return config
 
 
-def _authorised(
-    livekit: LiveKitEdgeConfig, request: EdgeRequest, room: str | None, now: float
-) -> bool:
+def _authorised(livekit: LiveKitEdgeConfig, request: EdgeRequest, now: float) -> str | None:
+    """The web key the request presented (``Authorization: Bearer``), ``""`` for a valid
+    signed link, None when neither authorises it. Only a link needs the body (the room it is
+    bound to), and only then is the body read."""
     authorization = request.headers.get("authorization", "")
     if authorization.startswith("Bearer "):
         presented = authorization.removeprefix("Bearer ").strip().encode()
         # Compare against every key so the time taken does not tell which one nearly matched.
         matches = [hmac.compare_digest(presented, key.encode()) for key in livekit.web_keys]
         if any(matches):
-            return True
+            return livekit.web_keys[matches.index(True)]
     links = parse_qs(request.query).get("link", [])
-    if room is None or not links or livekit.link_secret is None:
-        return False
-    return verify_web_link(livekit.link_secret, links[0], room, now=now)
+    if not links or livekit.link_secret is None:
+        return None
+    room = _room_hint(request.body)
+    if room is None or not verify_web_link(livekit.link_secret, links[0], room, now=now):
+        return None
+    return ""
 
 
 def _cors_headers(livekit: LiveKitEdgeConfig, request: EdgeRequest) -> dict[str, str] | None:
@@ -256,6 +321,15 @@ def _forbidden_origin(request: EdgeRequest) -> EdgeResponse:
         403,
         f"origin {_shown(origin)} may not ask for tokens: add it to livekit.allowed_origins "
         "in the edge config",
+    )
+
+
+def _too_many(what: str, wait: float, cors: Mapping[str, str]) -> EdgeResponse:
+    retry_after = str(max(1, int(wait + 0.999)))
+    return text_response(
+        429,
+        f"{what}; retry in {retry_after} s",
+        headers={**cors, "retry-after": retry_after},
     )
 
 
@@ -290,6 +364,7 @@ def livekit_webhook(config: EdgeConfig, request: EdgeRequest, now: float) -> Edg
             api_key=livekit.api_key,
             api_secret=livekit.api_secret,
             now=now,
+            max_bytes=MAX_BODY_BYTES,
         )
     except JWTError as exc:
         return text_response(
@@ -309,7 +384,7 @@ def dispatch_for_event(event: Mapping[str, Any]) -> DispatchAgent | None:
     """The agent dispatch a verified webhook event asks for, if any: ``room_started``, or
     ``participant_joined`` of a human (identity not ``agent-…``, kind not ``AGENT``), in a room
     with a valid name whose metadata does not say ``"agent": false``. The room metadata's
-    ``profile`` (JSON ``{"profile": ...}``) is passed on."""
+    ``profile`` and ``web_key`` (JSON ``{"profile": ..., "web_key": ...}``) are passed on."""
     kind = event.get("event")
     if kind not in _DISPATCH_EVENTS:
         return None
@@ -333,15 +408,26 @@ def dispatch_for_event(event: Mapping[str, Any]) -> DispatchAgent | None:
         return None
     profile = metadata.get("profile")
     valid = isinstance(profile, str) and _PROFILE.fullmatch(profile) is not None
-    return DispatchAgent(room=name, profile=profile if valid else None, reason=str(kind))
+    web_key = metadata.get("web_key")
+    known = isinstance(web_key, str) and _WEB_KEY_ID.fullmatch(web_key) is not None
+    return DispatchAgent(
+        room=name,
+        profile=profile if valid else None,
+        reason=str(kind),
+        web_key=web_key if known else None,
+    )
 
 
 def dispatch_request(livekit: LiveKitEdgeConfig, effect: DispatchAgent) -> OutboundHTTP:
     """The HTTP request that carries out ``effect``: a JSON POST to ``livekit.dispatch_url``
-    with the media app's API key. Raises ValueError when no dispatch URL is configured."""
+    with the media app's API key, ``{"room", "profile", "reason"}`` plus ``web_key`` (the key's
+    id) when a web key's token created the room. Raises ValueError when no dispatch URL is
+    configured."""
     if livekit.dispatch_url is None or livekit.dispatch_api_key is None:
         raise ValueError("livekit.dispatch_url is not configured; no agent can be dispatched")
-    body = {"room": effect.room, "profile": effect.profile, "reason": effect.reason}
+    body: dict[str, Any] = {"room": effect.room, "profile": effect.profile, "reason": effect.reason}
+    if effect.web_key is not None:
+        body["web_key"] = effect.web_key
     return OutboundHTTP(
         method="POST",
         url=livekit.dispatch_url,
@@ -360,8 +446,8 @@ def _metadata(raw: object) -> dict[str, Any]:
     if not isinstance(raw, str) or not raw.strip():
         return {}
     try:
-        parsed = read_json(raw)
-    except JSONRefused:
+        parsed = loads_bounded(raw.encode("utf-8"), max_bytes=MAX_BODY_BYTES)
+    except JSONBodyError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
 

@@ -14,7 +14,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from callplane.bounded_json import MAX_JSON_NUMBER_CHARS, JSONValueRefused, loads_strict
+
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body the edge takes, on every route: Twilio's webhooks and LiveKit's
+events are a few kilobytes, and a web token request is a few hundred bytes. The adapters refuse
+a larger one before reading it (413); the core checks again."""
+
 __all__ = [
+    "MAX_BODY_BYTES",
     "MAX_JSON_NUMBER_CHARS",
     "DispatchAgent",
     "EdgeRequest",
@@ -26,10 +34,6 @@ __all__ = [
     "read_json",
     "text_response",
 ]
-
-MAX_JSON_NUMBER_CHARS = 32
-"""The longest number :func:`read_json` reads: nothing the edge is sent needs more, and a
-longer one would cost a conversion (or raise int()'s digit limit) for nothing."""
 
 
 class JSONRefused(ValueError):
@@ -52,11 +56,9 @@ def read_json(text: str | bytes) -> Any:
         except UnicodeDecodeError:
             raise JSONRefused("it is not UTF-8 text") from None
     try:
-        return json.loads(
-            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
-        )
-    except JSONRefused:
-        raise
+        return loads_strict(text)
+    except JSONValueRefused as exc:
+        raise JSONRefused(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise JSONRefused(
             f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
@@ -65,29 +67,6 @@ def read_json(text: str | bytes) -> Any:
         raise JSONRefused("it is nested too deeply") from None
     except ValueError as exc:  # what the decoder raises besides, for any other reason
         raise JSONRefused(f"not valid JSON ({exc})") from None
-
-
-def _json_number(text: str) -> str:
-    if len(text) > MAX_JSON_NUMBER_CHARS:
-        raise JSONRefused(
-            f"it has a number {len(text)} characters long; at most {MAX_JSON_NUMBER_CHARS} are read"
-        )
-    return text
-
-
-def _json_int(text: str) -> int:
-    return int(_json_number(text))
-
-
-def _json_float(text: str) -> float:
-    value = float(_json_number(text))
-    if value in (float("inf"), float("-inf")):
-        raise JSONRefused("it has a number too large for a float")
-    return value
-
-
-def _json_constant(name: str) -> Any:
-    raise JSONRefused(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
 
 
 class Headers(Mapping[str, str]):
@@ -142,11 +121,14 @@ class EdgeRequest:
 class DispatchAgent:
     """Effect: ask the media plane to make sure one agent is in ``room``. The media app's
     launcher is idempotent per room, so duplicate effects (LiveKit retries its webhooks, several
-    humans join at once) are harmless."""
+    humans join at once) are harmless. ``web_key`` is the id of the web key whose token created
+    the room (see :func:`edge_worker.livekit_routes.web_key_id`), for the media app's per-key
+    cap on agent jobs; None for rooms made otherwise."""
 
     room: str
     profile: str | None
     reason: str
+    web_key: str | None = None
 
 
 @dataclass(frozen=True)

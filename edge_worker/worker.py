@@ -15,10 +15,16 @@ Configuration: a secret binding named ``CALLPLANE_EDGE_CONFIG`` holding the edge
 isolate.
 
 Per-isolate state: the ``/token`` rate limiter (one :class:`TokenBucket` per isolate, keyed by
-``CF-Connecting-IP``, which Cloudflare sets and a client cannot forge; isolates do not share it,
-so the effective limit is per isolate). The playground (``web/dist``) is served by Cloudflare as
-static assets under ``/playground/`` before the worker is called; the worker sees only paths
-that are no asset.
+``CF-Connecting-IP``, which Cloudflare sets and a client cannot forge, with failed
+authentications and tokens issued in buckets of their own; isolates do not share it, so the
+effective limit is per isolate).
+
+Bodies: a declared ``Content-Length`` over the edge's limit is answered 413 before the body is
+read; a body without one is read whole (Cloudflare bounds it by its plan's request size) and
+then refused by the core if it is over the limit.
+
+The playground (``web/dist``) is served by Cloudflare as static assets under ``/playground/``
+before the worker is called; the worker sees only paths that are no asset.
 
 Effects: a webhook's :class:`~edge_worker.wire.DispatchAgent` is sent with the runtime's
 ``fetch`` from a task handed to ``self.ctx.waitUntil(...)``, so the answer to LiveKit is not held
@@ -33,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge_worker.config import ENV_VAR, EdgeConfig
-from edge_worker.core import EdgeRequest, EdgeResponse, Headers, handle
+from edge_worker.core import EdgeRequest, EdgeResponse, Headers, declared_too_large, handle
 from edge_worker.livekit_routes import dispatch_request
 from edge_worker.rate_limit import TokenBucket
 from edge_worker.wire import DispatchAgent
@@ -138,7 +144,9 @@ class Default(_Entrypoint):  # type: ignore[valid-type,misc]
 
     async def fetch(self, request: Any) -> Any:
         config = load_config(self.env)
-        response: EdgeResponse = handle(
+        # A declared body over the edge's limit is refused before it is read.
+        refused = declared_too_large(Headers(list(request.headers.items())))
+        response: EdgeResponse = refused or handle(
             config, await to_edge_request(request), now=time.time(), limiter=limiter_for(config)
         )
         for effect in response.effects:

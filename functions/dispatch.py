@@ -43,14 +43,17 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from callplane.coordination import CoordinationUnavailable, RoomLeases, connect
+from callplane.coordination import CapReached, CoordinationUnavailable, RoomLeases, connect
 from callplane.media_settings import ENV_VAR, MediaSettings
 from callplane.profiles import choose_profile
+from functions.body_limits import read_json
 
 __all__ = [
     "AGENT_JOB_FUNCTION",
+    "AgentCapReached",
     "AgentJob",
     "AgentJobs",
     "DispatchRequest",
@@ -70,6 +73,9 @@ AGENT_JOB_FUNCTION = "agent_job"
 """The Modal function (in the media app) that runs one room's agent."""
 
 ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"  # the same as AgentProfile.room
+WEB_KEY_ID_PATTERN = r"^[0-9a-f]{16}$"  # edge_worker.livekit_routes.web_key_id
+STACK_CAP_GROUP = "agents"
+WEB_KEY_CAP_PREFIX = "agents-web-key:"
 MAX_ENDED_JOBS = 500  # jobs kept for GET /agents; older ones are forgotten
 JOB_INFO_TTL_S = 24 * 3600.0  # how long GET /agents remembers a job after its last change
 STOP_GRACE_S = 5.0
@@ -85,6 +91,23 @@ class DispatchRequest(BaseModel):
     room: str = Field(pattern=ROOM_PATTERN, description="the LiveKit room that needs an agent")
     profile: str | None = Field(default=None, min_length=1, max_length=64)
     reason: str = Field(min_length=1, max_length=64, description="why, e.g. room_started")
+    web_key: str | None = Field(
+        default=None,
+        pattern=WEB_KEY_ID_PATTERN,
+        description="the id of the web key whose token created the room (the edge's "
+        "web_key_id), for the per-key cap on agent jobs",
+    )
+
+
+class AgentCapReached(Exception):
+    """A dispatch refused because the stack's or the web key's cap on agent jobs is full;
+    ``setting`` names the setting (``livekit.max_agent_jobs`` or
+    ``livekit.max_agent_jobs_per_web_key``) and the message says how many run and what to do."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.message = message
 
 
 # --------------------------------------------------------------------------- launchers
@@ -529,11 +552,17 @@ class AgentJobs:
         self.ended: OrderedDict[str, AgentJob] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def dispatch(self, room: str, profile: str | None, reason: str) -> tuple[AgentJob, bool]:
+    async def dispatch(
+        self, room: str, profile: str | None, reason: str, web_key: str | None = None
+    ) -> tuple[AgentJob, bool]:
         """The room's running job and False, or a newly started one and True. Raises
-        ValueError for an unknown profile, and
+        ValueError for an unknown profile, :class:`AgentCapReached` when a new job would be
+        over the stack's cap (``livekit.max_agent_jobs``) or over ``web_key``'s
+        (``livekit.max_agent_jobs_per_web_key``), and
         :class:`~callplane.coordination.CoordinationUnavailable` when the lease cannot be
-        taken (nothing is launched then)."""
+        taken (nothing is launched then). The caps are counted on the room leases, in Redis
+        across containers: a job holds its place while its lease is renewed (by this
+        container and by the job itself) and frees it when it ends or its lease lapses."""
         chosen = choose_profile(self.settings.profiles, room, requested=profile)
         lock = self._locks.setdefault(room, asyncio.Lock())
         async with lock:
@@ -544,7 +573,12 @@ class AgentJobs:
                     return job, False
                 await self._ended(job, code)
             job_id = uuid.uuid4().hex[:12]
-            holder = await self.leases.acquire(room, job_id, self.settings.agent_lease_s)
+            try:
+                holder = await self.leases.acquire(
+                    room, job_id, self.settings.agent_lease_s, caps=self._caps(web_key)
+                )
+            except CapReached as full:
+                raise self._refusal(room, web_key, full) from None
             if holder != job_id:
                 return await self._elsewhere(room, holder), False
             try:
@@ -572,6 +606,31 @@ class AgentJobs:
                 handle.handle,
             )
             return job, True
+
+    def _caps(self, web_key: str | None) -> list[tuple[str, int]]:
+        livekit = self.settings.livekit
+        if livekit is None:
+            return []
+        caps = [(STACK_CAP_GROUP, livekit.max_agent_jobs)]
+        if web_key is not None:
+            caps.append((WEB_KEY_CAP_PREFIX + web_key, livekit.max_agent_jobs_per_web_key))
+        return caps
+
+    @staticmethod
+    def _refusal(room: str, web_key: str | None, full: CapReached) -> AgentCapReached:
+        if full.group == STACK_CAP_GROUP:
+            return AgentCapReached(
+                "livekit.max_agent_jobs",
+                f"{full.held} agent jobs are running on this stack, its cap "
+                f"(livekit.max_agent_jobs = {full.limit}); no agent was started for room "
+                f"{room!r}: try again when one has ended, or raise the cap",
+            )
+        return AgentCapReached(
+            "livekit.max_agent_jobs_per_web_key",
+            f"{full.held} agent jobs are running for rooms created with web key {web_key}, its "
+            f"cap (livekit.max_agent_jobs_per_web_key = {full.limit}); no agent was started "
+            f"for room {room!r}: try again when one of them has ended, or raise the cap",
+        )
 
     def jobs(self) -> list[AgentJob]:
         """This container's jobs: running first, then ended ones, newest first."""
@@ -706,23 +765,30 @@ def dispatch_routes(
                 503, "LiveKit is not configured on this media app: add livekit to its settings"
             )
 
-    @router.post("/agents/dispatch")
+    @router.post("/agents/dispatch", response_model=None)
     async def dispatch(
         request: Request, authorization: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
-        """Make sure one agent is in the room: ``{"room", "profile"?, "reason"}``."""
+    ) -> dict[str, Any] | JSONResponse:
+        """Make sure one agent is in the room: ``{"room", "profile"?, "reason", "web_key"?}``.
+        Over the stack's or the web key's cap on agent jobs: 429 with ``{"refused": {"limit",
+        "reason"}}``, and nothing is started."""
         require_api_key(authorization)
         require_livekit()
+        document = await read_json(request, "the POST /agents/dispatch body")
         try:
-            body = DispatchRequest.model_validate(await request.json())
+            body = DispatchRequest.model_validate(document)
         except ValidationError as exc:
             raise HTTPException(422, _problems(exc)) from None
-        except ValueError:
-            raise HTTPException(
-                400, 'the body is not JSON; send {"room": "...", "profile": null, "reason": "..."}'
-            ) from None
         try:
-            job, started = await agents.dispatch(body.room, body.profile, body.reason)
+            job, started = await agents.dispatch(
+                body.room, body.profile, body.reason, web_key=body.web_key
+            )
+        except AgentCapReached as refused:
+            log.warning("agent dispatch for room %r refused: %s", body.room, refused.message)
+            return JSONResponse(
+                {"refused": {"limit": refused.setting, "reason": refused.message}},
+                status_code=429,
+            )
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         except CoordinationUnavailable as exc:

@@ -21,6 +21,7 @@ from callplane.coordination import CoordinationUnavailable
 from callplane.media_settings import MediaSettings
 from callplane.tools import Tool
 from functions.asgi_socket import AsgiSocket
+from functions.body_limits import MAX_BODY_BYTES, BodyLimit
 from functions.dispatch import Launcher, LocalProcessLauncher, dispatch_routes
 from functions.media_streams import CLOSE_BAD_SIGNATURE, MediaStreams
 from functions.outbound import outbound_routes
@@ -39,6 +40,8 @@ def create_app(
     ``launcher`` starts the on-demand LiveKit agent jobs: a child process per room by default
     (the offline stack, a laptop), a Modal function call in the cloud (``functions/app.py``)."""
     app = FastAPI(title="callplane media", docs_url=None, redoc_url=None)
+    # No route buffers more than MAX_BODY_BYTES of a request body (functions/body_limits.py).
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     def require_api_key(authorization: str | None) -> None:
         expected = f"Bearer {settings.api_key}"

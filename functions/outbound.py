@@ -21,11 +21,15 @@ from callplane.outbound import Dialer, OutboundJob, OutboundRequest, Refused
 from callplane.records import RecordStore
 from callplane.security import validate_twilio_signature
 from callplane.transports.twilio import run_rest
+from callplane.webhooks import pinned_request
+from functions.body_limits import read_json
 
 log = logging.getLogger("callplane.outbound")
 
 STATUS_PATH = "/twilio/outbound-status"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+MAX_SIGNATURE_CHARS = 128
+"""An ``X-Twilio-Signature`` is base64 of a 20- or 32-byte HMAC: 28 or 44 characters."""
 
 
 def outbound_routes(
@@ -86,12 +90,25 @@ def outbound_routes(
         return None
 
     async def notify(job: OutboundJob) -> None:
+        """POST the finished request to its webhook. The URL was checked when the request
+        arrived; it is checked again now (its host resolved afresh, every address public) and
+        the POST goes to an address just checked, with the host in ``Host`` and as the TLS
+        name, so a name that points elsewhere by now is not followed. Redirects are not
+        followed either."""
         url = job.request.webhook_url
         if not url:
             return
         try:
-            async with httpx.AsyncClient(timeout=10) as http:
-                answer = await http.post(url, json=job.to_json())
+            target = await dialer.check_webhook(url)
+        except Refused as refused:
+            log.warning("outbound %s: webhook not sent: %s", job.id, refused.reason)
+            return
+        pinned, headers, extensions = pinned_request(target)
+        try:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
+                answer = await http.post(
+                    pinned, json=job.to_json(), headers=headers, extensions=extensions
+                )
                 answer.raise_for_status()  # a refusing webhook is a failed delivery, logged
         except httpx.HTTPError as exc:
             log.warning("outbound %s: webhook %s failed: %s", job.id, url, exc)
@@ -116,11 +133,11 @@ def outbound_routes(
             raise HTTPException(
                 503, "outbound calls need edge_voice_url in the media settings (the edge's URL)"
             )
+        document = await read_json(request, "the POST /calls body")
         try:
-            body = OutboundRequest.model_validate(await request.json())
-        except ValueError as exc:
-            detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
-            raise HTTPException(422, detail) from None
+            body = OutboundRequest.model_validate(document)
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False)) from None
         try:
             job = await dialer.submit(body)
         except CoordinationUnavailable as exc:
@@ -152,9 +169,17 @@ def outbound_routes(
 
     @router.post(STATUS_PATH)
     async def twilio_status(request: Request) -> Response:
+        """Twilio's status callbacks for the calls this stack placed. The signature covers the
+        form body, so the body must be read to check it: only when a signature is there to
+        check, and within the body limit (:class:`functions.body_limits.BodyLimit`)."""
+        signature = request.headers.get("x-twilio-signature")
+        if not signature or len(signature) > MAX_SIGNATURE_CHARS:
+            return Response(
+                "missing or malformed X-Twilio-Signature: only Twilio may call this URL\n",
+                status_code=403,
+            )
         body = (await request.body()).decode("utf-8", "replace")
         form = parse_qs(body, keep_blank_values=True)
-        signature = request.headers.get("x-twilio-signature")
         if not validate_twilio_signature(settings.twilio_auth_token, status_url, form, signature):
             return Response("invalid X-Twilio-Signature\n", status_code=403)
         try:

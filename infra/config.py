@@ -432,7 +432,8 @@ class ModalSettings(_Model):
 
 
 class LiveKitStackConfig(_Model):
-    """LiveKit: the server API (SIP inbound trunk and dispatch rule) and its SIP address."""
+    """LiveKit: the server API (SIP inbound trunk and dispatch rule) and its SIP address, and
+    how many on-demand agent jobs may run at once."""
 
     url: str
     api_key: str = Field(min_length=1)
@@ -440,6 +441,11 @@ class LiveKitStackConfig(_Model):
     sip_uri: str | None = None
     agent_name: str = "callplane-agent"
     room_prefix: str = "call-"
+    #: At most this many agent jobs run at once on the stack (each is a container, billed).
+    max_agent_jobs: int = Field(default=50, ge=1, le=100_000)
+    #: At most this many for the rooms one web key's tokens created, so that one leaked or
+    #: misbehaving key cannot take the whole stack's agents.
+    max_agent_jobs_per_web_key: int = Field(default=5, ge=1, le=100_000)
 
     @field_validator("url")
     @classmethod
@@ -487,8 +493,9 @@ class StackConfig(_Model):
     #: imported at preview to check the profiles' tools and shipped in the media image.
     tools_module: str | None = None
     #: Outbound calls (``POST /calls``): maxConcurrent, maxQueued, allowedCountries,
-    #: callingHours, dailyBudgetUsd, callerIds, ringTimeoutS, ... (callplane.outbound.
-    #: OutboundLimits). Caller IDs default to the stack's own numbers.
+    #: allowedNumberTypes, callingHours, dailyBudgetUsd, callerIds, ringTimeoutS,
+    #: maxContextBytes, webhookHosts, ... (callplane.outbound.OutboundLimits). Caller IDs
+    #: default to the stack's own numbers.
     outbound: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("tools_module")
@@ -528,6 +535,13 @@ class StackConfig(_Model):
                 "Twilio simulator's URL, e.g. http://127.0.0.1:8089"
             )
         if self.kind == "cloud":
+            if self.outbound.get("webhook_loopback"):
+                problems.append(
+                    "callplane:outbound.webhookLoopback = true on a cloud stack: request webhooks "
+                    "would be sent to the media containers' own loopback. Fix: remove it (it is "
+                    "for local stacks' tests) and list the webhook hosts in "
+                    "callplane:outbound.webhookHosts"
+                )
             if self.twilio.api_base_url is not None:
                 problems.append(
                     f"callplane:twilio.apiBaseUrl = {self.twilio.api_base_url!r} on a cloud "

@@ -15,8 +15,11 @@ What the media plane reads, and where it comes from:
   ``callplane:openaiApiKey``, and LiveKit's key pair;
 - the agents: ``callplane:profiles`` and ``callplane:toolsModule``; every tool a profile names
   must be a built-in or defined by the module (imported here, at preview);
-- outbound calls: ``callplane:outbound`` (limits, calling hours, budget), whose caller IDs default
-  to the stack's own numbers (one per country, plus ``default``: the first number);
+- outbound calls: ``callplane:outbound`` (limits, calling hours, budget, the number types
+  called, the context's size, the hosts webhooks may go to), whose caller IDs default to the
+  stack's own numbers (one per country, plus ``default``: the first number);
+- agent jobs: ``callplane:livekit.maxAgentJobs`` and ``callplane:livekit.maxAgentJobsPerWebKey``
+  (the caps on jobs running at once, per stack and per web key);
 - shared state: ``callplane:databaseUrl`` and ``callplane:redisUrl``.
 
 Only tuning knobs (:data:`TUNING`) may be overridden on top, which the local stack uses to
@@ -111,6 +114,8 @@ def media_settings_document(
             "api_key": lk.api_key,
             "api_secret": config.livekit_api_secret,
             "agent_name": lk.agent_name,
+            "max_agent_jobs": lk.max_agent_jobs,
+            "max_agent_jobs_per_web_key": lk.max_agent_jobs_per_web_key,
         }
     if config.kind == "local":
         # The local engine takes any key; a local stack never needs an OpenAI account.

@@ -14,27 +14,32 @@ is written once against the interfaces in :mod:`callplane.coordination.base`::
 from __future__ import annotations
 
 from callplane.coordination.base import (
+    MAX_CAP_GROUP_CHARS,
     MAX_JOBS,
     MAX_STATUSES,
     QUEUE_LEASE_S,
     SPEND_KEEP_S,
+    Caps,
     Coordination,
     LiveCalls,
     Nonces,
     OutboundState,
     RoomLeases,
 )
-from callplane.coordination.errors import CoordinationUnavailable, redact_url
+from callplane.coordination.errors import CapReached, CoordinationUnavailable, redact_url
 from callplane.coordination.memory import MemoryCoordination
 from callplane.coordination.redis_backend import RedisCoordination
 from callplane.coordination.redis_link import DEFAULT_TIMEOUT_S
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "MAX_CAP_GROUP_CHARS",
     "MAX_JOBS",
     "MAX_STATUSES",
     "QUEUE_LEASE_S",
     "SPEND_KEEP_S",
+    "CapReached",
+    "Caps",
     "Coordination",
     "CoordinationUnavailable",
     "LiveCalls",

@@ -14,10 +14,11 @@ take only ``ttl_s`` let the store expire the entry on its own clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 __all__ = [
+    "MAX_CAP_GROUP_CHARS",
     "MAX_JOBS",
     "MAX_STATUSES",
     "QUEUE_LEASE_S",
@@ -47,6 +48,34 @@ cap keeps a misbehaving sender from growing the list without bound."""
 
 SPEND_KEEP_S = 3 * 86_400.0
 """How long a day's spend total is kept: long enough to read yesterday's in any time zone."""
+
+
+MAX_CAP_GROUP_CHARS = 64
+"""The longest name of a cap group (:meth:`RoomLeases.acquire`)."""
+
+Caps = Sequence[tuple[str, int]]
+"""``(group, limit)`` pairs: at most ``limit`` live room leases taken in ``group``."""
+
+
+def check_caps(caps: Caps) -> list[tuple[str, int]]:
+    """``caps`` as a list, or a ValueError naming a bad group or limit: both stores refuse a
+    group name with whitespace (they store names one per line) or a limit below 1 alike."""
+    checked: list[tuple[str, int]] = []
+    for group, limit in caps:
+        if (
+            not isinstance(group, str)
+            or not group
+            or len(group) > MAX_CAP_GROUP_CHARS
+            or any(c.isspace() for c in group)
+        ):
+            raise ValueError(
+                f"cap group {group!r} is invalid: use 1-{MAX_CAP_GROUP_CHARS} characters "
+                "without whitespace"
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"the cap of group {group!r} is {limit!r}: use a whole number >= 1")
+        checked.append((group, limit))
+    return checked
 
 
 def require_positive(name: str, value: float) -> float:
@@ -86,25 +115,41 @@ class Nonces(Protocol):
 
 
 class RoomLeases(Protocol):
-    """One agent job per LiveKit room, and the public list of jobs.
+    """One agent job per LiveKit room, caps on how many run at once, and the public list of
+    jobs.
 
     A lease is held by a job id for ``ttl_s`` seconds and renewed by its holder while the job
     runs; if the holder's container dies, the lease lapses and another job may take the room.
+    A lease may be taken under caps (``(group, limit)`` pairs, e.g. the whole stack and one web
+    key): it counts in each of its groups for exactly as long as it lives, so a job that is
+    renewed keeps its place, one that ends frees it, and one whose container died frees it when
+    its lease lapses.
     """
 
-    async def acquire(self, room: str, job_id: str, ttl_s: float) -> str:
+    async def acquire(self, room: str, job_id: str, ttl_s: float, caps: Caps = ()) -> str:
         """Take ``room`` for ``job_id`` if nobody holds it; return the holder's job id, which is
-        ``job_id`` when the lease is ours (also when we already held it: it is not renewed)."""
+        ``job_id`` when the lease is ours (also when we already held it: it is not renewed).
+
+        With ``caps``, a room nobody holds is taken only if every group has fewer live leases
+        than its limit, atomically across containers; otherwise
+        :class:`~callplane.coordination.errors.CapReached` names the first full group and
+        nothing is taken. A room already held is returned as before, whatever the caps."""
         ...
 
     async def renew(self, room: str, job_id: str, ttl_s: float) -> bool:
-        """Extend the lease to ``ttl_s`` from now, only if ``job_id`` still holds it; False
-        means the lease lapsed (and perhaps another job took the room): stop the job."""
+        """Extend the lease (and its place in its cap groups) to ``ttl_s`` from now, only if
+        ``job_id`` still holds it; False means the lease lapsed (and perhaps another job took
+        the room): stop the job."""
         ...
 
     async def release(self, room: str, job_id: str) -> bool:
-        """Give the room up, only if ``job_id`` holds it (a late release never frees a room
-        another job has since taken); True if it was released."""
+        """Give the room (and its place in its cap groups) up, only if ``job_id`` holds it (a
+        late release never frees a room another job has since taken); True if it was
+        released."""
+        ...
+
+    async def held(self, group: str) -> int:
+        """How many live leases count in cap group ``group`` now."""
         ...
 
     async def holder(self, room: str) -> str | None:

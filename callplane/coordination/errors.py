@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["CoordinationUnavailable", "redact_url"]
+__all__ = ["CapReached", "CoordinationUnavailable", "redact_url"]
 
 _SECRET_QUERY_NAMES = frozenset({"password"})
 
@@ -18,6 +18,17 @@ _SECRET_QUERY_NAMES = frozenset({"password"})
 class CoordinationUnavailable(RuntimeError):
     """Redis could not be reached or did not answer in time; the operation did not complete
     (or its outcome is unknown, when the connection broke after the request was sent)."""
+
+
+class CapReached(Exception):
+    """A room lease was not taken because one of the caps it was asked under is full:
+    ``group`` held ``held`` live leases, and ``limit`` is its cap. Nothing was taken."""
+
+    def __init__(self, group: str, limit: int, held: int) -> None:
+        super().__init__(f"{held} live leases in group {group!r}, at its cap of {limit}")
+        self.group = group
+        self.limit = limit
+        self.held = held
 
 
 def redact_url(url: str) -> str:

@@ -27,9 +27,12 @@ from callplane.coordination.base import (
     MAX_STATUSES,
     QUEUE_LEASE_S,
     SPEND_KEEP_S,
+    Caps,
+    check_caps,
     job_identity,
     require_positive,
 )
+from callplane.coordination.errors import CapReached
 
 __all__ = [
     "MemoryCoordination",
@@ -82,43 +85,61 @@ class MemoryNonces:
 
 
 class MemoryRoomLeases:
-    """Room leases and the jobs index, expiring on ``clock``."""
+    """Room leases (with the cap groups each counts in) and the jobs index, expiring on
+    ``clock``."""
 
     def __init__(self, clock: Clock = time.monotonic, max_jobs: int = MAX_JOBS) -> None:
         self._clock = clock
         self._max_jobs = max_jobs
-        self._rooms: Expiring[str] = Expiring()
+        self._rooms: Expiring[tuple[str, tuple[str, ...]]] = Expiring()  # holder, groups
         self._jobs: Expiring[tuple[float, str]] = Expiring()
 
-    async def acquire(self, room: str, job_id: str, ttl_s: float) -> str:
+    def _holder(self, room: str, now: float) -> str | None:
+        lease = self._rooms.get(room, now)
+        return None if lease is None else lease[0]
+
+    async def acquire(self, room: str, job_id: str, ttl_s: float, caps: Caps = ()) -> str:
         """See :meth:`callplane.coordination.base.RoomLeases.acquire`."""
         ttl_s = require_positive("ttl_s", ttl_s)
+        checked = check_caps(caps)
         now = self._clock()
-        current = self._rooms.get(room, now)
+        current = self._holder(room, now)
         if current is not None:
             return current
-        self._rooms.put(room, job_id, now + ttl_s)
+        for group, limit in checked:
+            held = self._count(group, now)
+            if held >= limit:
+                raise CapReached(group, limit, held)
+        self._rooms.put(room, (job_id, tuple(group for group, _ in checked)), now + ttl_s)
         return job_id
 
     async def renew(self, room: str, job_id: str, ttl_s: float) -> bool:
         """See :meth:`callplane.coordination.base.RoomLeases.renew`."""
         ttl_s = require_positive("ttl_s", ttl_s)
         now = self._clock()
-        if self._rooms.get(room, now) != job_id:
+        lease = self._rooms.get(room, now)
+        if lease is None or lease[0] != job_id:
             return False
-        self._rooms.put(room, job_id, now + ttl_s)
+        self._rooms.put(room, lease, now + ttl_s)
         return True
 
     async def release(self, room: str, job_id: str) -> bool:
         """See :meth:`callplane.coordination.base.RoomLeases.release`."""
-        if self._rooms.get(room, self._clock()) != job_id:
+        if self._holder(room, self._clock()) != job_id:
             return False
         self._rooms.pop(room)
         return True
 
+    async def held(self, group: str) -> int:
+        """See :meth:`callplane.coordination.base.RoomLeases.held`."""
+        return self._count(group, self._clock())
+
+    def _count(self, group: str, now: float) -> int:
+        return sum(1 for _, (_, groups) in self._rooms.items(now) if group in groups)
+
     async def holder(self, room: str) -> str | None:
         """See :meth:`callplane.coordination.base.RoomLeases.holder`."""
-        return self._rooms.get(room, self._clock())
+        return self._holder(room, self._clock())
 
     async def put_job(self, job: dict[str, Any], ttl_s: float) -> None:
         """See :meth:`callplane.coordination.base.RoomLeases.put_job`."""

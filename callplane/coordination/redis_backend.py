@@ -12,6 +12,14 @@ key                           type    written by                         expiry
 ``{P}room:<room>``            string  ``RoomLeases.acquire``/``renew``:  ``ttl_s`` after the last
                                       the holder's job id                renewal; ``release``
                                                                          deletes it
+``{P}room-caps:<room>``       string  ``acquire`` under caps: the cap    as its ``room:`` key
+                                      groups, one per line
+``{P}cap:<group>``            zset    ``acquire``/``renew``: member      the latest lease's
+                                      room, score the lease's expiry     expiry; ``release``
+                                      (ms, Redis's clock)                removes the room;
+                                                                         members past their
+                                                                         score are dropped
+                                                                         before counting
 ``{P}job:<job id>``           string  ``RoomLeases.put_job``: JSON       ``ttl_s``
 ``{P}jobs``                   zset    ``put_job``: member job id, score  the longest job TTL;
                                       ``started_at``                     trimmed to the newest
@@ -24,8 +32,11 @@ key                           type    written by                         expiry
                                                                          :mod:`.redis_outbound`
 ============================  ======  =================================  =========================
 
-Lease compare-and-set (renew and release only by the holder) and the jobs index are Lua
-scripts, so two containers never interleave inside them.
+Lease compare-and-set (renew and release only by the holder), counting and taking a place in the
+cap groups, and the jobs index are Lua scripts, so two containers never interleave inside them:
+two dispatches racing for the last place under a cap on two containers get it once. The scripts
+read Redis's own clock (``TIME``) for the cap groups' expiries, the clock that expires the
+``room:`` keys, so a lease counts in its groups exactly as long as it lives.
 """
 
 from __future__ import annotations
@@ -34,7 +45,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from callplane.coordination.base import MAX_JOBS, job_identity, require_positive
+from callplane.coordination.base import (
+    MAX_JOBS,
+    Caps,
+    check_caps,
+    job_identity,
+    require_positive,
+)
+from callplane.coordination.errors import CapReached
 from callplane.coordination.redis_link import DEFAULT_TIMEOUT_S, RedisLink, ms
 from callplane.coordination.redis_outbound import RedisOutboundState
 
@@ -45,33 +63,98 @@ __all__ = [
     "RedisRoomLeases",
 ]
 
-# KEYS: room key. ARGV: job id, ttl (ms)
-_ACQUIRE = """
+# Redis's clock in milliseconds, for the cap groups' scores.
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# KEYS: room key, room-caps key, then one cap zset per group.
+# ARGV: job id, ttl (ms), room, groups (one per line), then one limit per group.
+# Returns {holder}, or {'', index of the full group (0-based), leases held in it}.
+_ACQUIRE = (
+    """
 local holder = redis.call('GET', KEYS[1])
 if holder then
-  return holder
+  return {holder}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
 """
-
-# KEYS: room key. ARGV: job id, ttl (ms)
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+    + _NOW_MS
+    + """
+for i = 3, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local held = redis.call('ZCARD', KEYS[i])
+  if held >= tonumber(ARGV[i + 2]) then
+    return {'', tostring(i - 3), tostring(held)}
+  end
 end
-return 0
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+if #KEYS > 2 then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
+  for i = 3, #KEYS do
+    redis.call('ZADD', KEYS[i], now + ttl, ARGV[3])
+    if redis.call('PTTL', KEYS[i]) < ttl then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+else
+  redis.call('DEL', KEYS[2])
+end
+return {ARGV[1]}
 """
+)
 
-# KEYS: room key. ARGV: job id
+# KEYS: room key, room-caps key. ARGV: job id, ttl (ms), room, cap key prefix
+_RENEW = (
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local ttl = tonumber(ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+local groups = redis.call('GET', KEYS[2])
+if groups then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+"""
+    + _NOW_MS
+    + """
+  for group in string.gmatch(groups, '[^\\n]+') do
+    local key = ARGV[4] .. group
+    redis.call('ZADD', key, now + ttl, ARGV[3])
+    if redis.call('PTTL', key) < ttl then
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+end
+return 1
+"""
+)
+
+# KEYS: room key, room-caps key. ARGV: job id, room, cap key prefix
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+local groups = redis.call('GET', KEYS[2])
+if groups then
+  for group in string.gmatch(groups, '[^\\n]+') do
+    redis.call('ZREM', ARGV[3] .. group, ARGV[2])
+  end
+  redis.call('DEL', KEYS[2])
+end
+return 1
 """
+
+# KEYS: cap zset.
+_HELD = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
 
 # KEYS: job key, index. ARGV: job id, JSON, started_at, ttl (ms), index size
 _PUT_JOB = """
@@ -130,32 +213,49 @@ class RedisRoomLeases:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._held = client.register_script(_HELD)
         self._put_job = client.register_script(_PUT_JOB)
         self._jobs = client.register_script(_JOBS)
 
-    async def acquire(self, room: str, job_id: str, ttl_s: float) -> str:
+    def _room_keys(self, room: str) -> list[str]:
+        return [self._link.key("room", room), self._link.key("room-caps", room)]
+
+    async def acquire(self, room: str, job_id: str, ttl_s: float, caps: Caps = ()) -> str:
         """See :meth:`callplane.coordination.base.RoomLeases.acquire`."""
         ttl_s = require_positive("ttl_s", ttl_s)
+        checked = check_caps(caps)
+        keys = self._room_keys(room) + [self._link.key("cap", group) for group, _ in checked]
+        groups = "\n".join(group for group, _ in checked)
+        args: list[str | int] = [job_id, ms(ttl_s), room, groups]
+        args += [limit for _, limit in checked]
         with self._link.guard():
-            holder = await self._acquire(
-                keys=[self._link.key("room", room)], args=[job_id, ms(ttl_s)]
-            )
-        return str(holder)
+            answer = await self._acquire(keys=keys, args=args)
+        holder = str(answer[0])
+        if holder:
+            return holder
+        group, limit = checked[int(answer[1])]
+        raise CapReached(group, limit, int(answer[2]))
 
     async def renew(self, room: str, job_id: str, ttl_s: float) -> bool:
         """See :meth:`callplane.coordination.base.RoomLeases.renew`."""
         ttl_s = require_positive("ttl_s", ttl_s)
+        args: list[str | int] = [job_id, ms(ttl_s), room, self._link.key("cap", "")]
         with self._link.guard():
-            renewed = await self._renew(
-                keys=[self._link.key("room", room)], args=[job_id, ms(ttl_s)]
-            )
+            renewed = await self._renew(keys=self._room_keys(room), args=args)
         return bool(renewed)
 
     async def release(self, room: str, job_id: str) -> bool:
         """See :meth:`callplane.coordination.base.RoomLeases.release`."""
+        args = [job_id, room, self._link.key("cap", "")]
         with self._link.guard():
-            released = await self._release(keys=[self._link.key("room", room)], args=[job_id])
+            released = await self._release(keys=self._room_keys(room), args=args)
         return bool(released)
+
+    async def held(self, group: str) -> int:
+        """See :meth:`callplane.coordination.base.RoomLeases.held`."""
+        with self._link.guard():
+            count = await self._held(keys=[self._link.key("cap", group)])
+        return int(count)
 
     async def holder(self, room: str) -> str | None:
         """See :meth:`callplane.coordination.base.RoomLeases.holder`."""

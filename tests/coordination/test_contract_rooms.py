@@ -7,11 +7,12 @@ milliseconds of real time.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
 
-from callplane.coordination import MAX_JOBS
+from callplane.coordination import MAX_JOBS, CapReached
 from tests.coordination.conftest import Fleet
 
 SHORT_TTL_S = 0.3
@@ -85,6 +86,94 @@ async def test_concurrent_acquires_have_exactly_one_winner(fleet: Fleet) -> None
     assert winner is not None
     assert set(holders) == {winner}
     assert sum(1 for i in range(5) if f"job-{i}" == winner) == 1
+
+
+STACK = ("stack", 3)
+
+
+async def test_caps_count_live_leases_across_containers(fleet: Fleet) -> None:
+    """At most ``limit`` live leases per group, whichever container takes them; a room already
+    held is returned whatever the caps; a full group is named, and nothing is taken."""
+    first, second = fleet.first.leases, fleet.second.leases
+    key_a = ("key:a", 2)
+    assert await first.acquire("cap-1", "job-1", 30, caps=[STACK, key_a]) == "job-1"
+    assert await second.acquire("cap-2", "job-2", 30, caps=[STACK, key_a]) == "job-2"
+    with pytest.raises(CapReached) as full:
+        await first.acquire("cap-3", "job-3", 30, caps=[STACK, key_a])
+    assert (full.value.group, full.value.limit, full.value.held) == ("key:a", 2, 2)
+    assert await second.holder("cap-3") is None  # nothing was taken
+    # a held room is answered with its holder, even though its group is full
+    assert await second.acquire("cap-1", "job-9", 30, caps=[STACK, key_a]) == "job-1"
+    # another key has room under the stack's cap; then the stack is full for everyone
+    assert await second.acquire("cap-4", "job-4", 30, caps=[STACK, ("key:b", 2)]) == "job-4"
+    with pytest.raises(CapReached) as stack_full:
+        await first.acquire("cap-5", "job-5", 30, caps=[STACK, ("key:c", 2)])
+    assert (stack_full.value.group, stack_full.value.held) == ("stack", 3)
+    assert [await first.held(g) for g in ("stack", "key:a", "key:b", "key:c")] == [3, 2, 1, 0]
+    # a lease taken without caps counts nowhere
+    assert await first.acquire("cap-free", "job-6", 30) == "job-6"
+    assert await second.held("stack") == 3
+    # releasing frees the place, for either container; a wrong holder frees nothing
+    assert await second.release("cap-1", "job-9") is False
+    assert await second.release("cap-1", "job-1") is True
+    assert [await first.held(g) for g in ("stack", "key:a")] == [2, 1]
+    assert await first.acquire("cap-3", "job-3", 30, caps=[STACK, key_a]) == "job-3"
+
+
+async def test_a_lapsed_capped_lease_frees_its_place_and_a_renewed_one_keeps_it(
+    fleet: Fleet,
+) -> None:
+    """A job whose container died stops renewing: its place comes free when its lease lapses.
+    A job that is renewed (by its launcher or by itself) keeps its place past its first TTL."""
+    one = [("solo", 1)]
+    assert await fleet.first.leases.acquire("lapse-1", "job-1", SHORT_TTL_S, caps=one) == "job-1"
+    with pytest.raises(CapReached):
+        await fleet.second.leases.acquire("lapse-2", "job-2", 30, caps=one)
+    await asyncio.sleep(PAST_SHORT_TTL_S)
+    assert await fleet.second.leases.held("solo") == 0
+    assert await fleet.second.leases.acquire("lapse-2", "job-2", SHORT_TTL_S, caps=one) == "job-2"
+    for _ in range(3):
+        await asyncio.sleep(SHORT_TTL_S / 3)
+        assert await fleet.first.leases.renew("lapse-2", "job-2", SHORT_TTL_S) is True
+    with pytest.raises(CapReached):
+        await fleet.first.leases.acquire("lapse-3", "job-3", 30, caps=one)
+    # a late renewal of the lapsed job takes nothing back
+    assert await fleet.first.leases.renew("lapse-1", "job-1", 30) is False
+    assert await fleet.second.leases.held("solo") == 1
+
+
+async def test_racing_for_the_last_place_under_a_cap_has_one_winner(fleet: Fleet) -> None:
+    stores = [fleet.first, fleet.second]
+    caps = [("race", 2)]
+    assert await fleet.first.leases.acquire("race-0", "job-0", 30, caps=caps) == "job-0"
+
+    async def take(i: int) -> str | None:
+        try:
+            return await stores[i % 2].leases.acquire(f"race-{i}", f"job-{i}", 30, caps=caps)
+        except CapReached:
+            return None
+
+    won = [j for j in await asyncio.gather(*(take(i) for i in range(1, 9))) if j is not None]
+    assert len(won) == 1
+    assert await fleet.second.leases.held("race") == 2
+
+
+@pytest.mark.parametrize(
+    ("caps", "message"),
+    [
+        ([("", 1)], "cap group '' is invalid"),
+        ([("two words", 1)], "cap group 'two words' is invalid"),
+        ([("g" * 65, 1)], "is invalid: use 1-64 characters"),
+        ([("stack", 0)], "the cap of group 'stack' is 0"),
+        ([("stack", True)], "the cap of group 'stack' is True"),
+    ],
+)
+async def test_bad_caps_are_refused_alike(
+    fleet: Fleet, caps: list[tuple[str, int]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        await fleet.first.leases.acquire("bad-caps", "job-1", 30, caps=caps)
+    assert await fleet.first.leases.holder("bad-caps") is None
 
 
 async def test_jobs_are_listed_newest_first_and_replaced_by_job_id(fleet: Fleet) -> None:

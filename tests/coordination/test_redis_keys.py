@@ -23,6 +23,8 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
         now = time.time()
         await coordination.nonces.claim("n1", now + 60, now)
         await coordination.leases.acquire("room1", "job1", 60)
+        await coordination.leases.acquire("room2", "job4", 60, caps=[("stack", 5), ("key:k1", 2)])
+        await coordination.leases.renew("room2", "job4", 60)
         await coordination.leases.put_job(
             {"job_id": "job1", "room": "room1", "started_at": now}, 60
         )
@@ -44,6 +46,10 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
             for name in [
                 "nonce:n1",
                 "room:room1",
+                "room:room2",
+                "room-caps:room2",
+                "cap:stack",
+                "cap:key:k1",
                 "job:job1",
                 "jobs",
                 "live:CA1",
@@ -61,10 +67,12 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
 
         # owners delete what they are done with; emptied sets disappear
         await coordination.leases.release("room1", "job1")
+        await coordination.leases.release("room2", "job4")
         await coordination.live.delete("CA1")
         await out.release_slot("job2")
         await out.leave_queue("job3")
         gone = {"room:room1", "live:CA1", "out:slots", "out:queue", "out:queue:lease"}
+        gone |= {"room:room2", "room-caps:room2", "cap:stack", "cap:key:k1"}
         assert not {PREFIX + name for name in gone} & set(await client.keys("*"))
     finally:
         await client.aclose()

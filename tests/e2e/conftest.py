@@ -122,13 +122,18 @@ LIVEKIT_AGENT_IDLE_S = 3.0
 
 
 @pytest.fixture
-async def livekit_stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIterator[LocalStack]:
+async def livekit_stack(
+    tmp_path: Path, conformance: ConformanceLog, request: pytest.FixtureRequest
+) -> AsyncIterator[LocalStack]:
     """The whole local stack with LiveKit and a short agent idle timeout; every engine event is
-    checked against the openai SDK's GA models, and no agent job outlives the stack."""
+    checked against the openai SDK's GA models, and no agent job outlives the stack. A test
+    marked ``@pytest.mark.stack_options(name=value, ...)`` sets those ``StackOptions`` too
+    (e.g. the caps on agent jobs)."""
 
     def observe(direction: Direction, event: Mapping[str, Any]) -> None:
         conformance(direction, event)
 
+    marker = request.node.get_closest_marker("stack_options")
     options = StackOptions(
         data_dir=tmp_path / "stack",
         livekit=True,
@@ -136,6 +141,7 @@ async def livekit_stack(tmp_path: Path, conformance: ConformanceLog) -> AsyncIte
         engine_observer=observe,
         write_dev_file=False,
         replicas=E2E_REPLICAS,
+        **(marker.kwargs if marker is not None else {}),
     )
     async with started(options) as running:
         yield running

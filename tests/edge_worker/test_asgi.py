@@ -149,6 +149,9 @@ async def test_oversized_bodies_are_refused(edge: Edge) -> None:
     big = b"a" * (MAX_BODY_BYTES + 1)
     response = await edge.client.post("/twilio/voice", content=big, headers={"Content-Type": FORM})
     assert response.status_code == 413
+    assert f"over the limit of {MAX_BODY_BYTES} bytes" in response.text
+    for path in ("/token", "/livekit/webhook", "/twilio/status"):  # every route
+        assert (await edge.client.post(path, content=big)).status_code == 413, path
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked transfer
         for _ in range(5):

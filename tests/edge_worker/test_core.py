@@ -330,6 +330,17 @@ def test_wrong_method_is_405(config: EdgeConfig, method: str, path: str, allow: 
     assert response.headers["allow"] == allow
 
 
+@pytest.mark.parametrize("path", ["/twilio/voice", "/twilio/status"])
+def test_an_unsigned_body_is_refused_before_it_is_parsed(config: EdgeConfig, path: str) -> None:
+    """Not UTF-8 and not a form: with no signature to check it against, it is never read."""
+    request = EdgeRequest(
+        "POST", path, "", {"Content-Type": "application/x-www-form-urlencoded"}, b"\xff\xfe" * 1000
+    )
+    response = handle(config, request, now=NOW)
+    assert response.status == 403
+    assert b"missing X-Twilio-Signature" in response.body
+
+
 def test_json_body_is_415(config: EdgeConfig) -> None:
     request = EdgeRequest(
         "POST",
@@ -490,6 +501,29 @@ async def test_worker_glue_translates_and_delegates() -> None:
     assert worker.load_config(FakeEnv()) is config  # parsed once per isolate
     response = handle(config, edge_request, now=NOW)
     assert response.status == 200 and b"<Stream" in response.body
+
+
+async def test_worker_refuses_a_declared_oversized_body_without_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class StandInResponse:
+        def __init__(self, body: bytes, status: int, headers: dict[str, str]) -> None:
+            self.body, self.status, self.headers = body, status, headers
+
+    class Unreadable(FakeCloudflareRequest):
+        async def bytes(self) -> bytes:
+            raise AssertionError("the body was read")
+
+    monkeypatch.setattr(worker, "_Response", StandInResponse)
+    entry = worker.Default()
+    entry.env = FakeEnv()
+    for declared in (str(MAX_BODY_BYTES + 1), "100000000", "lots"):
+        request = Unreadable(
+            "https://edge.example.com/token", "POST", {"Content-Length": declared}, b""
+        )
+        response = await entry.fetch(request)
+        assert response.status == 413
+        assert f"over the limit of {MAX_BODY_BYTES} bytes".encode() in response.body
 
 
 def test_worker_without_secret_says_how_to_set_it() -> None:

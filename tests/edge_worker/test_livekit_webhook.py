@@ -20,6 +20,7 @@ import jwt
 import pytest
 from livekit import api
 
+from edge_worker import livekit_routes
 from edge_worker.asgi import EdgeApp, create_app
 from edge_worker.config import EdgeConfig
 from edge_worker.core import EdgeRequest, EdgeResponse, handle
@@ -150,6 +151,55 @@ def test_metadata_that_is_not_a_profile_passes_no_profile(config: EdgeConfig) ->
         assert post(config, body, sign(body)).effects == (
             DispatchAgent("demo", None, "room_started"),
         )
+
+
+def test_the_web_key_id_in_the_room_metadata_is_passed_on(config: EdgeConfig) -> None:
+    """The id the edge's token wrote into the room metadata reaches the dispatch (for the media
+    app's per-key cap); anything that is not such an id is dropped."""
+    key_id = livekit_routes.web_key_id("some-web-key-0123456789")
+    body = event_body("room_started", metadata=json.dumps({"profile": "sales", "web_key": key_id}))
+    (effect,) = post(config, body, sign(body)).effects
+    assert effect == DispatchAgent("demo", "sales", "room_started", web_key=key_id)
+    request = livekit_routes.dispatch_request(config.livekit, effect)  # type: ignore[arg-type]
+    assert json.loads(request.body) == {
+        "room": "demo",
+        "profile": "sales",
+        "reason": "room_started",
+        "web_key": key_id,
+    }
+    for bad in ("the-key-itself-0123456789", 12, key_id.upper()):
+        body = event_body("room_started", metadata=json.dumps({"web_key": bad}))
+        assert post(config, body, sign(body)).effects == (
+            DispatchAgent("demo", None, "room_started"),
+        )
+    no_key = livekit_routes.dispatch_request(
+        config.livekit,  # type: ignore[arg-type]
+        DispatchAgent("demo", None, "room_started"),
+    )
+    assert "web_key" not in json.loads(no_key.body)
+
+
+def test_a_deeply_nested_body_is_400_after_verification_and_never_parsed_before(
+    config: EdgeConfig,
+) -> None:
+    deep = b'{"event": "room_started", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    signed = post(config, deep, sign(deep))
+    assert signed.status == 400 and signed.effects == ()
+    assert "over the JSON nesting limit of 32 levels" in signed.body.decode()
+    assert post(config, deep, None).status == 401
+    assert post(config, deep, sign(b"another body")).status == 401
+    # Deep room metadata in a verified event is no profile, not an error.
+    body = event_body("room_started", metadata="[" * 5000)
+    assert post(config, body, sign(body)).effects == (DispatchAgent("demo", None, "room_started"),)
+
+
+def test_a_forged_token_with_a_deeply_nested_header_is_401(config: EdgeConfig) -> None:
+    """The JWT header is parsed before the signature can be checked: within limits."""
+    header = base64.urlsafe_b64encode(b"[" * 4000).rstrip(b"=").decode()
+    _, payload, signature = sign(event_body("room_started")).split(".")
+    response = post(config, event_body("room_started"), f"{header}.{payload}.{signature}")
+    assert response.status == 401
+    assert "over the JSON nesting limit" in response.body.decode()
 
 
 def test_without_a_dispatch_url_webhooks_are_verified_but_dispatch_nothing() -> None:

@@ -373,3 +373,41 @@ def test_a_foreign_origin_gets_403(worker: Worker) -> None:
     assert FOREIGN_ORIGIN.encode() in answer.body and b"allowed_origins" in answer.body
     assert b"eyJ" not in answer.body  # no JWT
     assert "access-control-allow-origin" not in answer.headers
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_hostile_bodies_are_refused_naming_the_limit_in_pyodide(
+    worker: Worker, deployment: Deployment
+) -> None:
+    """Nesting past the interpreter's recursion limit, on /token before and after the key and
+    on a signed webhook, is a 4xx naming the limit in Pyodide too; an oversized declared body is
+    refused before it is read."""
+    config = deployment.config
+    assert config.livekit is not None and config.livekit_api_secret is not None
+    deep = b'{"room": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    base = [("Content-Type", "application/json"), ("CF-Connecting-IP", "203.0.113.77")]
+    keyed = worker.request("POST", "/token", [*base, ("Authorization", f"Bearer {WEB_KEY}")], deep)
+    assert keyed.status == 400 and b"over the JSON nesting limit of 32 levels" in keyed.body
+    assert worker.request("POST", "/token", base, deep).status == 401
+    body = b'{"event": "room_started", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    token = sign_webhook(body, config.livekit.api_key, config.livekit_api_secret)
+    headers = [("Content-Type", "application/webhook+json"), ("Authorization", token)]
+    webhook = worker.request("POST", "/livekit/webhook", headers, body)
+    assert webhook.status == 400 and b"over the JSON nesting limit" in webhook.body
+    assert webhook.outbound == []
+    large = worker.request("POST", "/token", [*base, ("Content-Length", "100000000")], b"")
+    assert large.status == 413 and b"over the limit of 65536 bytes" in large.body
+
+
+def test_wrong_keys_do_not_lock_a_valid_key_out_in_pyodide(worker: Worker) -> None:
+    address = [("Content-Type", "application/json"), ("CF-Connecting-IP", "203.0.113.78")]
+    wrong = [*address, ("Authorization", "Bearer wrong-key-0123456789abcdef")]
+    room = json.dumps({"room": "demo"}).encode()
+    statuses = [worker.request("POST", "/token", wrong, room).status for _ in range(40)]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
+    valid = worker.request(
+        "POST", "/token", [*address, ("Authorization", f"Bearer {WEB_KEY}")], room
+    )
+    assert valid.status == 200, valid.body

@@ -4,6 +4,7 @@ routes. Tokens are checked with livekit-api's own TokenVerifier."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 import sys
@@ -107,7 +108,13 @@ def test_token_grants_that_room_only_with_the_agent_and_profile(config: EdgeConf
     [agent] = claims.room_config.agents
     assert agent.agent_name == "callplane-agent"
     assert json.loads(agent.metadata) == {"profile": "support"}
-    assert json.loads(claims.room_config.metadata) == {"profile": "support"}
+    # The room names its web key by id (for the media app's per-key agent cap), never the key.
+    key_id = hashlib.sha256(WEB_KEY.encode()).hexdigest()[:16]
+    assert key_id == livekit_routes.web_key_id(WEB_KEY)
+    assert json.loads(claims.room_config.metadata) == {"profile": "support", "web_key": key_id}
+    assert WEB_KEY not in json.dumps(
+        jwt.decode(document["token"], options={"verify_signature": False})
+    )
     raw = jwt.decode(document["token"], options={"verify_signature": False})
     assert raw["iss"] == KEY and raw["exp"] - raw["nbf"] == 900
     assert document["expires_at"] == raw["exp"]
@@ -241,9 +248,68 @@ def test_rate_limit_per_client_with_retry_after(config: EdgeConfig) -> None:
     limited = post_token(config, body, limiter=limiter, now=now)
     assert limited.status == 429
     assert limited.headers["retry-after"] == "30"
-    # Wrong credentials are limited too (no free guessing), other clients are not affected.
+    assert limited.body == b"too many token requests from this address; retry in 30 s\n"
+    # Other clients are not affected; the bucket refills.
     assert post_token(config, body, limiter=limiter, now=now, client="198.51.100.1").status == 200
     assert post_token(config, body, limiter=limiter, now=now + 30).status == 200
+
+
+def test_wrong_keys_are_throttled_without_locking_the_valid_key_out(config: EdgeConfig) -> None:
+    """Failed authentications and tokens issued are two buckets per address: a burst of wrong
+    keys from an address is throttled (429 instead of 401), and a valid key presented from
+    that same address still gets its tokens."""
+    limiter = TokenBucket(3)
+    now = time.time()
+    body = {"room": "demo"}
+    wrong = {"Authorization": "Bearer wrong-key-0123456789"}
+    answers = [post_token(config, body, headers=wrong, limiter=limiter, now=now) for _ in range(6)]
+    assert [a.status for a in answers] == [401, 401, 401, 429, 429, 429]
+    assert answers[3].body == (
+        b"too many failed authentications from this address; retry in 20 s\n"
+    )
+    assert answers[3].headers["retry-after"] == "20"
+    for _ in range(3):  # the valid key is untouched by the failures
+        verified(post_token(config, body, limiter=limiter, now=now))
+    assert post_token(config, body, limiter=limiter, now=now).status == 429  # its own bucket
+    # A signed link that does not match, and no credentials at all, count as failures too.
+    link = sign_web_link(LINK_SECRET, "other", int(now) + 60)
+    no_key = {"Authorization": ""}
+    elsewhere = "198.51.100.9"
+    statuses = [
+        post_token(
+            config,
+            body,
+            headers=no_key,
+            query=f"link={link}",
+            limiter=limiter,
+            now=now,
+            client=elsewhere,
+        ).status
+        for _ in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+
+
+def test_a_hostile_body_is_never_parsed_without_credentials(config: EdgeConfig) -> None:
+    """A body nested past the parser's recursion limit (2000 levels; json.loads gives up at
+    about 1000): refused naming the nesting limit with a valid key, and never parsed without
+    one (401); with a link, the room cannot be read from it, so the link cannot match (401)."""
+    deep = b'{"room": ' + b"[" * 2000 + b"]" * 2000 + b"}"  # within the size limit
+    assert len(deep) <= livekit_routes.MAX_TOKEN_BODY_BYTES
+    no_key = {"Authorization": ""}
+    assert post_token(config, deep, headers=no_key).status == 401
+    link = sign_web_link(LINK_SECRET, "demo", int(time.time()) + 60)
+    assert post_token(config, deep, headers=no_key, query=f"link={link}").status == 401
+    keyed = post_token(config, deep)
+    assert keyed.status == 400
+    assert "over the JSON nesting limit of 32 levels" in keyed.body.decode()
+    shallow_but_large = json.dumps({"room": "demo", "name": "n" * 5000}).encode()
+    large = post_token(config, shallow_but_large)
+    assert large.status == 413
+    assert (
+        f"the POST /token body is {len(shallow_but_large)} bytes, over the limit of "
+        f"{livekit_routes.MAX_TOKEN_BODY_BYTES} bytes"
+    ) in large.body.decode()
 
 
 def test_token_bucket() -> None:
@@ -337,7 +403,7 @@ def test_edge_modules_import_only_the_standard_library(name: str) -> None:
         for module in imported
         if module.split(".")[0] not in sys.stdlib_module_names
         and module.split(".")[0] not in ("edge_worker", "workers")
-        and module != "callplane.security"
+        and module not in ("callplane.security", "callplane.bounded_json")
     ]
     assert outside == []
 

@@ -259,6 +259,76 @@ async def test_unknown_profile_and_non_json_are_refused(media: Media) -> None:
     assert media.agents.live == {}
 
 
+async def test_a_deeply_nested_body_is_400_naming_the_limit(media: Media) -> None:
+    deep = b'{"room": "r", "reason": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    answer = await media.client.post(
+        "/agents/dispatch", content=deep, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert answer.status_code == 400
+    assert "over the JSON nesting limit of 32 levels" in answer.json()["detail"]
+    assert media.agents.live == {}
+
+
+KEY_A = "0123456789abcdef"
+KEY_B = "fedcba9876543210"
+
+
+@pytest.fixture
+async def capped(tmp_path: Path) -> AsyncIterator[Media]:
+    """Agent jobs capped at 3 on the stack and 2 per web key."""
+    settings = media_settings(tmp_path)
+    assert settings.livekit is not None
+    livekit = settings.livekit.model_copy(
+        update={"max_agent_jobs": 3, "max_agent_jobs_per_web_key": 2}
+    )
+    settings = settings.model_copy(update={"livekit": livekit})
+    launcher, records = stand_in_launcher(tmp_path, settings)
+    app, agents = media_app(settings, launcher)
+    try:
+        async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            yield Media(client, agents, records)
+    finally:
+        await agents.shutdown()
+
+
+async def test_the_caps_on_agent_jobs_refuse_with_429_and_start_nothing(capped: Media) -> None:
+    media = capped
+    assert (await dispatch(media, "key-a-1", web_key=KEY_A)).json()["started"] is True
+    assert (await dispatch(media, "key-a-2", web_key=KEY_A)).json()["started"] is True
+    # a duplicate for a running room is still answered with its job, at the cap
+    again = await dispatch(media, "key-a-1", web_key=KEY_A)
+    assert again.status_code == 200 and again.json()["started"] is False
+    over_key = await dispatch(media, "key-a-3", web_key=KEY_A)
+    assert over_key.status_code == 429
+    refused = over_key.json()["refused"]
+    assert refused["limit"] == "livekit.max_agent_jobs_per_web_key"
+    assert refused["reason"] == (
+        f"2 agent jobs are running for rooms created with web key {KEY_A}, its cap "
+        "(livekit.max_agent_jobs_per_web_key = 2); no agent was started for room 'key-a-3': "
+        "try again when one of them has ended, or raise the cap"
+    )
+    # another key, and rooms without one, count against the stack's cap only
+    assert (await dispatch(media, "key-b-1", web_key=KEY_B)).json()["started"] is True
+    over_stack = await dispatch(media, "no-key-1")
+    assert over_stack.status_code == 429
+    assert over_stack.json()["refused"]["limit"] == "livekit.max_agent_jobs"
+    assert "3 agent jobs are running on this stack" in over_stack.json()["refused"]["reason"]
+    await until(lambda: len(media.started()) == 3, 10, "three stand-in jobs", interval=0.02)
+    assert sorted(media.agents.live) == ["key-a-1", "key-a-2", "key-b-1"]
+    # a job that ends frees its place
+    ended = media.agents.live["key-a-1"]
+    os.kill(int(ended.handle.handle.removeprefix("pid:")), signal.SIGKILL)
+    await wait_for_state(media, ended.job_id, "crashed")
+    assert (await dispatch(media, "key-a-3", web_key=KEY_A)).json()["started"] is True
+
+
+@pytest.mark.parametrize("web_key", ["the-key-itself-0123", "0123456789ABCDEF", "abc"])
+async def test_a_web_key_that_is_not_an_id_is_422(media: Media, web_key: str) -> None:
+    answer = await dispatch(media, "room-k", web_key=web_key)
+    assert answer.status_code == 422
+    assert [p["field"] for p in answer.json()["detail"]] == ["web_key"]
+
+
 @pytest.mark.parametrize(
     "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}]
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -121,6 +122,59 @@ def test_bad_outbound_limits_and_origins_name_the_key() -> None:
     edge = {**_dev_raw()["edge"], "allowedOrigins": ["https://app.example.com/"]}
     with pytest.raises(ConfigError, match=r"'https://app.example.com/' is not an origin"):
         load(_dev_raw(edge=edge), secret_keys=set(PLACEHOLDERS))
+
+
+def test_agent_caps_and_outbound_input_limits_reach_the_media_settings() -> None:
+    found = read_stack_file("dev", REPO)
+    urls, http_urls, region = media_urls(found.config)
+    defaults = media_settings(found.config, urls[region], http_urls[region])
+    assert defaults.livekit is not None
+    assert (defaults.livekit.max_agent_jobs, defaults.livekit.max_agent_jobs_per_web_key) == (50, 5)
+    assert defaults.outbound.max_context_bytes == 8192
+    assert "PREMIUM_RATE" not in defaults.outbound.allowed_number_types
+    assert defaults.outbound.webhook_hosts == () and defaults.outbound.webhook_loopback is False
+    livekit = {**_dev_raw()["livekit"], "maxAgentJobs": 12, "maxAgentJobsPerWebKey": 3}
+    outbound = {
+        "allowedNumberTypes": ["mobile", "FIXED_LINE", "premium-rate"],
+        "maxContextBytes": 2048,
+        "webhookHosts": ["hooks.example.com", "*.example.org"],
+    }
+    config = load(_dev_raw(livekit=livekit, outbound=outbound), secret_keys=set(PLACEHOLDERS))
+    settings = media_settings(config, urls[region], http_urls[region])
+    assert settings.livekit is not None
+    assert (settings.livekit.max_agent_jobs, settings.livekit.max_agent_jobs_per_web_key) == (12, 3)
+    assert settings.outbound.allowed_number_types == ("MOBILE", "FIXED_LINE", "PREMIUM_RATE")
+    assert settings.outbound.max_context_bytes == 2048
+    assert settings.outbound.webhook_hosts == ("hooks.example.com", "*.example.org")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"outbound": {"webhookLoopback": True}},
+            "callplane:outbound.webhookLoopback = true on a cloud stack",
+        ),
+        (
+            {"outbound": {"webhookHosts": ["10.0.0.1"]}},
+            "webhook_hosts entry '10.0.0.1' is not a public address",
+        ),
+        (
+            {"outbound": {"allowedNumberTypes": ["premium"]}},
+            "'premium' is not a number type",
+        ),
+        ({"outbound": {"maxContextBytes": 10**6}}, "outbound.max_context_bytes"),
+    ],
+)
+def test_bad_input_limits_name_the_key(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(_dev_raw(**changes), secret_keys=set(PLACEHOLDERS))
+
+
+def test_bad_agent_caps_name_the_key() -> None:
+    livekit = {**_dev_raw()["livekit"], "maxAgentJobsPerWebKey": 0}
+    with pytest.raises(ConfigError, match=r"callplane:livekit\.maxAgentJobsPerWebKey = 0"):
+        load(_dev_raw(livekit=livekit), secret_keys=set(PLACEHOLDERS))
 
 
 def test_tuning_may_shorten_durations_but_not_change_what_is_reachable() -> None:
