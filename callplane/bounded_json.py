@@ -149,7 +149,7 @@ def loads_bounded(
             400, f"{what} is not JSON ({exc.msg} at position {exc.pos}); send a JSON document"
         ) from None
     except JSONValueRefused as exc:
-        raise JSONBodyError(400, f"{what} is refused: {exc}; send plain JSON numbers") from None
+        raise JSONBodyError(400, f"{what} is not JSON callplane reads: {exc}") from None
     except RecursionError:  # a smaller stack than the depth limit assumes
         raise JSONBodyError(400, _too_deep(what, "too deeply to parse", max_depth)) from None
 
