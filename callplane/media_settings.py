@@ -47,6 +47,10 @@ class MediaSettings(BaseModel):
     # A GA Realtime session lasts at most 60 minutes; the bridge renews it this long before.
     realtime_session_limit_s: float = Field(default=60 * 60, gt=0)
     realtime_renew_margin_s: float = Field(default=120, ge=0)
+    # When a call's Realtime session drops, the caller hears the hold filler while the bridge
+    # reconnects (capped exponential backoff) for this long; then the call ends with end reason
+    # realtime_unavailable. The record notes every outage and how long it lasted.
+    realtime_outage_s: float = Field(default=30.0, gt=0, le=600)
     profiles: Mapping[str, AgentProfile]
     records_path: Path = Path(".callplane/records.sqlite3")
     # The call records database, a SQLAlchemy URL (postgresql+psycopg://user:pw@host/db) that
@@ -135,6 +139,7 @@ class MediaSettings(BaseModel):
             model=self.realtime_model,
             session_limit_s=self.realtime_session_limit_s,
             renew_margin_s=self.realtime_renew_margin_s,
+            outage_budget_s=self.realtime_outage_s,
         )
 
     def twilio(self) -> TwilioRestSettings:

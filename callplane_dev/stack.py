@@ -140,6 +140,9 @@ class StackOptions:
     # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
     # tests shorten it to see renewals happen.
     session_limit_s: float = 60 * 60
+    # How long a call holds, reconnecting, when its Realtime session drops (production's
+    # default); a drill that stops the engine for longer sees its calls end.
+    realtime_outage_s: float = 30.0
     # Outbound limits; the caller ID defaults to the first number. Locally, any hour is a
     # calling hour (production's default is 08:00-21:00 in the callee's zone).
     outbound: OutboundLimits = field(
@@ -399,6 +402,7 @@ class LocalStack:
         tuning: dict[str, Any] = {
             "realtime_session_limit_s": o.session_limit_s,
             "realtime_renew_margin_s": min(120.0, o.session_limit_s / 4),
+            "realtime_outage_s": o.realtime_outage_s,
             "records_path": str(self.data_dir / "records.sqlite3"),
             "call_heartbeat_s": o.call_heartbeat_s,
             "call_lost_after_s": o.call_lost_after_s,
