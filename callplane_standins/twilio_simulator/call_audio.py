@@ -147,7 +147,8 @@ class CallAudio:
                 await stream.send(dtmf_message(stream.stream_sid, digit))
         self.tick += 1
         waiter, self._slot_waiter = self._slot_waiter, self._loop.create_future()
-        waiter.set_result(None)
+        if not waiter.done():  # release() cancels it once the call is over
+            waiter.set_result(None)
 
     # ---- bot audio ----------------------------------------------------------------------
 
