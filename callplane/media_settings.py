@@ -67,6 +67,11 @@ class MediaSettings(BaseModel):
     # An agent job's hold on its room, renewed by the job and its launcher every third of it:
     # after a crash, the next join starts a new agent at most this long later.
     agent_lease_s: float = Field(default=30.0, ge=1, le=600)
+    # A room's agent that crashes while humans are still in the room is replaced at once, at
+    # most agent_max_restarts times per agent_restart_window_s (counted in Redis, for the
+    # whole stack); past that the room is given up on until someone joins it again.
+    agent_max_restarts: int = Field(default=3, ge=0, le=100)
+    agent_restart_window_s: float = Field(default=600.0, gt=0, le=24 * 3600)
     # Outbound calls: the edge's voice webhook URL that Twilio fetches for the call's TwiML,
     # and the stack's limits. Without edge_voice_url, POST /calls is refused.
     edge_voice_url: str | None = None

@@ -89,6 +89,7 @@ class MemoryRoomLeases:
         self._max_jobs = max_jobs
         self._rooms: Expiring[str] = Expiring()
         self._jobs: Expiring[tuple[float, str]] = Expiring()
+        self._restarts: Expiring[int] = Expiring()
 
     async def acquire(self, room: str, job_id: str, ttl_s: float) -> str:
         """See :meth:`callplane.coordination.base.RoomLeases.acquire`."""
@@ -119,6 +120,15 @@ class MemoryRoomLeases:
     async def holder(self, room: str) -> str | None:
         """See :meth:`callplane.coordination.base.RoomLeases.holder`."""
         return self._rooms.get(room, self._clock())
+
+    async def note_restart(self, room: str, window_s: float) -> int:
+        """See :meth:`callplane.coordination.base.RoomLeases.note_restart`."""
+        window_s = require_positive("window_s", window_s)
+        now = self._clock()
+        count = (self._restarts.get(room, now) or 0) + 1
+        ends = self._restarts.expires_at(room, now)
+        self._restarts.put(room, count, now + window_s if ends is None else ends)
+        return count
 
     async def put_job(self, job: dict[str, Any], ttl_s: float) -> None:
         """See :meth:`callplane.coordination.base.RoomLeases.put_job`."""

@@ -12,6 +12,8 @@ key                           type    written by                         expiry
 ``{P}room:<room>``            string  ``RoomLeases.acquire``/``renew``:  ``ttl_s`` after the last
                                       the holder's job id                renewal; ``release``
                                                                          deletes it
+``{P}restarts:<room>``        string  ``RoomLeases.note_restart``: the    ``window_s`` after the
+                                      room's agent replacements          first one counted
 ``{P}job:<job id>``           string  ``RoomLeases.put_job``: JSON       ``ttl_s``
 ``{P}jobs``                   zset    ``put_job``: member job id, score  the longest job TTL;
                                       ``started_at``                     trimmed to the newest
@@ -53,6 +55,15 @@ if holder then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
+"""
+
+# KEYS: restarts key. ARGV: window (ms). The window starts with the first count.
+_NOTE_RESTART = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return count
 """
 
 # KEYS: room key. ARGV: job id, ttl (ms)
@@ -131,6 +142,7 @@ class RedisRoomLeases:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._put_job = client.register_script(_PUT_JOB)
+        self._note_restart = client.register_script(_NOTE_RESTART)
         self._jobs = client.register_script(_JOBS)
 
     async def acquire(self, room: str, job_id: str, ttl_s: float) -> str:
@@ -162,6 +174,15 @@ class RedisRoomLeases:
         with self._link.guard():
             holder = await self._link.client.get(self._link.key("room", room))
         return None if holder is None else str(holder)
+
+    async def note_restart(self, room: str, window_s: float) -> int:
+        """See :meth:`callplane.coordination.base.RoomLeases.note_restart`."""
+        window_s = require_positive("window_s", window_s)
+        with self._link.guard():
+            count = await self._note_restart(
+                keys=[self._link.key("restarts", room)], args=[ms(window_s)]
+            )
+        return int(count)
 
     async def put_job(self, job: dict[str, Any], ttl_s: float) -> None:
         """See :meth:`callplane.coordination.base.RoomLeases.put_job`."""

@@ -23,6 +23,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
         now = time.time()
         await coordination.nonces.claim("n1", now + 60, now)
         await coordination.leases.acquire("room1", "job1", 60)
+        await coordination.leases.note_restart("room1", 60)
         await coordination.leases.put_job(
             {"job_id": "job1", "room": "room1", "started_at": now}, 60
         )
@@ -44,6 +45,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
             for name in [
                 "nonce:n1",
                 "room:room1",
+                "restarts:room1",
                 "job:job1",
                 "jobs",
                 "live:CA1",
