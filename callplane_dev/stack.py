@@ -136,6 +136,9 @@ class StackOptions:
     # cannot share the objects in ``tools``. Name the module that defines the same tools.
     tools_module: str | None = "callplane.samples:SAMPLE_TOOLS"
     engine_observer: EventObserver | None = None
+    # A Realtime engine already running elsewhere (ws://127.0.0.1:PORT/v1/realtime), e.g. in a
+    # process of its own so a soak can measure it apart; None: the stack runs one in-process.
+    realtime_url: str | None = None
     write_dev_file: bool = True
     # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
     # tests shorten it to see renewals happen.
@@ -300,7 +303,8 @@ class LocalStack:
                 # Twilio's media streams go to the picows stream server, as in the cloud; the
                 # media app's HTTP routes (records, outbound, dispatch, callbacks) stay on uvicorn.
                 stream_base = f"ws://127.0.0.1:{stream_sock.getsockname()[1]}"
-            await self.engine.start(port=o.engine_port)
+            if o.realtime_url is None:
+                await self.engine.start(port=o.engine_port)
             await self.simulator.start(port=o.twilio_port)
             edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
             self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
@@ -377,7 +381,7 @@ class LocalStack:
             "mediaApiKey": creds.media_api_key,
             "numbers": [{"import": n, "profile": p} for n, p in self.numbers.items()],
             "edge": {"url": edge_url},
-            "media": {"urls": {LOCAL_REGION: stream_base}, "realtimeUrl": self.engine.url},
+            "media": {"urls": {LOCAL_REGION: stream_base}, "realtimeUrl": self.realtime_url},
             "profiles": {
                 name: profile.model_dump(mode="json", exclude={"name"})
                 for name, profile in o.profiles.items()
@@ -485,6 +489,12 @@ class LocalStack:
     # ---- what is running -----------------------------------------------------------------
 
     @property
+    def realtime_url(self) -> str:
+        """Where the media plane opens its Realtime sessions: this stack's engine, or the one
+        ``options.realtime_url`` names."""
+        return self.options.realtime_url or self.engine.url
+
+    @property
     def edge_url(self) -> str:
         assert self._edge is not None, "the stack is not started"
         return self._edge.url
@@ -506,7 +516,7 @@ class LocalStack:
         """Every part's URL and the numbers; with ``secrets`` also the local credentials
         (for ``dev.json``, never for printing)."""
         data: dict[str, Any] = {
-            "engine": self.engine.url,
+            "engine": self.realtime_url,
             "twilio": self.simulator.base_url,
             "edge": self.edge_url,
             "media": self.media_url,

@@ -231,6 +231,16 @@ class CallAudio:
         """The stereo WAV of the call so far (left: the caller, right: the bot as heard)."""
         await asyncio.to_thread(write_stereo_wav, path, bytes(self._left), bytes(self._right))
 
+    def forget(self) -> None:
+        """The call is over and its WAV is on disk: let go of the audio (16 kB for every
+        second of the call), the queue and the stream, so that a simulator that has carried
+        thousands of calls holds only their timelines."""
+        self._left = bytearray()
+        self._right = bytearray()
+        self.uplink = bytearray()
+        self.drop_playback()
+        self.stream = None
+
 
 class CallerLine:
     """The caller's end of a call, as a script sees it (:class:`caller.Line`)."""
