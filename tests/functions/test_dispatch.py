@@ -21,10 +21,10 @@ import pytest
 from fastapi import FastAPI, Header, HTTPException
 from modal.exception import OutputExpiredError
 
+import functions.dispatch as dispatch_module
 from callplane.livekit_settings import LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
-import functions.dispatch as dispatch_module
 from functions.dispatch import (
     AgentJobs,
     Launcher,

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import numpy.typing as npt
+import pytest
 
 from callplane_standins.twilio_simulator import carrier as carrier_module
 from callplane_standins.twilio_simulator.caller import (
