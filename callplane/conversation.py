@@ -27,17 +27,25 @@ from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
 from callplane.profiles import AgentProfile, fill_template, session_config, transfer_target
+from callplane.realtime.backoff import backoff_schedule
 from callplane.realtime.client import Dial, RealtimeClient, RealtimeClosed, RealtimeSettings
 from callplane.realtime.directives import say_exactly
 from callplane.records import CallRecord
+from callplane.records.model import OutageOutcome
 from callplane.tools import CallContext, ToolSet, TransferFailed
 from callplane.transports.base import Transport
 from callplane.transports.playback import PlaybackTracker
 
 log = logging.getLogger("callplane.conversation")
 
-RECONNECT_ATTEMPTS = 5
-RECONNECT_BACKOFF_S = (0.1, 0.3, 0.8, 1.5, 3.0)
+# While the Realtime session is being re-opened, the hold filler is played again this often,
+# so a caller on hold for half a minute hears that the line is alive, not one chime and silence.
+HOLD_REPEAT_S = 4.0
+# One attempt to re-open the session may take at least this long, even when the outage budget
+# is nearly spent (a TLS handshake with OpenAI takes a few hundred milliseconds).
+MIN_ATTEMPT_S = 2.0
+# The end reason of a call whose Realtime session could not be (re-)opened.
+REALTIME_UNAVAILABLE = "realtime_unavailable"
 # After end_call or a transfer, wait at most this long for the goodbye to finish playing.
 PLAYOUT_WAIT_S = 15.0
 # A call that ends while the carrier is taking a transfer waits this long for its answer, so
@@ -168,8 +176,8 @@ class Conversation:
             await self._settle_transfer()
             reason = self._end_requested or self._far_end_reason or "caller_hung_up"
         except RealtimeClosed as exc:
-            reason = f"realtime_unavailable (close code {exc.code})"
-            log.error("call %s: %s", self.record.call_sid, exc)
+            reason = REALTIME_UNAVAILABLE
+            log.error("call %s: %s: %s", self.record.call_sid, reason, exc)
             with contextlib.suppress(Exception):
                 await self.transport.hang_up()
         except asyncio.CancelledError:
@@ -419,24 +427,66 @@ class Conversation:
             self._reconnecting = False
 
     async def _reconnect(self, why: str) -> None:
-        """The socket died: keep the caller on the line with a filler while we re-open it."""
+        """The socket died: keep the caller on hold (the filler, repeated) while the session is
+        re-opened, retrying with capped exponential backoff for the settings'
+        ``outage_budget_s``; past that, raise :class:`RealtimeClosed` and the call ends as
+        ``realtime_unavailable``. The record gets the outage either way, with its duration."""
         self.record.reconnects += 1
         log.warning("call %s: Realtime socket lost (%s); reconnecting", self.record.call_sid, why)
         self._response_active = False
+        loop = asyncio.get_running_loop()
+        lost_at, lost_wall = loop.time(), time.time()
+        budget = self.settings.outage_budget_s
+        deadline = lost_at + budget
+        waits = iter(backoff_schedule(budget))
+        hold: asyncio.Task[None] | None = None
         if self.filler:
+            hold = self._spawn(self._hold_the_line())
+            await asyncio.sleep(0)  # the first filler goes out before the first attempt
+        attempts = 0
+        outcome: OutageOutcome = "call_ended"  # unless the loop below says otherwise
+        last: BaseException | None = None
+        try:
+            while True:
+                attempts += 1
+                with contextlib.suppress(Exception):
+                    await self.rt.close()
+                self.rt = self._client()
+                try:
+                    async with asyncio.timeout(max(deadline - loop.time(), MIN_ATTEMPT_S)):
+                        await self._open_realtime(greet=False, seed=self._history_items())
+                except (OSError, RealtimeClosed, TimeoutError) as exc:
+                    last = exc
+                else:
+                    outcome = "recovered"
+                    return
+                left = deadline - loop.time()
+                if left <= 0:
+                    outcome = "gave_up"
+                    raise RealtimeClosed(
+                        None,
+                        f"could not reconnect within {budget:g} s ({attempts} attempts): {last}",
+                    )
+                await asyncio.sleep(min(next(waits, left), left))
+        finally:
+            if hold is not None:
+                hold.cancel()
+            seconds = loop.time() - lost_at
+            self.record.outage(lost_wall, seconds, attempts, outcome, why)
+            log.log(
+                logging.INFO if outcome == "recovered" else logging.ERROR,
+                "call %s: Realtime outage of %.1f s (%d attempts): %s",
+                self.record.call_sid,
+                seconds,
+                attempts,
+                outcome,
+            )
+
+    async def _hold_the_line(self) -> None:
+        """The hold filler now and every ``HOLD_REPEAT_S`` until cancelled (reconnected)."""
+        while True:
             self._play_filler()
-        last: Exception | None = None
-        for delay in RECONNECT_BACKOFF_S[:RECONNECT_ATTEMPTS]:
-            with contextlib.suppress(Exception):
-                await self.rt.close()
-            self.rt = self._client()
-            try:
-                await self._open_realtime(greet=False, seed=self._history_items())
-                return
-            except (OSError, RealtimeClosed) as exc:
-                last = exc
-                await asyncio.sleep(delay)
-        raise RealtimeClosed(None, f"could not reconnect: {last}")
+            await asyncio.sleep(HOLD_REPEAT_S)
 
     def _play_filler(self) -> None:
         import base64

@@ -47,6 +47,10 @@ class MediaSettings(BaseModel):
     # A GA Realtime session lasts at most 60 minutes; the bridge renews it this long before.
     realtime_session_limit_s: float = Field(default=60 * 60, gt=0)
     realtime_renew_margin_s: float = Field(default=120, ge=0)
+    # When a call's Realtime session drops, the caller hears the hold filler while the bridge
+    # reconnects (capped exponential backoff) for this long; then the call ends with end reason
+    # realtime_unavailable. The record notes every outage and how long it lasted.
+    realtime_outage_s: float = Field(default=30.0, gt=0, le=600)
     profiles: Mapping[str, AgentProfile]
     records_path: Path = Path(".callplane/records.sqlite3")
     # The call records database, a SQLAlchemy URL (postgresql+psycopg://user:pw@host/db) that
@@ -63,6 +67,11 @@ class MediaSettings(BaseModel):
     # An agent job's hold on its room, renewed by the job and its launcher every third of it:
     # after a crash, the next join starts a new agent at most this long later.
     agent_lease_s: float = Field(default=30.0, ge=1, le=600)
+    # A room's agent that crashes while humans are still in the room is replaced at once, at
+    # most agent_max_restarts times per agent_restart_window_s (counted in Redis, for the
+    # whole stack); past that the room is given up on until someone joins it again.
+    agent_max_restarts: int = Field(default=3, ge=0, le=100)
+    agent_restart_window_s: float = Field(default=600.0, gt=0, le=24 * 3600)
     # Outbound calls: the edge's voice webhook URL that Twilio fetches for the call's TwiML,
     # and the stack's limits. Without edge_voice_url, POST /calls is refused.
     edge_voice_url: str | None = None
@@ -135,6 +144,7 @@ class MediaSettings(BaseModel):
             model=self.realtime_model,
             session_limit_s=self.realtime_session_limit_s,
             renew_margin_s=self.realtime_renew_margin_s,
+            outage_budget_s=self.realtime_outage_s,
         )
 
     def twilio(self) -> TwilioRestSettings:

@@ -67,6 +67,11 @@ def print_outcome(console: Console, outcome: CallOutcome) -> None:
         table.add_row("interruptions", str(len(record["interruptions"])))
         if record["reconnects"]:
             table.add_row("reconnects", str(record["reconnects"]))
+        for outage in record.get("outages") or []:
+            table.add_row(
+                "Realtime outage",
+                f"{outage['duration_s']:.1f} s at {outage['at']:.1f} s, {outage['outcome']}",
+            )
         u = record["usage"]
         table.add_row(
             "tokens",

@@ -136,10 +136,16 @@ class StackOptions:
     # cannot share the objects in ``tools``. Name the module that defines the same tools.
     tools_module: str | None = "callplane.samples:SAMPLE_TOOLS"
     engine_observer: EventObserver | None = None
+    # A Realtime engine already running elsewhere (ws://127.0.0.1:PORT/v1/realtime), e.g. in a
+    # process of its own so a soak can measure it apart; None: the stack runs one in-process.
+    realtime_url: str | None = None
     write_dev_file: bool = True
     # Realtime session lifetime before the bridge renews it (OpenAI's limit is 60 minutes);
     # tests shorten it to see renewals happen.
     session_limit_s: float = 60 * 60
+    # How long a call holds, reconnecting, when its Realtime session drops (production's
+    # default); a drill that stops the engine for longer sees its calls end.
+    realtime_outage_s: float = 30.0
     # Outbound limits; the caller ID defaults to the first number. Locally, any hour is a
     # calling hour (production's default is 08:00-21:00 in the callee's zone), and a request's
     # webhook may go to loopback, where the tests receive it (a cloud stack refuses that).
@@ -302,7 +308,8 @@ class LocalStack:
                 # Twilio's media streams go to the picows stream server, as in the cloud; the
                 # media app's HTTP routes (records, outbound, dispatch, callbacks) stay on uvicorn.
                 stream_base = f"ws://127.0.0.1:{stream_sock.getsockname()[1]}"
-            await self.engine.start(port=o.engine_port)
+            if o.realtime_url is None:
+                await self.engine.start(port=o.engine_port)
             await self.simulator.start(port=o.twilio_port)
             edge_url = f"http://127.0.0.1:{edge_sock.getsockname()[1]}"
             self.numbers = await asyncio.to_thread(self._provision_numbers, edge_url)
@@ -379,7 +386,7 @@ class LocalStack:
             "mediaApiKey": creds.media_api_key,
             "numbers": [{"import": n, "profile": p} for n, p in self.numbers.items()],
             "edge": {"url": edge_url},
-            "media": {"urls": {LOCAL_REGION: stream_base}, "realtimeUrl": self.engine.url},
+            "media": {"urls": {LOCAL_REGION: stream_base}, "realtimeUrl": self.realtime_url},
             "profiles": {
                 name: profile.model_dump(mode="json", exclude={"name"})
                 for name, profile in o.profiles.items()
@@ -409,6 +416,7 @@ class LocalStack:
         tuning: dict[str, Any] = {
             "realtime_session_limit_s": o.session_limit_s,
             "realtime_renew_margin_s": min(120.0, o.session_limit_s / 4),
+            "realtime_outage_s": o.realtime_outage_s,
             "records_path": str(self.data_dir / "records.sqlite3"),
             "call_heartbeat_s": o.call_heartbeat_s,
             "call_lost_after_s": o.call_lost_after_s,
@@ -491,6 +499,12 @@ class LocalStack:
     # ---- what is running -----------------------------------------------------------------
 
     @property
+    def realtime_url(self) -> str:
+        """Where the media plane opens its Realtime sessions: this stack's engine, or the one
+        ``options.realtime_url`` names."""
+        return self.options.realtime_url or self.engine.url
+
+    @property
     def edge_url(self) -> str:
         assert self._edge is not None, "the stack is not started"
         return self._edge.url
@@ -512,7 +526,7 @@ class LocalStack:
         """Every part's URL and the numbers; with ``secrets`` also the local credentials
         (for ``dev.json``, never for printing)."""
         data: dict[str, Any] = {
-            "engine": self.engine.url,
+            "engine": self.realtime_url,
             "twilio": self.simulator.base_url,
             "edge": self.edge_url,
             "media": self.media_url,

@@ -5,6 +5,8 @@ webhooks and several people may join at once), so the route must be idempotent u
 and races: a per-room :class:`asyncio.Lock` serialises dispatches for one room, and a live-job
 table answers "already running" for the second and later ones. A job whose process has ended,
 normally or by crashing, is no longer live, so the next dispatch for its room starts a new one.
+A job that crashed while humans are still in its room is replaced at once, without waiting for
+someone to join (bounded: ``agent_max_restarts`` per ``agent_restart_window_s``).
 
 Where a job runs is a :class:`Launcher`:
 
@@ -38,7 +40,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
@@ -47,6 +49,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callplane.coordination import CapReached, CoordinationUnavailable, RoomLeases, connect
+from callplane.livekit_settings import AGENT_IDENTITY_PREFIX, LiveKitSettings
 from callplane.media_settings import ENV_VAR, MediaSettings
 from callplane.profiles import choose_profile
 from functions.body_limits import read_json
@@ -57,11 +60,13 @@ __all__ = [
     "AgentJob",
     "AgentJobs",
     "DispatchRequest",
+    "HumansInRoom",
     "JobHandle",
     "Launcher",
     "LocalProcessLauncher",
     "ModalLauncher",
     "dispatch_routes",
+    "livekit_humans",
     "local_agent_command",
     "serve_warm",
     "warm_agent_command",
@@ -79,6 +84,11 @@ WEB_KEY_CAP_PREFIX = "agents-web-key:"
 MAX_ENDED_JOBS = 500  # jobs kept for GET /agents; older ones are forgotten
 JOB_INFO_TTL_S = 24 * 3600.0  # how long GET /agents remembers a job after its last change
 STOP_GRACE_S = 5.0
+REPLACE_AFTER_S = 1.0
+"""A crashed job's replacement starts this long after the crash was seen, so that an agent
+that crashes as soon as it starts cannot spin: the restart budget is spent over seconds."""
+REPLACED_REASON = "replaced_crashed"
+"""The dispatch reason of a job started because its room's agent crashed with humans in it."""
 
 JobState = Literal["running", "exited", "crashed"]
 
@@ -473,6 +483,38 @@ class ModalLauncher:
         return _ModalCallHandle(call, self.poll_interval_s)
 
 
+# --------------------------------------------------------------------------- who is in a room
+
+HumansInRoom = Callable[[str], Awaitable[list[str]]]
+"""The identities of the humans (not agents) in a room now, as the LiveKit server lists them;
+an empty list if the room is gone. Raises if the server cannot be asked."""
+
+
+def livekit_humans(livekit: LiveKitSettings) -> HumansInRoom:
+    """:data:`HumansInRoom` through LiveKit's server API (``ListParticipants``): every
+    participant that is connected and is neither an agent (by kind or identity prefix) nor an
+    egress."""
+
+    async def humans(room: str) -> list[str]:
+        from livekit import api
+
+        async with api.LiveKitAPI(livekit.http_url, livekit.api_key, livekit.api_secret) as lk:
+            rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            if not rooms.rooms:
+                return []
+            listed = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        kind, state = api.ParticipantInfo.Kind, api.ParticipantInfo.State
+        return [
+            p.identity
+            for p in listed.participants
+            if p.kind not in (kind.AGENT, kind.EGRESS)
+            and p.state != state.DISCONNECTED
+            and not p.identity.startswith(AGENT_IDENTITY_PREFIX)
+        ]
+
+    return humans
+
+
 # --------------------------------------------------------------------------- the job table
 
 
@@ -534,6 +576,17 @@ class AgentJobs:
     container that watches the job and by the job itself; a job that ends releases it, and one
     that is killed with its container lets it lapse, so that the next join starts one new
     agent. ``live`` holds the jobs this container launched; ``GET /agents`` lists the stack's.
+
+    A job that crashes while ``humans`` (default: LiveKit's server API, see
+    :func:`livekit_humans`) still lists people in its room is replaced by the container that
+    watched it, with dispatch reason ``replaced_crashed``: the people who stayed get a new
+    agent without anyone joining. The replacement takes the room's lease like any dispatch, so
+    a join landing on another container at the same moment still starts only one agent. The
+    replacements of a room are counted in the shared store (``RoomLeases.note_restart``), so
+    the bound of ``settings.agent_max_restarts`` per ``agent_restart_window_s`` holds for the
+    whole stack and survives the container; past it the room is logged and left until a join.
+    If the watching container dies with its job, nobody sees the crash: the lease lapses and
+    the next join starts the agent, as before.
     """
 
     def __init__(
@@ -543,14 +596,20 @@ class AgentJobs:
         *,
         leases: RoomLeases | None = None,
         clock: Callable[[], float] = time.time,
+        humans: HumansInRoom | None = None,
     ) -> None:
         self.settings = settings
         self.launcher = launcher
         self.leases = leases if leases is not None else connect(None).leases
         self.clock = clock
+        if humans is None and settings.livekit is not None:
+            humans = livekit_humans(settings.livekit)
+        self.humans = humans
         self.live: dict[str, AgentJob] = {}
         self.ended: OrderedDict[str, AgentJob] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def dispatch(
         self, room: str, profile: str | None, reason: str, web_key: str | None = None
@@ -656,7 +715,11 @@ class AgentJobs:
 
     async def shutdown(self) -> None:
         """Stop what cannot outlive this app (local children, a pre-started one), and the
-        watchers."""
+        watchers. Jobs that end now are not replaced."""
+        self._closing = True
+        for task in list(self._replacing):
+            task.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
         close = getattr(self.launcher, "aclose", None)
         if close is not None:
             await close()
@@ -742,6 +805,66 @@ class AgentJobs:
             await self.leases.release(job.room, job.job_id)
         except CoordinationUnavailable as exc:  # it lapses after agent_lease_s instead
             log.warning("agent job %s: lease not released: %s", job.job_id, exc)
+        if code != 0 and not self._closing and self.humans is not None:
+            task = asyncio.create_task(self._replace(job), name=f"agent-replace-{job.room}")
+            self._replacing.add(task)
+            task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, crashed: AgentJob) -> None:
+        """Start a new agent for ``crashed``'s room if humans are still in it, within the
+        room's restart budget; the reason is logged whichever way it goes."""
+        room, settings = crashed.room, self.settings
+        await asyncio.sleep(REPLACE_AFTER_S)
+        assert self.humans is not None
+        try:
+            present = await self.humans(room)
+        except Exception as exc:
+            log.warning(
+                "agent job %s crashed, and who is left in room %r cannot be listed (%s): not "
+                "replaced now; the next join starts an agent",
+                crashed.job_id,
+                room,
+                exc,
+            )
+            return
+        if not present:
+            log.info("agent job %s crashed; room %r is empty: not replaced", crashed.job_id, room)
+            return
+        try:
+            if await self.leases.holder(room) is not None:
+                return  # a join (here or on another container) already started one
+            count = await self.leases.note_restart(room, settings.agent_restart_window_s)
+        except CoordinationUnavailable as exc:
+            log.warning("agent job %s crashed; not replaced: %s", crashed.job_id, exc)
+            return
+        if count > settings.agent_max_restarts:
+            log.error(
+                "room %r: its agent crashed again (%d replacements within %g s, at most %d); "
+                "giving up until someone joins the room. Still there: %s",
+                room,
+                count - 1,
+                settings.agent_restart_window_s,
+                settings.agent_max_restarts,
+                ", ".join(present),
+            )
+            return
+        try:
+            job, started = await self.dispatch(room, crashed.profile, REPLACED_REASON)
+        except Exception as exc:  # a launcher failure: the next join tries again
+            log.error("room %r: the crashed agent could not be replaced: %s", room, exc)
+            return
+        if started:
+            log.warning(
+                "room %r: agent job %s crashed with %s still there; replaced by %s (%d of %d "
+                "within %g s)",
+                room,
+                crashed.job_id,
+                ", ".join(present),
+                job.job_id,
+                count,
+                settings.agent_max_restarts,
+                settings.agent_restart_window_s,
+            )
 
 
 # --------------------------------------------------------------------------- routes
@@ -752,12 +875,14 @@ def dispatch_routes(
     require_api_key: Callable[[str | None], None],
     launcher: Launcher,
     leases: RoomLeases | None = None,
+    humans: HumansInRoom | None = None,
 ) -> tuple[APIRouter, AgentJobs]:
     """``POST /agents/dispatch`` and ``GET /agents``, both behind the media app's API key.
     Without ``settings.livekit`` both answer 503. Returns the router and the job table (whose
-    :meth:`AgentJobs.shutdown` the app must call when it stops)."""
+    :meth:`AgentJobs.shutdown` the app must call when it stops). ``humans`` lists who is in a
+    room when a job crashes (default: LiveKit's server API)."""
     router = APIRouter()
-    agents = AgentJobs(settings, launcher, leases=leases)
+    agents = AgentJobs(settings, launcher, leases=leases, humans=humans)
 
     def require_livekit() -> None:
         if settings.livekit is None:

@@ -50,6 +50,7 @@ TUNING = frozenset(
     {
         "realtime_session_limit_s",
         "realtime_renew_margin_s",
+        "realtime_outage_s",
         "call_heartbeat_s",
         "call_lost_after_s",
         "agent_lease_s",

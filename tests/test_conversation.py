@@ -12,7 +12,7 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from callplane.profiles import AgentProfile
 from callplane.realtime.client import RealtimeSettings
 from callplane.records import CallRecord
 from callplane.tools import BUILTIN_TOOLS, ToolSet, tool
-from tests.doubles import BrokenTransport, FakeClock, FakeRealtime, FakeTransport, until
+from tests.doubles import BrokenTransport, FakeClock, FakeRealtime, FakeTransport, Played, until
 
 GREETING = "Greet the caller as Callplane support."
 
@@ -304,16 +304,61 @@ async def test_a_fault_of_this_side_ends_the_call_as_an_internal_error_logged_on
     assert len(failures) == 1 and "the transport broke" in str(failures[0])
 
 
-async def test_a_session_that_cannot_be_reopened_ends_the_call(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(conversation_module, "RECONNECT_BACKOFF_S", (0.0,) * 5)
-    async with call() as c:
-        c.realtime.refuse = 10
+async def test_a_session_that_cannot_be_reopened_within_the_budget_ends_the_call() -> None:
+    settings = RealtimeSettings(url="ws://realtime.test/v1/realtime", api_key="sk-test")
+    async with call(settings=replace(settings, outage_budget_s=0.6)) as c:
+        c.realtime.refuse = 1000
         c.realtime.session.peer_close(1011, "server error")
         record = await asyncio.wait_for(c.running, 15)
-    assert record.end_reason == "realtime_unavailable (close code None)"
+    assert record.end_reason == "realtime_unavailable"
     assert c.transport.hang_ups == 1
+    [outage] = record.outages
+    assert outage["outcome"] == "gave_up" and outage["cause"] == "close code 1011"
+    # retried with backoff (0.2 s, then 0.4 s, ...) until the budget was spent, not once
+    assert outage["attempts"] >= 3
+    assert outage["attempts"] == len(c.realtime.urls) - 1  # every dial after the first session
+    assert outage["duration_s"] >= 0.6
+
+
+async def test_an_outage_keeps_the_caller_on_hold_and_the_call_goes_on_when_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(conversation_module, "HOLD_REPEAT_S", 0.05)
+    filler = b"\x55" * 80
+
+    def fillers(transport: FakeTransport) -> list[Played]:
+        return [e for e in transport.log if e[0] == "play"]
+
+    async with call(filler=filler) as c:
+        c.realtime.refuse = 1000
+        c.realtime.session.peer_close(1006, "gone")
+        # the hold filler keeps coming while the API is down
+        await until(lambda: len(fillers(c.transport)) >= 3, "the filler, again and again")
+        assert c.record.outages == []  # not over yet
+        assert len(c.realtime.sessions) == 1
+        c.realtime.refuse = 0  # the API is back
+        await until(lambda: len(c.realtime.sessions) == 2, "the new session")
+        await until(lambda: c.record.outages != [], "the outage noted")
+        played = len(fillers(c.transport))
+        await asyncio.sleep(0.2)
+        assert len(fillers(c.transport)) == played, "no filler once the session is back"
+        c.transport.audio(b"DDDD")
+        assert c.realtime.received(1, appends=True)[-1]["audio"] == "DDDD"
+    [outage] = c.record.outages
+    assert outage["outcome"] == "recovered" and outage["cause"] == "close code 1006"
+    assert outage["attempts"] == len(c.realtime.urls) - 1 >= 2
+    assert c.record.reconnects == 1
+    assert c.record.end_reason == "caller_hung_up"
+
+
+async def test_a_caller_who_hangs_up_on_hold_ends_the_outage_in_the_record() -> None:
+    async with call() as c:
+        c.realtime.refuse = 1000
+        c.realtime.session.peer_close(1011, "server error")
+        await until(lambda: len(c.realtime.urls) >= 2, "a reconnect attempt")
+    assert c.record.end_reason == "caller_hung_up"
+    [outage] = c.record.outages
+    assert outage["outcome"] == "call_ended"
 
 
 async def test_hang_up_waits_until_the_goodbye_has_played() -> None:

@@ -156,6 +156,13 @@ class RoomLeases(Protocol):
         """The job id holding ``room``, or None."""
         ...
 
+    async def note_restart(self, room: str, window_s: float) -> int:
+        """Count one more replacement of ``room``'s crashed agent; return how many there have
+        been in the current window. The window starts with the first replacement counted
+        and ends ``window_s`` later, when the count starts again from zero. Shared by every
+        container, so a room that keeps crashing its agents is given up on once, stack-wide."""
+        ...
+
     async def put_job(self, job: dict[str, Any], ttl_s: float) -> None:
         """Store a job's public description (a JSON object with at least ``job_id`` and
         ``room`` strings and a numeric ``started_at``) for ``ttl_s`` seconds, replacing an

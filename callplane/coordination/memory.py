@@ -93,6 +93,7 @@ class MemoryRoomLeases:
         self._max_jobs = max_jobs
         self._rooms: Expiring[tuple[str, tuple[str, ...]]] = Expiring()  # holder, groups
         self._jobs: Expiring[tuple[float, str]] = Expiring()
+        self._restarts: Expiring[int] = Expiring()
 
     def _holder(self, room: str, now: float) -> str | None:
         lease = self._rooms.get(room, now)
@@ -140,6 +141,15 @@ class MemoryRoomLeases:
     async def holder(self, room: str) -> str | None:
         """See :meth:`callplane.coordination.base.RoomLeases.holder`."""
         return self._holder(room, self._clock())
+
+    async def note_restart(self, room: str, window_s: float) -> int:
+        """See :meth:`callplane.coordination.base.RoomLeases.note_restart`."""
+        window_s = require_positive("window_s", window_s)
+        now = self._clock()
+        count = (self._restarts.get(room, now) or 0) + 1
+        ends = self._restarts.expires_at(room, now)
+        self._restarts.put(room, count, now + window_s if ends is None else ends)
+        return count
 
     async def put_job(self, job: dict[str, Any], ttl_s: float) -> None:
         """See :meth:`callplane.coordination.base.RoomLeases.put_job`."""

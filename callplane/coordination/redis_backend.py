@@ -20,6 +20,8 @@ key                           type    written by                         expiry
                                                                          members past their
                                                                          score are dropped
                                                                          before counting
+``{P}restarts:<room>``        string  ``RoomLeases.note_restart``: the    ``window_s`` after the
+                                      room's agent replacements          first one counted
 ``{P}job:<job id>``           string  ``RoomLeases.put_job``: JSON       ``ttl_s``
 ``{P}jobs``                   zset    ``put_job``: member job id, score  the longest job TTL;
                                       ``started_at``                     trimmed to the newest
@@ -104,6 +106,15 @@ end
 return {ARGV[1]}
 """
 )
+
+# KEYS: restarts key. ARGV: window (ms). The window starts with the first count.
+_NOTE_RESTART = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return count
+"""
 
 # KEYS: room key, room-caps key. ARGV: job id, ttl (ms), room, cap key prefix
 _RENEW = (
@@ -215,6 +226,7 @@ class RedisRoomLeases:
         self._release = client.register_script(_RELEASE)
         self._held = client.register_script(_HELD)
         self._put_job = client.register_script(_PUT_JOB)
+        self._note_restart = client.register_script(_NOTE_RESTART)
         self._jobs = client.register_script(_JOBS)
 
     def _room_keys(self, room: str) -> list[str]:
@@ -262,6 +274,15 @@ class RedisRoomLeases:
         with self._link.guard():
             holder = await self._link.client.get(self._link.key("room", room))
         return None if holder is None else str(holder)
+
+    async def note_restart(self, room: str, window_s: float) -> int:
+        """See :meth:`callplane.coordination.base.RoomLeases.note_restart`."""
+        window_s = require_positive("window_s", window_s)
+        with self._link.guard():
+            count = await self._note_restart(
+                keys=[self._link.key("restarts", room)], args=[ms(window_s)]
+            )
+        return int(count)
 
     async def put_job(self, job: dict[str, Any], ttl_s: float) -> None:
         """See :meth:`callplane.coordination.base.RoomLeases.put_job`."""

@@ -47,6 +47,10 @@ class RealtimeSettings:
     # A GA session lasts at most 60 minutes; renew comfortably before that.
     session_limit_s: float = 60 * 60
     renew_margin_s: float = 120
+    # How long a call waits on hold for a lost session to come back (reconnecting with capped
+    # exponential backoff) before it ends as realtime_unavailable. Long enough to ride out a
+    # deploy or a brief network partition; short enough that nobody holds for minutes.
+    outage_budget_s: float = 30.0
 
     def ws_url(self) -> str:
         return f"{self.url}?{urlencode({'model': self.model})}"

@@ -1,9 +1,10 @@
 """What happened on a call: the record a conversation fills as the call goes.
 
 A record is filled as the call goes (transcript lines, tool calls, interruptions, keypad digits,
-token usage, reconnects) and closed with the end time, duration and estimated cost. A store can
-watch it (:meth:`CallRecord.watch`) to write each change while the call is still on, so a
-container that dies mid-call leaves everything up to its last heartbeat behind.
+Realtime outages, token usage, reconnects) and closed with the end time, duration and
+estimated cost. A store can watch it (:meth:`CallRecord.watch`) to write each change while the
+call is still on, so a container that dies mid-call leaves everything up to its last heartbeat
+behind.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Usage:
         self.output_audio += int(out.get("audio_tokens") or 0)
 
 
+OutageOutcome = Literal["recovered", "gave_up", "call_ended"]
+"""How a Realtime outage ended: the session came back, the call gave up, or the caller left."""
+
 RecordListener = Callable[["CallRecord"], None]
 """Called with the record after each change made through its methods
 (see :meth:`CallRecord.watch`)."""
@@ -57,6 +61,8 @@ class CallRecord:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     interruptions: list[dict[str, Any]] = field(default_factory=list)
     dtmf: list[str] = field(default_factory=list)
+    # Each time the Realtime session was lost mid-call: when, for how long, how it ended.
+    outages: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     reconnects: int = 0
     renewals: int = 0
@@ -75,8 +81,8 @@ class CallRecord:
 
     def watch(self, callback: RecordListener | None) -> None:
         """Call ``callback(record)`` after every change made through :meth:`say`,
-        :meth:`tool_started`, :meth:`tool_finished`, :meth:`interrupted` and
-        :meth:`key_pressed`, so a store can write the call while it is on
+        :meth:`tool_started`, :meth:`tool_finished`, :meth:`interrupted`,
+        :meth:`key_pressed` and :meth:`outage`, so a store can write the call while it is on
         (``record.watch(store.call_progress)``). ``None`` stops watching. One listener at a
         time; a listener that raises is logged and never breaks the call."""
         self.on_change = callback
@@ -133,6 +139,29 @@ class CallRecord:
         is written at once (a flood of bad frames must not become a flood of writes): the
         counts go with the call's next write, its end at the latest."""
         self.dropped_frames[reason] = self.dropped_frames.get(reason, 0) + 1
+
+    def outage(
+        self,
+        lost_at: float,
+        duration_s: float,
+        attempts: int,
+        outcome: OutageOutcome,
+        cause: str,
+    ) -> None:
+        """Note that the Realtime session was lost at ``lost_at`` (Unix seconds) for
+        ``duration_s`` while the caller was on hold: ``recovered`` (the call went on),
+        ``gave_up`` (the call ended as realtime_unavailable) or ``call_ended`` (the caller
+        hung up first). ``attempts`` is how many times the session was re-opened."""
+        self.outages.append(
+            {
+                "at": round(lost_at - self.started_at, 3),
+                "duration_s": round(duration_s, 3),
+                "attempts": attempts,
+                "outcome": outcome,
+                "cause": cause,
+            }
+        )
+        self._changed()
 
     def close(self, reason: str, prices: PriceTable = DEFAULT_PRICES) -> None:
         self.ended_at = time.time()

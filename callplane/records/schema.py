@@ -3,9 +3,9 @@
 One ``calls`` row per call, written as soon as the call starts (``status`` ``live``) and closed
 when it ends (``ended``) or when its container is found dead (``lost``). Everything a call
 accumulates in lists goes to ``call_events``, one row per transcript line, finished tool call,
-interruption or keypad digit, numbered per call, so a call is written by appending rows rather
-than by rewriting a document. The migrations in ``migrations/versions`` create exactly these
-tables (a test compares them).
+interruption, keypad digit or Realtime outage, numbered per call, so a call is written by
+appending rows rather than by rewriting a document. The migrations in ``migrations/versions``
+create exactly these tables (a test compares them).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 Status = Literal["live", "ended", "lost"]
-EventKind = Literal["transcript", "tool_call", "interruption", "dtmf"]
+EventKind = Literal["transcript", "tool_call", "interruption", "dtmf", "outage"]
 
 LOST_REASON: Final = "container_lost"
 """The ``end_reason`` of a call closed because its container stopped heart-beating."""
@@ -53,6 +53,7 @@ call_events = sa.Table(
     metadata,
     sa.Column("call_sid", sa.Text, primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),  # order within a call
-    sa.Column("kind", sa.Text, nullable=False),  # transcript | tool_call | interruption | dtmf
+    # transcript | tool_call | interruption | dtmf | outage
+    sa.Column("kind", sa.Text, nullable=False),
     sa.Column("data", sa.Text, nullable=False),  # JSON
 )

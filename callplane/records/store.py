@@ -77,6 +77,7 @@ class _Written:
     tool_calls: set[int] = field(default_factory=set)
     interruptions: int = 0
     dtmf: int = 0
+    outages: int = 0
 
 
 @dataclass(frozen=True)
@@ -512,6 +513,9 @@ def _new_events(record: CallRecord, written: _Written, *, final: bool) -> list[d
     digits = record.dtmf[written.dtmf :]
     written.dtmf += len(digits)
     new.extend(("dtmf", {"digit": digit}) for digit in digits)
+    outages = record.outages[written.outages :]
+    written.outages += len(outages)
+    new.extend(("outage", item) for item in outages)
     rows = []
     for kind, data in new:
         rows.append(
@@ -530,6 +534,7 @@ def _document(row: Row[Any], events: list[tuple[str, str]]) -> dict[str, Any]:
         "tool_calls": [],
         "interruptions": [],
         "dtmf": [],
+        "outages": [],
     }
     tool_calls: list[tuple[int, dict[str, Any]]] = []
     for kind, data in events:
@@ -542,6 +547,8 @@ def _document(row: Row[Any], events: list[tuple[str, str]]) -> dict[str, Any]:
             lists["interruptions"].append(item)
         elif kind == "dtmf":
             lists["dtmf"].append(item["digit"])
+        elif kind == "outage":
+            lists["outages"].append(item)
     # In the order the model made them, whatever order they finished in.
     lists["tool_calls"] = [call for _, call in sorted(tool_calls, key=lambda pair: pair[0])]
     columns = {

@@ -382,7 +382,7 @@ class RealtimeSession:
         """Recognise a committed turn off the event loop; report it as a transcription."""
         assert item.heard is not None and item.audio_format is not None
         if self.ctx.settings.mode == "load":
-            item.heard.set_result(Heard(phrase=None))
+            _resolve(item, Heard(phrase=None))
             return
         pcm = item.audio_format.decode(bytes(item.audio))
         try:
@@ -395,10 +395,9 @@ class RealtimeSession:
                 finally:
                     self.ctx.recognizers.release(recognizer)
         except BaseException:
-            if not item.heard.done():
-                item.heard.set_result(Heard(phrase=None))
+            _resolve(item, Heard(phrase=None))
             raise
-        item.heard.set_result(Heard(result.phrase, result.slots))
+        _resolve(item, Heard(result.phrase, result.slots))
         if result.phrase is not None:
             item.data["content"][0]["transcript"] = result.text
         if self.config["audio"]["input"].get("transcription") is not None:
@@ -464,7 +463,7 @@ class RealtimeSession:
             if item.audio:
                 self._spawn(self._recognize(item))
             else:
-                item.heard.set_result(await self._match_typed(data))
+                _resolve(item, await self._match_typed(data))
 
     async def _match_typed(self, data: Mapping[str, Any]) -> Heard:
         text = " ".join(
@@ -669,7 +668,7 @@ class RealtimeSession:
             for item in items:
                 if item.data.get("type") == "message" and item.data.get("role") == "user":
                     item.heard = asyncio.get_running_loop().create_future()
-                    item.heard.set_result(await self._match_typed(item.data))
+                    _resolve(item, await self._match_typed(item.data))
         else:
             items = self.conversation.items()
         if not any(
@@ -702,7 +701,9 @@ class RealtimeSession:
                 and data.get("role") == "user"
                 and item.heard is not None
             ):
-                return await item.heard
+                # Shielded: a response cancelled by a barge-in must not cancel the turn's
+                # recognition result, which the next response (and the recogniser) still use.
+                return await asyncio.shield(item.heard)
             if data.get("type") == "message" and data.get("role") == "assistant":
                 return "followup"
             if data.get("type") == "function_call":
@@ -968,6 +969,13 @@ class RealtimeSession:
         "response.create": _response_create,
         "response.cancel": _response_cancel,
     }
+
+
+def _resolve(item: Item, heard: Heard) -> None:
+    """Give a user turn its recognition result, once: a turn can be resolved from more than
+    one path (recognition, its failure, the session closing), and only the first counts."""
+    if item.heard is not None and not item.heard.done():
+        item.heard.set_result(heard)
 
 
 def _words(text: str) -> list[str]:

@@ -404,6 +404,10 @@ class LiveCall:
             task.cancel()
         if not self._result.done():
             self._result.set_result(self._make_result())
+        # What is left is the result (timeline, WAV path): the audio and the caller's
+        # rendered speech are not needed any more.
+        self.audio.forget()
+        self._speech = {}
 
     def _make_result(self) -> CallResult:
         answered = self.timeline.answered_ms

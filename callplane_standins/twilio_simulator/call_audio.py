@@ -147,7 +147,8 @@ class CallAudio:
                 await stream.send(dtmf_message(stream.stream_sid, digit))
         self.tick += 1
         waiter, self._slot_waiter = self._slot_waiter, self._loop.create_future()
-        waiter.set_result(None)
+        if not waiter.done():  # release() cancels it once the call is over
+            waiter.set_result(None)
 
     # ---- bot audio ----------------------------------------------------------------------
 
@@ -229,6 +230,16 @@ class CallAudio:
     async def write_recording(self, path: Path) -> None:
         """The stereo WAV of the call so far (left: the caller, right: the bot as heard)."""
         await asyncio.to_thread(write_stereo_wav, path, bytes(self._left), bytes(self._right))
+
+    def forget(self) -> None:
+        """The call is over and its WAV is on disk: let go of the audio (16 kB for every
+        second of the call), the queue and the stream, so that a simulator that has carried
+        thousands of calls holds only their timelines."""
+        self._left = bytearray()
+        self._right = bytearray()
+        self.uplink = bytearray()
+        self.drop_playback()
+        self.stream = None
 
 
 class CallerLine:

@@ -57,7 +57,10 @@ from callplane_standins.twilio_simulator.webhooks import WebhookClient
 
 __all__ = ["MAX_FINISHED_CALLS", "Carrier"]
 
-MAX_FINISHED_CALLS = 1000
+MAX_FINISHED_CALLS = 200
+"""Finished calls kept addressable by SID (their timelines, for tests and `GET` of a result);
+older ones are dropped first, so a long-running simulator holds a bounded history. Their audio
+is on disk (the WAV) and was let go when each call ended."""
 
 
 class Carrier:

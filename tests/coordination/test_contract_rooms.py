@@ -58,6 +58,22 @@ async def test_a_lease_is_renewed_and_released_only_by_its_holder(fleet: Fleet) 
     assert await other.acquire("room-a", "job-2", 30) == "job-2"
 
 
+async def test_agent_restarts_are_counted_per_room_across_containers_per_window(
+    fleet: Fleet,
+) -> None:
+    first, second = fleet.first.leases, fleet.second.leases
+    assert await first.note_restart("room-r", SHORT_TTL_S) == 1
+    assert await second.note_restart("room-r", SHORT_TTL_S) == 2
+    assert await first.note_restart("room-s", SHORT_TTL_S) == 1  # another room: its own count
+    # a later count does not stretch the window: it ends SHORT_TTL_S after the first
+    await asyncio.sleep(SHORT_TTL_S * 0.6)
+    assert await first.note_restart("room-r", SHORT_TTL_S) == 3
+    await asyncio.sleep(SHORT_TTL_S * 0.6)
+    assert await second.note_restart("room-r", SHORT_TTL_S) == 1
+    with pytest.raises(ValueError, match="window_s"):
+        await first.note_restart("room-r", 0)
+
+
 async def test_a_lapsed_lease_lets_another_job_take_the_room(fleet: Fleet) -> None:
     assert await fleet.first.leases.acquire("room-b", "job-1", SHORT_TTL_S) == "job-1"
     await asyncio.sleep(PAST_SHORT_TTL_S)

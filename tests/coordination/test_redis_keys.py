@@ -25,6 +25,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
         await coordination.leases.acquire("room1", "job1", 60)
         await coordination.leases.acquire("room2", "job4", 60, caps=[("stack", 5), ("key:k1", 2)])
         await coordination.leases.renew("room2", "job4", 60)
+        await coordination.leases.note_restart("room1", 60)
         await coordination.leases.put_job(
             {"job_id": "job1", "room": "room1", "started_at": now}, 60
         )
@@ -50,6 +51,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
                 "room-caps:room2",
                 "cap:stack",
                 "cap:key:k1",
+                "restarts:room1",
                 "job:job1",
                 "jobs",
                 "live:CA1",

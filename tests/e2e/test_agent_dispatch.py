@@ -165,7 +165,9 @@ async def test_duplicate_room_started_webhooks_start_one_agent(
         assert [p.identity for p in await participants(stack, room) if is_agent(p)] == [agent]
 
 
-async def test_a_killed_agent_is_replaced_on_the_next_join(stack: LocalStack) -> None:
+async def test_a_killed_agent_is_replaced_while_alice_stays_without_anyone_joining(
+    stack: LocalStack,
+) -> None:
     room = fresh_room("e2e-crash")
     async with humans(edge_grant(stack, room), "alice") as (alice,):
         [job] = await wait_jobs(
@@ -175,28 +177,33 @@ async def test_a_killed_agent_is_replaced_on_the_next_join(stack: LocalStack) ->
         assert job["handle"].startswith("pid:")
         os.kill(int(job["handle"].removeprefix("pid:")), signal.SIGKILL)
 
-        crashed = await wait_job_ended(stack, room, 20, "the killed job to be reported")
-        assert crashed["job_id"] == job["job_id"]
+        # The launcher sees the crash and alice still in the room, and starts a new agent:
+        # nobody joins, no webhook comes.
+        jobs = await wait_jobs(
+            stack,
+            room,
+            lambda jobs: len(jobs) == 2 and len(running(jobs)) == 1,
+            30,
+            "the crash to be reported and a replacement job to start",
+        )
+        crashed = next(j for j in jobs if j["job_id"] == job["job_id"])
         assert crashed["state"] == "crashed", crashed
         assert crashed["exit_code"] == -signal.SIGKILL
         assert crashed["ended_at"] is not None
+        [replacement] = running(jobs)
+        assert replacement["reason"] == "replaced_crashed"
+        assert replacement["profile"] == job["profile"]
 
-        # The next human to join brings a new agent, which answers.
+        # alice, who stayed, is answered by the new agent.
+        second = await wait_agent_joined(alice, not_=(first,))
+        await ask_weather(alice, second)
+
+        # Someone joining now finds it running: still one agent in the room.
         async with humans(edge_grant(stack, room), "bob") as (bob,):
-            jobs = await wait_jobs(
-                stack, room, lambda jobs: len(running(jobs)) == 1, 30, "a replacement job"
-            )
-            [replacement] = running(jobs)
-            assert replacement["job_id"] != job["job_id"]
-            assert replacement["reason"] == "participant_joined"
-            assert {j["job_id"]: j["state"] for j in jobs} == {
-                replacement["job_id"]: "running",
-                job["job_id"]: "crashed",
-            }
-            second = await wait_agent_joined(bob, not_=(first,))
-            await ask_weather(bob, second)
-            # alice, who stayed, hears the new agent too.
-            assert alice.said(second, "agent", WEATHER_ANSWER)
+            assert await wait_agent_joined(bob, not_=(first,)) == second
+            assert [j["job_id"] for j in running(await agent_jobs(stack, room))] == [
+                replacement["job_id"]
+            ]
 
 
 async def test_an_emptied_room_s_agent_leaves_after_the_idle_timeout(stack: LocalStack) -> None:

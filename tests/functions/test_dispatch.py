@@ -21,6 +21,7 @@ import pytest
 from fastapi import FastAPI, Header, HTTPException
 from modal.exception import OutputExpiredError
 
+import functions.dispatch as dispatch_module
 from callplane.livekit_settings import LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
@@ -73,8 +74,16 @@ def media_settings(tmp_path: Path, *, livekit: bool = True) -> MediaSettings:
     )
 
 
-def media_app(settings: MediaSettings, launcher: Launcher) -> tuple[FastAPI, AgentJobs]:
-    """A small app mounting the router the way functions/media.py would."""
+def media_app(
+    settings: MediaSettings, launcher: Launcher, people: dict[str, list[str]] | None = None
+) -> tuple[FastAPI, AgentJobs]:
+    """A small app mounting the router the way functions/media.py would; ``people`` is who
+    the LiveKit server would list in each room (nobody unless the test says so)."""
+    people = {} if people is None else people
+
+    async def humans(room: str) -> list[str]:
+        return list(people.get(room, []))
+
     app = FastAPI()
 
     def require_api_key(authorization: str | None) -> None:
@@ -86,7 +95,7 @@ def media_app(settings: MediaSettings, launcher: Launcher) -> tuple[FastAPI, Age
         require_api_key(authorization)
         return {"ok": "yes"}
 
-    router, agents = dispatch_routes(settings, require_api_key, launcher)
+    router, agents = dispatch_routes(settings, require_api_key, launcher, humans=humans)
     app.include_router(router)
     return app, agents
 
@@ -96,6 +105,7 @@ class Media:
     client: httpx.AsyncClient
     agents: AgentJobs
     records: Path
+    people: dict[str, list[str]]
 
     def started(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.records.glob("*.json"))]
@@ -120,14 +130,16 @@ def stand_in_launcher(
 
 
 @pytest.fixture
-async def media(tmp_path: Path) -> AsyncIterator[Media]:
-    settings = media_settings(tmp_path)
-    mode = {"crashy": "crash", "brief": "exit"}
+async def media(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Media]:
+    monkeypatch.setattr(dispatch_module, "REPLACE_AFTER_S", 0.05)
+    settings = media_settings(tmp_path).model_copy(update={"agent_max_restarts": 2})
+    mode = {"crashy": "crash", "crashy-alone": "crash", "brief": "exit"}
     launcher, records = stand_in_launcher(tmp_path, settings, lambda room: mode.get(room, "run"))
-    app, agents = media_app(settings, launcher)
+    people: dict[str, list[str]] = {}
+    app, agents = media_app(settings, launcher, people)
     try:
         async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-            yield Media(client, agents, records)
+            yield Media(client, agents, records, people)
     finally:
         await agents.shutdown()
 
@@ -207,6 +219,70 @@ async def test_a_job_exiting_non_zero_is_reported_crashed_and_logged(
     assert again["started"] is True and again["job_id"] != answer["job_id"]
 
 
+async def test_a_killed_job_is_replaced_at_once_while_a_human_is_in_the_room(
+    media: Media,
+) -> None:
+    media.people["room-h"] = ["alice"]
+    first = (await dispatch(media, "room-h")).json()
+    job = await wait_for_state(media, first["job_id"], "running")
+    await until(lambda: len(media.started()) == 1, 10, "a stand-in job to start", interval=0.02)
+    os.kill(pid_of(job), signal.SIGKILL)
+    await wait_for_state(media, first["job_id"], "crashed")
+    # nobody dispatches: the launcher saw the crash and alice still there
+    await until(lambda: len(media.started()) == 2, 10, "the replacement to start", interval=0.02)
+    [replacement] = [j for j in media.agents.jobs() if j.state == "running"]
+    assert replacement.room == "room-h" and replacement.reason == "replaced_crashed"
+    assert replacement.job_id != first["job_id"]
+    assert await media.agents.leases.holder("room-h") == replacement.job_id
+    # a join now finds it running: still one agent
+    again = (await dispatch(media, "room-h", reason="participant_joined")).json()
+    assert again == {**again, "job_id": replacement.job_id, "started": False}
+
+
+async def test_a_room_whose_agent_keeps_crashing_is_given_up_after_the_restart_budget(
+    media: Media, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="callplane.dispatch")
+    media.people["crashy"] = ["alice", "bob"]
+    await dispatch(media, "crashy")
+    await until(
+        lambda: any("giving up" in r.getMessage() for r in caplog.records),
+        15,
+        "the launcher to give up on the room",
+        interval=0.02,
+    )
+    jobs = [j for j in media.agents.jobs() if j.room == "crashy"]
+    # the first job and agent_max_restarts=2 replacements, all crashed; then no more
+    assert sorted(j.reason for j in jobs) == [
+        "replaced_crashed",
+        "replaced_crashed",
+        "room_started",
+    ]
+    assert {j.state for j in jobs} == {"crashed"}
+    assert len(media.started()) == 3
+    [gave_up] = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert "alice, bob" in gave_up and "2 replacements" in gave_up
+    # a join still starts an agent (the budget bounds only the automatic replacements)
+    again = (await dispatch(media, "crashy", reason="participant_joined")).json()
+    assert again["started"] is True
+
+
+async def test_a_crashed_job_in_an_empty_room_is_not_replaced(
+    media: Media, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="callplane.dispatch")
+    answer = (await dispatch(media, "crashy-alone")).json()
+    await wait_for_state(media, answer["job_id"], "crashed")
+    await until(
+        lambda: any("is empty: not replaced" in r.getMessage() for r in caplog.records),
+        10,
+        "the launcher to see the room empty",
+        interval=0.02,
+    )
+    assert len(media.started()) == 1
+    assert [j.state for j in media.agents.jobs()] == ["crashed"]
+
+
 async def test_a_job_that_exits_normally_is_exited_not_crashed(media: Media) -> None:
     answer = (await dispatch(media, "brief")).json()
     done = await wait_for_state(media, answer["job_id"], "exited")
@@ -283,10 +359,11 @@ async def capped(tmp_path: Path) -> AsyncIterator[Media]:
     )
     settings = settings.model_copy(update={"livekit": livekit})
     launcher, records = stand_in_launcher(tmp_path, settings)
-    app, agents = media_app(settings, launcher)
+    people: dict[str, list[str]] = {}
+    app, agents = media_app(settings, launcher, people)
     try:
         async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
-            yield Media(client, agents, records)
+            yield Media(client, agents, records, people)
     finally:
         await agents.shutdown()
 

@@ -76,6 +76,7 @@ async def test_a_finished_record_reads_back_exactly_as_to_json(open_store: OpenS
     record.tool_finished("call_2", '{"ok": true}')  # finishes before call_1
     record.interrupted("item_9", 1250)
     record.key_pressed("5")
+    record.outage(record.started_at + 3.5, 20.25, 9, "recovered", "close code 1006")
     record.say("caller", "thanks")
     record.tool_finished("call_1", '{"status": "shipped"}')
     record.tool_started("slow", "call_3", "{}")  # never finishes: stored without output
@@ -93,6 +94,15 @@ async def test_a_finished_record_reads_back_exactly_as_to_json(open_store: OpenS
     assert stored["served_by"] == store.owner
     assert [c["call_id"] for c in stored["tool_calls"]] == ["call_1", "call_2", "call_3"]
     assert stored["tool_calls"][2]["output"] is None
+    assert stored["outages"] == [
+        {
+            "at": 3.5,
+            "duration_s": 20.25,
+            "attempts": 9,
+            "outcome": "recovered",
+            "cause": "close code 1006",
+        }
+    ]
 
 
 async def test_save_writes_a_whole_record_and_a_second_save_adds_only_what_is_new(

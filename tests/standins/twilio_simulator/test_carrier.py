@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import numpy as np
 import numpy.typing as npt
+import pytest
 
+from callplane_standins.twilio_simulator import carrier as carrier_module
 from callplane_standins.twilio_simulator.caller import (
     Step,
     hang_up,
@@ -240,6 +242,30 @@ async def test_say_then_hangup_without_a_stream(sim: Simulator, client: Any, bot
     assert result.wav_path is not None
     _, right = read_wav(result.wav_path)
     assert loud_ms(right, threshold=300) > 300
+
+
+async def test_a_long_running_carrier_keeps_only_recent_calls_and_no_finished_audio(
+    sim: Simulator, client: Any, bot: Bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(carrier_module, "MAX_FINISHED_CALLS", 2)
+    number = await buy(client, bot)
+    bot.twiml = lambda form: "<Response><Say>Thanks for calling.</Say><Hangup/></Response>"
+    results = [
+        await sim.place_call(CALLER, number.phone_number, [wait_for_reply(5), hang_up()])
+        for _ in range(4)
+    ]
+    assert [r.status for r in results] == ["completed"] * 4
+    # Pruned as each call is placed: at most two finished ones besides the newest stay
+    # addressable; each kept one holds its timeline but not its audio, which is on disk.
+    kept = sim.carrier.calls
+    assert set(kept) == {r.call_sid for r in results[1:]}
+    for result in results:
+        assert result.wav_path is not None
+        _, right = read_wav(result.wav_path)
+        assert loud_ms(right, threshold=300) > 300
+    for call in kept.values():
+        assert not call.live and not call.audio.recorded and call.audio.stream is None
+        assert call.timeline.heard_ms > 500
 
 
 async def test_bad_frames_are_reported_and_dropped(sim: Simulator, client: Any, bot: Bot) -> None:
