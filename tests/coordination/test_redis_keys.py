@@ -22,6 +22,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
     try:
         now = time.time()
         await coordination.nonces.claim("n1", now + 60, now)
+        await coordination.streams.claim("CA0", "stream MZ0 on host:1")
         await coordination.leases.acquire("room1", "job1", 60)
         await coordination.leases.put_job(
             {"job_id": "job1", "room": "room1", "started_at": now}, 60
@@ -43,6 +44,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
             PREFIX + name
             for name in [
                 "nonce:n1",
+                "stream:CA0",
                 "room:room1",
                 "job:job1",
                 "jobs",
