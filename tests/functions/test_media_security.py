@@ -122,7 +122,7 @@ async def test_an_upgrade_signature_admits_only_the_url_it_was_made_for(
     media: Media, engine: EngineServer
 ) -> None:
     validator = RequestValidator(TWILIO_AUTH_TOKEN)
-    # the bare URL, which used to be every call's: signed, but it names no call
+    # the bare media URL, the same for every call: signed, but it names no call
     bare = {"X-Twilio-Signature": validator.compute_signature(PUBLIC_MEDIA_URL, {})}
     assert await upgrade_status(media.base, bare) == 403
     # a key that is not one, signed over its own URL
