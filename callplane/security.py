@@ -484,12 +484,14 @@ def is_stream_key(text: str) -> bool:
 
 class ReplayGuard:
     """Remembers the nonces of accepted stream tokens until they expire, so a token admits one
-    stream: a captured TwiML cannot open a second Realtime session on the account.
+    stream in this process.
 
     Memory is bounded twice: entries are pruned as soon as their token expires (a min-heap keyed
     by expiry), and at most ``max_entries`` live nonces are kept, evicting those closest to
-    expiry first. The state is per process; with several media containers, a replay that lands
-    on another container is caught only by expiry and the CallSid binding. Thread-safe.
+    expiry first. The state is per process and per token: a replayed voice webhook mints a new
+    token for the same call. The media plane therefore admits one stream per CallSid in its
+    shared state (``callplane.coordination.CallStreams``), which covers every container and
+    every token of a call. Thread-safe.
     """
 
     def __init__(self, max_entries: int = 65_536) -> None:

@@ -63,7 +63,7 @@ CLOSE_BAD_TOKEN = 4403  # also a second stream for a call that already had one
 CLOSE_NO_START = 4400
 CLOSE_UNKNOWN_PROFILE = 4404
 CLOSE_NO_LIVEKIT = 4503  # the profile names a hybrid room but no LiveKit server is configured
-CLOSE_UNAVAILABLE = 4504  # the shared state (Redis) is unreachable: the token cannot be checked
+CLOSE_UNAVAILABLE = 4504  # the shared state (Redis) is unreachable: the call cannot be claimed
 START_TIMEOUT_S = 10.0
 
 SIGNED_PARAMETERS = {
