@@ -68,7 +68,7 @@ import numpy as np
 import psutil
 from twilio.request_validator import RequestValidator
 
-from callplane.security import mint_stream_token
+from callplane.security import mint_stream_token, stream_key, stream_url
 from callplane_standins.realtime_engine.context import STAMP_BYTES, decode_stamp, encode_stamp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -551,9 +551,7 @@ async def drive(
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     totals = Totals()
-    path = "/twilio/media"
-    url = f"ws://127.0.0.1:{procs.bridge_port}{path}"
-    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, {})
+    base = f"ws://127.0.0.1:{procs.bridge_port}"
     rss_idle = bridge_proc.memory_info().rss
     streams: list[Stream] = []
     gate = asyncio.Semaphore(20)
@@ -564,11 +562,14 @@ async def drive(
                 lambda: Stream(i, totals, loop), "127.0.0.1", procs.bridge_port
             )
             stream.phase = (i * 7) % CYCLE_TICKS
-            stream.upgrade("127.0.0.1", procs.bridge_port, path, signature)
-            await asyncio.wait_for(stream.upgraded, 10)
             token = mint_stream_token(
                 STREAM_SECRET, stream.call_sid, PROFILE, "us", now=time.time()
             )
+            # each call has its own stream URL, signed as Twilio signs it
+            path = "/twilio/media/" + stream_key(token)
+            signature = RequestValidator(AUTH_TOKEN).compute_signature(base + path, {})
+            stream.upgrade("127.0.0.1", procs.bridge_port, path, signature)
+            await asyncio.wait_for(stream.upgraded, 10)
             stream.send_start(token)
             streams.append(stream)
 
@@ -646,21 +647,25 @@ def drive_go(
     procs: Procs, calls: int, seconds: float, bridge_proc: psutil.Process
 ) -> dict[str, Any]:
     """The same load as :func:`drive`, played by ``loadgen twilio`` (Go) on core 1."""
-    path = "/twilio/media"
-    url = f"ws://127.0.0.1:{procs.bridge_port}{path}"
-    signature = RequestValidator(AUTH_TOKEN).compute_signature(url, {})
+    validator = RequestValidator(AUTH_TOKEN)
     streams = []
     for _ in range(calls):
         call_sid = "CA" + secrets.token_hex(16)
         token = mint_stream_token(
             STREAM_SECRET, call_sid, PROFILE, "us", now=time.time(), ttl_s=300
         )
+        # each call has its own stream URL, signed as Twilio signs it
+        url = stream_url(f"ws://127.0.0.1:{procs.bridge_port}/twilio/media", token)
         streams.append(
-            {"call_sid": call_sid, "stream_sid": "MZ" + secrets.token_hex(16), "token": token}
+            {
+                "call_sid": call_sid,
+                "stream_sid": "MZ" + secrets.token_hex(16),
+                "token": token,
+                "url": url,
+                "signature": validator.compute_signature(url, {}),
+            }
         )
     config = {
-        "url": url,
-        "signature": signature,
         "account_sid": ACCOUNT_SID,
         "streams": streams,
         "seconds": seconds,

@@ -29,8 +29,9 @@ ENV_VAR = "CALLPLANE_MEDIA_CONFIG"
 class MediaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # The public wss:// URL of this app's /twilio/media, exactly as the edge puts it in the
-    # TwiML: Twilio signs the WebSocket upgrade over it, whatever host the server sees.
+    # The public wss:// URL of this app's /twilio/media, exactly as the edge's media_urls
+    # give it: each call's stream URL is this plus "/" and its token's key, and Twilio signs
+    # the WebSocket upgrade over that, whatever host the server sees.
     public_media_url: str
     # This app's public http(s) origin, where Twilio's status callbacks go. None: derived from
     # public_media_url, when one server takes both the streams and the HTTP routes (the ASGI
@@ -56,8 +57,8 @@ class MediaSettings(BaseModel):
     # The call records database, a SQLAlchemy URL (postgresql+psycopg://user:pw@host/db) that
     # every container writes to. None: SQLite at records_path, which only one process may use.
     database_url: str | None = None
-    # Redis (redis://, rediss://) for what must hold across containers: single-use stream
-    # tokens, one agent job per room, outbound slots, queue and budget, live-call snapshots.
+    # Redis (redis://, rediss://) for what must hold across containers: one media stream per
+    # call, one agent job per room, outbound slots, queue and budget, live-call snapshots.
     # None: kept in this process, which is right only when one process serves everything.
     redis_url: str | None = None
     # A live call's row is touched every call_heartbeat_s; a call whose container stopped

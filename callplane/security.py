@@ -12,15 +12,27 @@ Two independent mechanisms:
 * **Stream tokens**: the edge puts a short-lived HMAC token in the TwiML
   ``<Parameter name="token">``; Twilio hands it back in the media stream's ``start`` message.
   It binds the stream to the CallSid the edge answered, to the agent profile and media region the
-  edge chose, and to a 60-second window, and a :class:`ReplayGuard` makes it single-use.
+  edge chose, to the call's numbers, country, direction and answering-machine result as the
+  signed voice webhook gave them (a stream's other custom parameters are not signed by anyone,
+  so the media plane takes these from the token), and to a 60-second window.
 
-Token format (version ``cp1``)::
+**Binding the upgrade to the call.** The stream URL in the TwiML is the media URL plus a
+per-call key, :func:`stream_url` (``…/twilio/media/<key>``, the key being the token's own
+HMAC). Twilio signs the WebSocket upgrade over that exact URL, so a captured upgrade signature
+admits only the token it was issued with, never one minted later, not even by a replayed voice
+webhook for the same call (Twilio refuses a query string in ``<Stream url>``, hence a path
+segment). The media plane checks that the ``start`` message's token is the one the URL was made
+for (:func:`stream_key_matches`), and admits one media stream per CallSid, ever (see
+``callplane.coordination.CallStreams``).
 
-    cp1.<payload>.<signature>
+Token format (version ``cp2``)::
+
+    cp2.<payload>.<signature>
 
 ``payload`` is unpadded URL-safe base64 of compact JSON ``{"c": call_sid, "p": profile,
-"r": region, "e": expires_at, "n": nonce}``; ``signature`` is unpadded URL-safe base64 of
-``HMAC-SHA256(secret, "cp1." + payload)``. The token uses only ``[A-Za-z0-9_.-]``, so it
+"r": region, "e": expires_at, "n": nonce, "f": from, "t": to, "k": country, "d": direction,
+"a": answered_by}``; ``signature`` is unpadded URL-safe base64 of
+``HMAC-SHA256(secret, "cp2." + payload)``. The token uses only ``[A-Za-z0-9_.-]``, so it
 survives XML attributes, JSON and URLs unchanged.
 """
 
@@ -48,7 +60,11 @@ __all__ = [
     "StreamClaims",
     "StreamTokenError",
     "StreamTokenReason",
+    "is_stream_key",
     "mint_stream_token",
+    "stream_key",
+    "stream_key_matches",
+    "stream_url",
     "twilio_signature",
     "twilio_url_variants",
     "validate_twilio_signature",
@@ -189,15 +205,19 @@ def validate_twilio_signature(
 
 # --------------------------------------------------------------------------- stream tokens
 
-STREAM_TOKEN_VERSION = "cp1"
+STREAM_TOKEN_VERSION = "cp2"
 """Prefix of every stream token; bump it when the payload changes so old verifiers refuse
 new tokens as ``malformed`` instead of misreading them."""
 
 _MAX_TOKEN_CHARS = 4096
 _MAX_TTL_S = 3600
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_STREAM_KEY = re.compile(r"[A-Za-z0-9_-]{43}")  # an unpadded base64url HMAC-SHA256
+_DIRECTIONS = ("inbound", "outbound")
 
-StreamTokenReason = Literal["malformed", "bad_signature", "expired", "wrong_call", "replayed"]
+StreamTokenReason = Literal[
+    "malformed", "bad_signature", "expired", "wrong_call", "wrong_stream", "replayed"
+]
 
 _FIXES: dict[str, str] = {
     "malformed": (
@@ -215,8 +235,13 @@ _FIXES: dict[str, str] = {
     "wrong_call": (
         "a token admits only the call it was minted for; do not reuse TwiML across calls"
     ),
+    "wrong_stream": (
+        "open the <Stream url> of the TwiML that carried the token, unchanged: its last path "
+        "segment is the key of that token and admits no other"
+    ),
     "replayed": (
-        "a token admits one media stream; a new stream needs a new voice webhook and token"
+        "a call gets one media stream, ever; a repeated stream, a replayed token or a replayed "
+        "voice webhook for the same CallSid cannot open another"
     ),
 }
 
@@ -235,13 +260,22 @@ class StreamTokenError(ValueError):
 @dataclass(frozen=True)
 class StreamClaims:
     """What a verified stream token says: the call it admits, the agent profile and media region
-    the edge routed it to, when it stops being valid (Unix seconds) and its single-use nonce."""
+    the edge routed it to, when it stops being valid (Unix seconds), its nonce, and the call's
+    facts as Twilio's signed voice webhook gave them to the edge: the caller (``from_``), the
+    called number (``to``), the country (the caller's, or the callee's for an outbound call),
+    the direction (``inbound`` or ``outbound``) and the answering-machine result (``answered_by``,
+    empty when Twilio sent none). Records take these, never a stream's unsigned parameters."""
 
     call_sid: str
     profile: str
     region: str
     expires_at: int
     nonce: str
+    from_: str = ""
+    to: str = ""
+    country: str = ""
+    direction: str = "inbound"
+    answered_by: str = ""
 
 
 def _b64encode(data: bytes) -> str:
@@ -273,14 +307,22 @@ def mint_stream_token(
     now: float,
     ttl_s: int = 60,
     nonce: str | None = None,
+    from_: str = "",
+    to: str = "",
+    country: str = "",
+    direction: str = "inbound",
+    answered_by: str = "",
 ) -> str:
-    """A signed, single-use token admitting one media stream for ``call_sid``.
+    """A signed token admitting one media stream for ``call_sid``.
 
     The edge calls this when it answers the voice webhook and puts the result in the TwiML
-    ``<Parameter name="token">``; the media function checks it with :func:`verify_stream_token`.
-    ``now`` is passed in (Unix seconds) so the function is pure and testable; ``nonce`` defaults
-    to 96 random bits and exists as a parameter only for deterministic tests. The token expires
-    at ``floor(now + ttl_s)``: never later than ``ttl_s`` seconds from now.
+    ``<Parameter name="token">`` (and its key in the stream URL, :func:`stream_url`); the media
+    function checks it with :func:`verify_stream_token`. ``from_``, ``to``, ``country``,
+    ``direction`` and ``answered_by`` are the call's facts from the signed webhook, signed here
+    so that the media plane can trust them (see :class:`StreamClaims`). ``now`` is passed in
+    (Unix seconds) so the function is pure and testable; ``nonce`` defaults to 96 random bits
+    and exists as a parameter only for deterministic tests. The token expires at
+    ``floor(now + ttl_s)``: never later than ``ttl_s`` seconds from now.
     """
     if not isinstance(secret, str) or not secret:
         raise ValueError(
@@ -290,6 +332,16 @@ def mint_stream_token(
     _require_text("call_sid", call_sid)
     _require_text("profile", profile)
     _require_text("region", region)
+    for name, value in (
+        ("from_", from_),
+        ("to", to),
+        ("country", country),
+        ("answered_by", answered_by),
+    ):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}={value!r} is invalid: {name} must be a string (may be empty)")
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction={direction!r} is invalid: use 'inbound' or 'outbound'")
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 0 < ttl_s <= _MAX_TTL_S:
         raise ValueError(
             f"ttl_s={ttl_s!r} is invalid: use a whole number of seconds from 1 to {_MAX_TTL_S} "
@@ -303,6 +355,11 @@ def mint_stream_token(
         "r": region,
         "e": math.floor(now + ttl_s),
         "n": _require_text("nonce", nonce) if nonce is not None else secrets.token_urlsafe(12),
+        "f": from_,
+        "t": to,
+        "k": country,
+        "d": direction,
+        "a": answered_by,
     }
     payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
     signed_part = f"{STREAM_TOKEN_VERSION}.{payload}"
@@ -314,8 +371,10 @@ def verify_stream_token(secret: str, token: str, call_sid: str, *, now: float) -
 
     Checks, in order: shape (``malformed``), HMAC in constant time (``bad_signature``), the
     CallSid of the stream it arrived on (``wrong_call``) and the clock (``expired``: refused once
-    ``now >= expires_at``). Single use is not checked here, because it needs state: pass the
-    claims to :meth:`ReplayGuard.check_and_remember` right after.
+    ``now >= expires_at``). That the stream URL was made for this token is
+    :func:`stream_key_matches`; single use is not checked here, because it needs state: the
+    media plane admits one stream per CallSid in its shared state (:class:`ReplayGuard` does it
+    per token in one process).
     """
     if not isinstance(secret, str) or not secret:
         raise ValueError(
@@ -348,6 +407,12 @@ def verify_stream_token(secret: str, token: str, call_sid: str, *, now: float) -
     for key, name in text_fields.items():
         if not isinstance(data.get(key), str) or not data[key]:
             raise StreamTokenError("malformed", f"the signed payload has no {name}")
+    call_fields = {"f": "from", "t": "to", "k": "country", "a": "answered_by"}
+    for key, name in call_fields.items():
+        if not isinstance(data.get(key), str):
+            raise StreamTokenError("malformed", f"the signed payload has no {name}")
+    if data.get("d") not in _DIRECTIONS:
+        raise StreamTokenError("malformed", "the signed payload has no direction")
     expires_at = data.get("e")
     if isinstance(expires_at, bool) or not isinstance(expires_at, int):
         raise StreamTokenError("malformed", "the signed payload has no integer expiry")
@@ -357,6 +422,11 @@ def verify_stream_token(secret: str, token: str, call_sid: str, *, now: float) -
         region=data["r"],
         expires_at=expires_at,
         nonce=data["n"],
+        from_=data["f"],
+        to=data["t"],
+        country=data["k"],
+        direction=data["d"],
+        answered_by=data["a"],
     )
     if claims.call_sid != call_sid:
         raise StreamTokenError(
@@ -372,14 +442,56 @@ def verify_stream_token(secret: str, token: str, call_sid: str, *, now: float) -
     return claims
 
 
+def stream_key(token: str) -> str:
+    """The per-call key of ``token``'s stream URL: the token's own HMAC, 43 URL-safe characters.
+
+    Only the edge, holding the stream secret, can mint a token and so a key; Twilio signs the
+    upgrade over the URL that carries it. Raises ValueError for something that is not shaped
+    like a stream token (the edge only ever passes its own).
+    """
+    parts = token.split(".") if isinstance(token, str) else []
+    if len(parts) != 3 or parts[0] != STREAM_TOKEN_VERSION or not _STREAM_KEY.fullmatch(parts[2]):
+        raise ValueError(
+            f"not a '{STREAM_TOKEN_VERSION}' stream token: pass what mint_stream_token returned"
+        )
+    return parts[2]
+
+
+def stream_url(media_url: str, token: str) -> str:
+    """The ``<Stream url>`` for ``token``: ``media_url`` (``wss://host/twilio/media``) plus ``/``
+    and :func:`stream_key`. One URL per token, so Twilio's upgrade signature is per call."""
+    return f"{media_url}/{stream_key(token)}"
+
+
+def stream_key_matches(key: str, token: str) -> bool:
+    """True if ``key`` (the stream URL's last path segment, which Twilio's upgrade signature
+    covers) was made for ``token`` (from the stream's ``start`` message). Constant-time; False
+    for anything malformed, never raises."""
+    if not isinstance(key, str) or not _STREAM_KEY.fullmatch(key):
+        return False
+    try:
+        expected = stream_key(token)
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected.encode("ascii"), key.encode("ascii"))
+
+
+def is_stream_key(text: str) -> bool:
+    """True if ``text`` has the shape of a stream URL key (43 URL-safe base64 characters): what
+    a server checks on the upgrade's path before it computes any signature."""
+    return isinstance(text, str) and _STREAM_KEY.fullmatch(text) is not None
+
+
 class ReplayGuard:
     """Remembers the nonces of accepted stream tokens until they expire, so a token admits one
-    stream: a captured TwiML cannot open a second Realtime session on the account.
+    stream in this process.
 
     Memory is bounded twice: entries are pruned as soon as their token expires (a min-heap keyed
     by expiry), and at most ``max_entries`` live nonces are kept, evicting those closest to
-    expiry first. The state is per process; with several media containers, a replay that lands
-    on another container is caught only by expiry and the CallSid binding. Thread-safe.
+    expiry first. The state is per process and per token: a replayed voice webhook mints a new
+    token for the same call. The media plane therefore admits one stream per CallSid in its
+    shared state (``callplane.coordination.CallStreams``), which covers every container and
+    every token of a call. Thread-safe.
     """
 
     def __init__(self, max_entries: int = 65_536) -> None:

@@ -3,7 +3,7 @@
 On Modal the media plane is two web functions (the FastAPI app with the HTTP routes, and the
 picows stream server that takes Twilio's media streams), each autoscaled to several
 containers, with every request or WebSocket routed to any of them; what must hold across
-containers lives in PostgreSQL (call records) and Redis (leases, nonces, outbound limits).
+containers lives in PostgreSQL (call records) and Redis (leases, call streams, outbound limits).
 Locally the same parts run the same way:
 
 * ``media``: N processes of ``uvicorn --factory functions.media:create_app_from_env``;

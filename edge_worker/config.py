@@ -291,7 +291,9 @@ class EdgeConfig:
         object.__setattr__(self, "numbers", MappingProxyType(dict(self.numbers)))
 
     def media_stream_url(self, region: str) -> str:
-        """The ``<Stream url>`` for a region: its media base plus ``/twilio/media``."""
+        """Where a region's media streams go: its media base plus ``/twilio/media``. Each call's
+        ``<Stream url>`` adds the key of its stream token (``callplane.security.stream_url``), so
+        that Twilio's signature on the upgrade is one call's and no other's."""
         return self.media_urls[region] + "/twilio/media"
 
     @classmethod

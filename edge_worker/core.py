@@ -9,8 +9,11 @@ Routes:
 
 * ``POST /twilio/voice``: Twilio's call webhook. Signature checked; our number (``To`` for an
   inbound call, ``From`` for an outbound one) picks the agent profile and media region; the
-  answer is TwiML ``<Connect><Stream url="{media}/twilio/media">`` carrying a stream token
-  bound to the CallSid, or ``<Reject reason="rejected"/>`` for a number the edge does not serve.
+  answer is TwiML ``<Connect><Stream url="{media}/twilio/media/{key}">`` carrying one
+  ``<Parameter name="token">``: a stream token bound to the CallSid that signs the call's
+  numbers, country, direction and answering-machine result, whose key is the URL's last
+  segment; or ``<Reject reason="rejected"/>`` for a number the edge does not serve. See
+  :func:`_voice` for why a replayed webhook cannot open a second session.
 * ``POST /twilio/status``: call status callbacks. Signature checked; fields go to ``on_status``.
 * ``POST /token`` (and ``OPTIONS``) and ``POST /livekit/webhook``: the web path, in
   :mod:`edge_worker.livekit_routes`. A webhook that calls for an agent returns a
@@ -31,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from callplane.security import mint_stream_token, validate_twilio_signature
+from callplane.security import mint_stream_token, stream_url, validate_twilio_signature
 from edge_worker import livekit_routes, playground
 from edge_worker.config import EdgeConfig
 from edge_worker.rate_limit import TokenBucket
@@ -148,6 +151,23 @@ Handler = Callable[[_Call], EdgeResponse]
 
 
 def _voice(call: _Call) -> EdgeResponse:
+    """The TwiML for a signed voice webhook.
+
+    Replays: Twilio's signature has no timestamp, and this edge keeps no state (it runs on
+    Cloudflare), so the same signed webhook sent again, a minute or a month later, gets a fresh
+    token valid for 60 s. That token cannot open a session, for two reasons the media plane
+    enforces. First, the stream URL carries the token's key and Twilio signs the upgrade over
+    that URL: only Twilio, dialling the call it is connecting, can open it, and a captured
+    upgrade signature fits only the token it came with. Second, the token names the CallSid, and
+    the media plane admits one stream per CallSid, ever (a claim in the shared state, kept
+    longer than any call and token last; the call's record is never replaced). So the window of
+    a replayed webhook is nil for a call that had its stream, and even for one that never had
+    one, no session opens without Twilio's upgrade.
+
+    Everything the media plane records about the call (numbers, country, direction, the
+    answering-machine result) is signed into the token, taken from this signed form; the TwiML
+    has no other parameter that anyone could alter.
+    """
     config, request, now = call.config, call.request, call.now
     form = _verified_form(config, request)
     if isinstance(form, EdgeResponse):
@@ -163,30 +183,35 @@ def _voice(call: _Call) -> EdgeResponse:
     call_sid = _first(form, "CallSid")
     if not call_sid:
         return _text(400, "the voice webhook has no CallSid; it must come from Twilio")
-    # The caller's fields go to the media plane as <Parameter> values: XML must be able to
-    # carry them (Twilio never sends a control character; a request that does is refused).
-    passed: list[tuple[str, str]] = []
-    for name, source in (
-        ("to", "To"),
-        ("from", "From"),
-        ("country", "ToCountry" if outbound else "FromCountry"),
-        ("answered_by", "AnsweredBy"),
+    # The caller's fields are signed into the stream token: XML (and so TwiML) must be able
+    # to carry them too (Twilio never sends a control character; a request that does is refused).
+    country_field = "ToCountry" if outbound else "FromCountry"
+    for name, value in (
+        ("To", to),
+        ("From", _first(form, "From")),
+        (country_field, _first(form, country_field)),
+        ("AnsweredBy", _first(form, "AnsweredBy")),
     ):
-        value = to if name == "to" else _first(form, source)
         if _NOT_XML.search(value):
             return _text(
                 400,
-                f"{source}={value[:80]!r} holds a character that XML, and so TwiML, cannot "
+                f"{name}={value[:80]!r} holds a character that XML, and so TwiML, cannot "
                 "carry (a control character); Twilio never sends one",
             )
-        if value or name == "to":
-            passed.append((name, value))
-    token = mint_stream_token(config.stream_secret, call_sid, route.profile, route.region, now=now)
-    parameters = [("token", token), ("profile", route.profile), passed[0]]
-    if outbound:
-        parameters.append(("direction", "outbound"))
-    parameters.extend(passed[1:])
-    return _xml(stream_twiml(config.media_stream_url(route.region), parameters))
+    token = mint_stream_token(
+        config.stream_secret,
+        call_sid,
+        route.profile,
+        route.region,
+        now=now,
+        from_=_first(form, "From"),
+        to=to,
+        country=_first(form, country_field),
+        direction="outbound" if outbound else "inbound",
+        answered_by=_first(form, "AnsweredBy"),
+    )
+    url = stream_url(config.media_stream_url(route.region), token)
+    return _xml(stream_twiml(url, [("token", token)]))
 
 
 def _status(call: _Call) -> EdgeResponse:

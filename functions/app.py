@@ -188,8 +188,8 @@ STREAM_PORT = 8000
 @modal.web_server(STREAM_PORT, startup_timeout=60, label=STREAMS_LABEL)
 def media_streams() -> None:
     """Twilio's media streams on the picows stream server (``functions.stream_server``): the
-    same stream handling as the media app's ``/twilio/media`` route at about two thirds of its
-    CPU per frame (docs/performance.md). The edge's TwiML points Twilio here; the HTTP routes
+    same stream handling as the media app's ``/twilio/media/<key>`` route at about two thirds
+    of its CPU per frame (docs/performance.md). The edge's TwiML points Twilio here; the HTTP routes
     stay on ``media``. Modal's web_server needs the server to listen on all of the container's
     interfaces.
     """

@@ -1,7 +1,8 @@
 """The media plane's FastAPI app: Twilio media streams in, Realtime sessions out.
 
 Thin by design: the HTTP routes (records, outbound calls, agent dispatch) and the ASGI
-``/twilio/media`` route, which hands each stream to :class:`functions.media_streams.MediaStreams`
+``/twilio/media/<key>`` route, which hands each stream to
+:class:`functions.media_streams.MediaStreams`
 (authentication, profiles, the conversation, the record). Modal serves this app in the cloud
 (``functions/app.py``); uvicorn serves the very same app offline. The picows stream server
 (``functions.stream_server``) accepts media streams for the same ``MediaStreams`` at a fraction
@@ -130,18 +131,27 @@ def create_app(
             raise HTTPException(404, f"no call {call_sid!r} on this stack")
         return {"live": stored.get("status") == "live", "record": stored}
 
-    @app.websocket("/twilio/media")
-    async def twilio_media(ws: WebSocket) -> None:
-        if not streams.upgrade_allowed(ws.headers.get("x-twilio-signature", ""), ws.client):
+    async def media_stream(ws: WebSocket, key: str) -> None:
+        signature = ws.headers.get("x-twilio-signature", "")
+        if not streams.upgrade_allowed(key, signature, ws.client):
             await ws.close(code=CLOSE_BAD_SIGNATURE)
             return
         await ws.accept()
         socket = AsgiSocket(ws)
         socket.start()
         try:
-            await streams.serve(socket)
+            await streams.serve(socket, key)
         finally:
             await socket.close()
+
+    @app.websocket("/twilio/media/{key}")
+    async def twilio_media(ws: WebSocket, key: str) -> None:
+        await media_stream(ws, key)
+
+    @app.websocket("/twilio/media")
+    async def twilio_media_without_key(ws: WebSocket) -> None:
+        # Refused, with a log line that says why: Twilio opens the per-call URL of the TwiML.
+        await media_stream(ws, "")
 
     return app
 

@@ -7,9 +7,22 @@ stream server (``functions.stream_server``, the bridge's fast path). Both hand t
 :class:`~callplane.transports.socket.MessageSocket`, so authentication, profiles, records and
 the conversation are one piece of code with two thin adapters.
 
-Every stream is authenticated twice before any Realtime session opens: the upgrade's
-``X-Twilio-Signature`` (over the public URL, so proxies do not matter) and the stream token the
-edge put in the TwiML (HMAC, bound to the CallSid, 60 s, single use).
+Before any Realtime session opens, every stream must pass, in order:
+
+1. the upgrade's ``X-Twilio-Signature``, over the public URL of this call's stream,
+   ``public_media_url + "/" + key`` (so proxies do not matter, and the signature is good for
+   this one URL: the edge puts a new key in each call's TwiML);
+2. the stream token from the ``start`` message (HMAC, bound to the CallSid, 60 s);
+3. the URL's key is that token's (:func:`~callplane.security.stream_key_matches`), so a captured
+   upgrade cannot carry any other token, not even one from a replayed voice webhook;
+4. the call's claim in the shared state: one media stream per CallSid, ever
+   (:class:`~callplane.coordination.CallStreams`, in Redis when the app has several
+   containers, so it holds on whichever container a replay lands and after the container that
+   served the call is gone).
+
+The call's record takes its numbers, country, direction and answering-machine result from the
+token, which the edge signed from Twilio's signed webhook, never from the stream's other custom
+parameters, which nobody signs; a parameter that disagrees with the token is logged.
 """
 
 from __future__ import annotations
@@ -30,7 +43,10 @@ from callplane.profiles import resolve_tools
 from callplane.records import CallRecord, RecordStore
 from callplane.rooms.phone import PhoneRoomBridge
 from callplane.security import (
+    StreamClaims,
     StreamTokenError,
+    is_stream_key,
+    stream_key_matches,
     validate_twilio_signature,
     verify_stream_token,
 )
@@ -43,19 +59,31 @@ log = logging.getLogger("callplane.media")
 
 # Close codes for refused streams (4000-4999 are for applications).
 CLOSE_BAD_SIGNATURE = 4401
-CLOSE_BAD_TOKEN = 4403
+CLOSE_BAD_TOKEN = 4403  # also a second stream for a call that already had one
 CLOSE_NO_START = 4400
 CLOSE_UNKNOWN_PROFILE = 4404
 CLOSE_NO_LIVEKIT = 4503  # the profile names a hybrid room but no LiveKit server is configured
-CLOSE_UNAVAILABLE = 4504  # the shared state (Redis) is unreachable: the token cannot be checked
+CLOSE_UNAVAILABLE = 4504  # the shared state (Redis) is unreachable: the call cannot be claimed
 START_TIMEOUT_S = 10.0
+
+SIGNED_PARAMETERS = {
+    "from": "from_",
+    "to": "to",
+    "country": "country",
+    "profile": "profile",
+    "direction": "direction",
+    "answered_by": "answered_by",
+}
+"""Custom parameter -> the stream-token claim that decides it. The edge sends only ``token``; a
+stream that carries any of these anyway is compared with the token, and the token wins."""
 
 
 class MediaStreams:
     """The media app's calls: live records, stats and the handling of each stream.
 
-    State that must hold across containers goes through ``coordination`` (stream-token nonces,
-    which outbound request a CallSid belongs to, the day's outbound spend, live-call snapshots);
+    State that must hold across containers goes through ``coordination`` (which CallSids had
+    their media stream, which outbound request a CallSid belongs to, the day's outbound spend,
+    live-call snapshots);
     records go to ``store`` as the call goes. What stays here is this container's own: its live
     calls and its counters."""
 
@@ -76,11 +104,22 @@ class MediaStreams:
         self.toolsets = {name: resolve_tools(p, tools) for name, p in settings.profiles.items()}
         self._board: asyncio.Task[None] | None = None
 
-    def upgrade_allowed(self, signature: str, peer: object) -> bool:
-        """Check the upgrade's X-Twilio-Signature (over the public media URL, no params)."""
-        if validate_twilio_signature(
-            self.settings.twilio_auth_token, self.settings.public_media_url, {}, signature
-        ):
+    def upgrade_allowed(self, key: str, signature: str, peer: object) -> bool:
+        """Check the upgrade to ``/twilio/media/<key>``: ``key`` must have a stream key's shape
+        and X-Twilio-Signature must be Twilio's over ``public_media_url + "/" + key``, the URL
+        the edge put in this call's TwiML (no params). ``key`` is empty for the bare path."""
+        if not is_stream_key(key):
+            self.stats["refused_no_key"] += 1
+            log.warning(
+                "media stream refused: the URL from %s has no per-call key; Twilio opens "
+                "%s/<key> as the edge writes it in the TwiML, so deploy the edge and the media "
+                "function from the same version",
+                peer,
+                self.settings.public_media_url,
+            )
+            return False
+        url = f"{self.settings.public_media_url}/{key}"
+        if validate_twilio_signature(self.settings.twilio_auth_token, url, {}, signature):
             return True
         self.stats["refused_signature"] += 1
         log.warning("media stream refused: bad or missing X-Twilio-Signature from %s", peer)
@@ -93,8 +132,10 @@ class MediaStreams:
             return record.to_json()
         return await self.coordination.live.get(call_sid)
 
-    async def serve(self, socket: MessageSocket) -> None:
-        """One accepted stream: check its start and token, run the call, record it as it goes."""
+    async def serve(self, socket: MessageSocket, key: str) -> None:
+        """One accepted stream, upgraded at the URL with ``key`` (checked by
+        :meth:`upgrade_allowed`): check its start, its token and its call's claim, run the call,
+        record it as it goes."""
         settings, stats = self.settings, self.stats
         start = await _read_start(socket)
         if start is None:
@@ -114,49 +155,39 @@ class MediaStreams:
             await socket.close(CLOSE_NO_START)
             return
         try:
-            now = time.time()
-            claims = verify_stream_token(
-                settings.stream_secret,
-                start.custom_parameters.get("token", ""),
-                start.call_sid,
-                now=now,
-            )
-            if not await self.coordination.nonces.claim(claims.nonce, claims.expires_at, now):
-                raise StreamTokenError(
-                    "replayed", f"the token for call {claims.call_sid!r} was already used"
-                )
+            claims = await self._admit(start, key)
         except StreamTokenError as exc:
             stats[f"refused_token_{exc.reason}"] += 1
-            log.warning(
-                "media stream for call %s refused: stream token %s", start.call_sid, exc.reason
-            )
+            # The message names the reason, the call and the fix; never the token or its key.
+            log.warning("media stream for call %s refused: %s", start.call_sid, exc)
             await socket.close(CLOSE_BAD_TOKEN)
             return
         except CoordinationUnavailable as exc:
             stats["refused_coordination"] += 1
             log.error(
-                "media stream for call %s refused: its token cannot be checked as unused: %s",
+                "media stream for call %s refused: the call cannot be checked for an earlier "
+                "media stream: %s",
                 start.call_sid,
                 exc,
             )
             await socket.close(CLOSE_UNAVAILABLE)
             return
+        self._compare_unsigned(start, claims)
         profile = settings.profiles.get(claims.profile)
         if profile is None:
             stats["refused_profile"] += 1
             log.error("call %s: profile %r is not configured here", start.call_sid, claims.profile)
             await socket.close(CLOSE_UNKNOWN_PROFILE)
             return
-        params = start.custom_parameters
         context: dict[str, Any] = {}
         answered_by = None
-        outbound = params.get("direction") == "outbound"
+        outbound = claims.direction == "outbound"
         if outbound:
             job = await self._outbound_job(start.call_sid)
             if job is not None:  # the request behind the call, whichever container placed it
                 profile = settings.profiles.get(str(job.get("profile"))) or profile
                 context = dict(job.get("context") or {})
-            answered_by = params.get("answered_by") or None
+            answered_by = claims.answered_by or None
         livekit = settings.livekit
         if profile.room is not None:
             if livekit is None:
@@ -173,9 +204,9 @@ class MediaStreams:
             context = {**context, "room": profile.room}
         record = CallRecord(
             call_sid=start.call_sid,
-            from_=params.get("from", ""),
-            to=params.get("to", ""),
-            country=params.get("country", ""),
+            from_=claims.from_,
+            to=claims.to,
+            country=claims.country,
             profile=profile.name,
             direction="outbound" if outbound else "inbound",
             answered_by=answered_by,
@@ -225,6 +256,50 @@ class MediaStreams:
             await self.store.flush(timeout_s=2.0)
             # Twilio usually closed the stream first (the call ended); that is not an error.
             await socket.close()
+
+    async def _admit(self, start: tp.Start, key: str) -> StreamClaims:
+        """The claims of a stream that may open a session, or :class:`StreamTokenError`: a bad
+        token, a URL made for another token (``wrong_stream``), or a call that already had its
+        media stream (``replayed``). Raises :class:`CoordinationUnavailable` when the call's
+        claim cannot be taken."""
+        token = start.custom_parameters.get("token", "")
+        claims = verify_stream_token(
+            self.settings.stream_secret, token, start.call_sid, now=time.time()
+        )
+        if not stream_key_matches(key, token):
+            raise StreamTokenError(
+                "wrong_stream",
+                f"the stream URL was signed for another token than the one call "
+                f"{start.call_sid!r} presented",
+            )
+        # Taken once and never given back: the claim outlives the call and any token for it
+        # (CALL_STREAM_KEEP_S), in Redis when several containers serve streams. The stream SID
+        # comes from the client: cut and quoted, it only tells a reader of the logs which one.
+        this = f"stream {start.stream_sid[:40]!r} on {self.store.owner}"
+        first = await self.coordination.streams.claim(claims.call_sid, this)
+        if first is not None:
+            raise StreamTokenError(
+                "replayed", f"call {claims.call_sid!r} already had its media stream ({first})"
+            )
+        return claims
+
+    def _compare_unsigned(self, start: tp.Start, claims: StreamClaims) -> None:
+        """Log a stream whose unsigned custom parameters disagree with its signed token (the
+        token's values are the ones used): someone other than the edge wrote them."""
+        params = start.custom_parameters
+        differ = [
+            name
+            for name, claim in SIGNED_PARAMETERS.items()
+            if name in params and params[name] != getattr(claims, claim)
+        ]
+        if differ:
+            self.stats["ignored_unsigned_parameters"] += 1
+            log.warning(
+                "call %s: custom parameters %s differ from what the stream token signs; the "
+                "token's values are recorded",
+                start.call_sid,
+                ", ".join(differ),
+            )
 
     async def _ended(self, record: CallRecord) -> None:
         """What other containers must learn when a call ends: its live snapshot goes, and an

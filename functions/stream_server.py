@@ -6,9 +6,10 @@ Why a second server for the same streams: a call is 50 media frames a second eac
 under uvicorn every frame passes the ASGI message dicts, Starlette's WebSocket and a coroutine
 per send. ``bench/ws_stacks.py`` measured a paced relay at 57 µs of CPU per frame with the
 Starlette server and 26 µs with picows on both sides. The HTTP routes (records, outbound calls,
-agent dispatch) stay on the FastAPI app; this server accepts only ``/twilio/media`` and hands
-each stream to the same :class:`functions.media_streams.MediaStreams`, so authentication,
-profiles and records are the same code whichever server took the call.
+agent dispatch) stay on the FastAPI app; this server accepts only ``/twilio/media/<key>`` (the
+per-call stream URL the edge writes in the TwiML) and hands each stream to the same
+:class:`functions.media_streams.MediaStreams`, so authentication, profiles and records are the
+same code whichever server took the call.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ class _Stream(PicowsSocket):
 
     max_message_bytes = MAX_FRAME_BYTES  # fragments of a message count together
 
-    def __init__(self, server: StreamServer) -> None:
+    def __init__(self, server: StreamServer, key: str) -> None:
         super().__init__()
         self._server = server
+        self.key = key  # the per-call key of the URL it was upgraded at
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         super().on_ws_connected(transport)
@@ -59,7 +61,7 @@ class _Stream(PicowsSocket):
 
 
 class StreamServer:
-    """Serves ``/twilio/media`` for ``streams`` until :meth:`stop`."""
+    """Serves ``/twilio/media/<key>`` for ``streams`` until :meth:`stop`."""
 
     def __init__(self, streams: MediaStreams) -> None:
         self.streams = streams
@@ -87,13 +89,19 @@ class StreamServer:
 
     def _upgrade(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
         path = request.path.split(b"?", 1)[0]
-        if path != STREAM_PATH:
-            return _refuse(HTTPStatus.NOT_FOUND, f"only {STREAM_PATH.decode()} is served here")
+        if path != STREAM_PATH and not path.startswith(STREAM_PATH + b"/"):
+            where = STREAM_PATH.decode()
+            return _refuse(HTTPStatus.NOT_FOUND, f"only {where}/<key> is served here")
+        # The bare path gives an empty key, which upgrade_allowed refuses (and says why).
+        key = path[len(STREAM_PATH) + 1 :].decode("ascii", "replace")
         signature = request.headers.get("x-twilio-signature", "")
         peer = request.headers.get("x-forwarded-for", "a direct peer")
-        if not self.streams.upgrade_allowed(signature, peer):
-            return _refuse(HTTPStatus.FORBIDDEN, "bad or missing X-Twilio-Signature")
-        return _Stream(self)
+        if not self.streams.upgrade_allowed(key, signature, peer):
+            return _refuse(
+                HTTPStatus.FORBIDDEN,
+                "bad or missing X-Twilio-Signature for this stream URL, or no per-call key",
+            )
+        return _Stream(self, key)
 
     def _spawn(self, stream: _Stream) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(stream))
@@ -102,7 +110,7 @@ class StreamServer:
 
     async def _serve(self, stream: _Stream) -> None:
         try:
-            await self.streams.serve(stream)
+            await self.streams.serve(stream, stream.key)
         except Exception:
             log.exception("media stream failed")
         finally:
@@ -129,7 +137,7 @@ async def serve_from_env(host: str, port: int) -> None:
     server = StreamServer(streams)
     sock = socket.create_server((host, port))
     await server.start(sock)
-    log.info("media streams on ws://%s:%d%s", host, port, STREAM_PATH.decode())
+    log.info("media streams on ws://%s:%d%s/<key>", host, port, STREAM_PATH.decode())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # what Modal and a supervisor send to stop it

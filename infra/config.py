@@ -576,7 +576,7 @@ class StackConfig(_Model):
                 )
             if self.redis_url is None:
                 problems.append(
-                    "callplane:redisUrl is missing on a cloud stack: single-use stream tokens, "
+                    "callplane:redisUrl is missing on a cloud stack: one media stream per call, "
                     "one agent per room and outbound limits must hold across containers. Fix: "
                     "pulumi config set --secret callplane:redisUrl rediss://:password@host:6379/0"
                 )

@@ -21,7 +21,11 @@ from callplane.security import (
     ReplayGuard,
     StreamClaims,
     StreamTokenError,
+    is_stream_key,
     mint_stream_token,
+    stream_key,
+    stream_key_matches,
+    stream_url,
     twilio_signature,
     twilio_url_variants,
     validate_twilio_signature,
@@ -235,9 +239,54 @@ def mint(now: float = 1_000.0, call_sid: str = CALL, nonce: str | None = None) -
 
 def test_token_round_trip() -> None:
     token = mint(now=1_000.5, nonce="n1")
-    assert re.fullmatch(r"cp1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}", token), token
+    assert re.fullmatch(r"cp2\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}", token), token
     claims = verify_stream_token(SECRET, token, CALL, now=1_001.0)
     assert claims == StreamClaims(CALL, "support", "us", expires_at=1_060, nonce="n1")
+    assert (claims.from_, claims.to, claims.country) == ("", "", "")
+    assert (claims.direction, claims.answered_by) == ("inbound", "")
+
+
+def test_the_call_facts_from_the_webhook_are_signed_into_the_token() -> None:
+    token = mint_stream_token(
+        SECRET,
+        CALL,
+        "reminders",
+        "eu",
+        now=1_000,
+        from_="+442071234567",
+        to="+923001234567",
+        country="PK",
+        direction="outbound",
+        answered_by="machine_end_beep",
+    )
+    claims = verify_stream_token(SECRET, token, CALL, now=1_001)
+    assert (claims.from_, claims.to, claims.country) == ("+442071234567", "+923001234567", "PK")
+    assert (claims.direction, claims.answered_by) == ("outbound", "machine_end_beep")
+    # changing any of them breaks the signature
+    version, payload, signature = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    for key, value in (("f", "+15550000000"), ("k", "US"), ("d", "inbound"), ("a", "human")):
+        forged = base64.urlsafe_b64encode(json.dumps({**data, key: value}).encode())
+        assert refused(f"{version}.{forged.rstrip(b'=').decode()}.{signature}").reason == (
+            "bad_signature"
+        )
+
+
+def test_a_stream_url_is_the_media_url_plus_the_tokens_key() -> None:
+    first, second = mint(nonce="n1"), mint(nonce="n2")
+    url = stream_url("wss://media.example.com/twilio/media", first)
+    assert url == "wss://media.example.com/twilio/media/" + first.split(".")[2]
+    key = url.rsplit("/", 1)[1]
+    assert key == stream_key(first) and is_stream_key(key)
+    assert stream_key_matches(key, first)
+    # a key admits only its own token: another token for the same call does not fit
+    assert stream_key(second) != key and not stream_key_matches(key, second)
+    for bad_key in ("", key[:-1], key + "A", key[:-1] + "!", "é" * 43):
+        assert not stream_key_matches(bad_key, first) and not is_stream_key(bad_key)
+    for bad_token in ("", "garbage", "cp1." + first.split(".", 1)[1], None):
+        assert not stream_key_matches(key, bad_token)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stream token"):
+        stream_key("cp2.abc.short")
 
 
 def test_tokens_have_fresh_nonces() -> None:
@@ -304,7 +353,7 @@ def test_tampered_signature() -> None:
         "cp1",
         "cp1..",
         "cp1.abc",
-        "cp2.abc.def",
+        "cp3.abc.def",
         "cp1.!!!.abc",
         "cp1.abc.d=f",
         "cp1.a.b",
@@ -318,8 +367,18 @@ def test_garbage_is_malformed(garbage: str) -> None:
     assert refused(garbage).reason == "malformed"
 
 
+FACTS = {"f": "+15550001111", "t": "+15550002222", "k": "US", "d": "inbound", "a": ""}
+
+
+def test_a_well_formed_payload_signed_here_is_accepted() -> None:
+    """The payloads the test below breaks, whole: only their one defect makes them malformed."""
+    payload = {**FACTS, "c": CALL, "p": "s", "r": "us", "e": 1060, "n": "x"}
+    claims = verify_stream_token(SECRET, signed(json.dumps(payload).encode()), CALL, now=1_000)
+    assert (claims.from_, claims.country, claims.expires_at) == ("+15550001111", "US", 1060)
+
+
 def signed(payload: bytes) -> str:
-    part = "cp1." + base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    part = "cp2." + base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
     mac = hmac.new(SECRET.encode(), part.encode(), hashlib.sha256).digest()
     return part + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
@@ -331,10 +390,18 @@ def signed(payload: bytes) -> str:
         b"\xff\xfe",
         b"[1, 2]",
         b'{"c": "CA1"}',
-        json.dumps({"c": CALL, "p": "s", "r": "us", "e": "1060", "n": "x"}).encode(),
-        json.dumps({"c": CALL, "p": "s", "r": "us", "e": True, "n": "x"}).encode(),
-        json.dumps({"c": CALL, "p": "", "r": "us", "e": 1060, "n": "x"}).encode(),
-        json.dumps({"c": CALL, "p": "s", "r": "us", "e": 1060, "n": 7}).encode(),
+        json.dumps({**FACTS, "c": CALL, "p": "s", "r": "us", "e": "1060", "n": "x"}).encode(),
+        json.dumps({**FACTS, "c": CALL, "p": "s", "r": "us", "e": True, "n": "x"}).encode(),
+        json.dumps({**FACTS, "c": CALL, "p": "", "r": "us", "e": 1060, "n": "x"}).encode(),
+        json.dumps({**FACTS, "c": CALL, "p": "s", "r": "us", "e": 1060, "n": 7}).encode(),
+        # a cp1 payload, without the call's facts, signed as cp2
+        json.dumps({"c": CALL, "p": "s", "r": "us", "e": 1060, "n": "x"}).encode(),
+        json.dumps(
+            {**FACTS, "f": 15550001111, "c": CALL, "p": "s", "r": "us", "e": 1060, "n": "x"}
+        ).encode(),
+        json.dumps(
+            {**FACTS, "d": "sideways", "c": CALL, "p": "s", "r": "us", "e": 1060, "n": "x"}
+        ).encode(),
     ],
 )
 def test_signed_but_malformed_payloads(payload: bytes) -> None:
@@ -355,6 +422,9 @@ def test_non_string_token_is_malformed() -> None:
         ({"profile": ""}, "profile"),
         ({"region": ""}, "region"),
         ({"ttl_s": 0}, "ttl_s"),
+        ({"direction": "sideways"}, "direction"),
+        ({"from_": None}, "from_"),
+        ({"country": 1}, "country"),
         ({"ttl_s": 7200}, "ttl_s"),
         ({"now": float("nan")}, "now"),
     ],

@@ -29,8 +29,6 @@ import (
 // duplicated or reordered anything while its writes were paused.
 
 type twilioConfig struct {
-	URL         string         `json:"url"`
-	Signature   string         `json:"signature"`
 	AccountSid  string         `json:"account_sid"`
 	Streams     []streamConfig `json:"streams"`
 	Seconds     float64        `json:"seconds"`
@@ -47,10 +45,14 @@ type twilioConfig struct {
 	StallRcvBuf int            `json:"stall_read_buffer"` // SO_RCVBUF of a stalling stream (0: the kernel's)
 }
 
+// Each stream has its own URL (the media URL plus its token's key) and Twilio's signature
+// over it, as the edge's TwiML and Twilio make them.
 type streamConfig struct {
 	CallSid   string `json:"call_sid"`
 	StreamSid string `json:"stream_sid"`
 	Token     string `json:"token"`
+	URL       string `json:"url"`
+	Signature string `json:"signature"`
 }
 
 type streamResult struct {
@@ -333,7 +335,6 @@ func runTwilio(configPath, outPath string) error {
 		return fmt.Errorf("%s: slots, cycle_ticks, connect_parallel and seconds must be positive", configPath)
 	}
 	streams := make([]*twilioStream, len(cfg.Streams))
-	header := http.Header{"X-Twilio-Signature": {cfg.Signature}}
 	dialer := websocket.Dialer{HandshakeTimeout: 10 * time.Second, ReadBufferSize: 8192, WriteBufferSize: 8192}
 	t0 := time.Now()
 	gate := make(chan struct{}, cfg.Parallel)
@@ -345,7 +346,8 @@ func runTwilio(configPath, outPath string) error {
 			defer wg.Done()
 			gate <- struct{}{}
 			defer func() { <-gate }()
-			conn, resp, err := dialer.Dial(cfg.URL, header)
+			header := http.Header{"X-Twilio-Signature": {sc.Signature}}
+			conn, resp, err := dialer.Dial(sc.URL, header)
 			if err != nil {
 				status := ""
 				if resp != nil {

@@ -1,5 +1,5 @@
-"""State that must hold across media containers: stream-token nonces, room leases, live-call
-snapshots and the outbound dialer's slots, queue and budget.
+"""State that must hold across media containers: one media stream per CallSid, stream-token
+nonces, room leases, live-call snapshots and the outbound dialer's slots, queue and budget.
 
 ``connect(url)`` picks the store: Redis when a URL is configured (every container sees the same
 state), the in-process store when it is None (a single process: the local stack, tests). Code
@@ -7,18 +7,21 @@ is written once against the interfaces in :mod:`callplane.coordination.base`::
 
     coordination = connect(settings.redis_url)
     await coordination.ping()  # fails fast, naming the URL, if Redis is unreachable
-    if not await coordination.nonces.claim(claims.nonce, claims.expires_at, now=time.time()):
-        ...  # a replayed stream token
+    first = await coordination.streams.claim(call_sid, "MZ… on host:pid")
+    if first is not None:
+        ...  # the call already had its media stream: refuse this one
 """
 
 from __future__ import annotations
 
 from callplane.coordination.base import (
+    CALL_STREAM_KEEP_S,
     MAX_CAP_GROUP_CHARS,
     MAX_JOBS,
     MAX_STATUSES,
     QUEUE_LEASE_S,
     SPEND_KEEP_S,
+    CallStreams,
     Caps,
     Coordination,
     LiveCalls,
@@ -32,12 +35,14 @@ from callplane.coordination.redis_backend import RedisCoordination
 from callplane.coordination.redis_link import DEFAULT_TIMEOUT_S
 
 __all__ = [
+    "CALL_STREAM_KEEP_S",
     "DEFAULT_TIMEOUT_S",
     "MAX_CAP_GROUP_CHARS",
     "MAX_JOBS",
     "MAX_STATUSES",
     "QUEUE_LEASE_S",
     "SPEND_KEEP_S",
+    "CallStreams",
     "CapReached",
     "Caps",
     "Coordination",

@@ -18,11 +18,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 __all__ = [
+    "CALL_STREAM_KEEP_S",
     "MAX_CAP_GROUP_CHARS",
     "MAX_JOBS",
     "MAX_STATUSES",
     "QUEUE_LEASE_S",
     "SPEND_KEEP_S",
+    "CallStreams",
     "Coordination",
     "LiveCalls",
     "Nonces",
@@ -48,6 +50,13 @@ cap keeps a misbehaving sender from growing the list without bound."""
 
 SPEND_KEEP_S = 3 * 86_400.0
 """How long a day's spend total is kept: long enough to read yesterday's in any time zone."""
+
+CALL_STREAM_KEEP_S = 2 * 86_400.0
+"""How long the shared state remembers that a CallSid had its media stream: two days, longer
+than a call and its stream token can last together (Twilio ends every call at its time limit,
+24 hours at most, and a stream token lives an hour at most), with a margin for clocks. While
+anything could still present a token for the call, its claim is there to refuse a second
+stream; after that, no stream can start without Twilio's signature over a new token's URL."""
 
 
 MAX_CAP_GROUP_CHARS = 64
@@ -111,6 +120,31 @@ class Nonces(Protocol):
         """True the first time ``nonce`` is seen (it is remembered until ``expires_at``); False
         if it was already claimed (a replay), or if ``expires_at`` is not after ``now`` (an
         expired token must not start a stream either, and there is nothing to remember)."""
+        ...
+
+
+class CallStreams(Protocol):
+    """One media stream per CallSid, ever: a repeated stream, a replayed stream token or the
+    stream of a replayed voice webhook for a call that already had its stream is refused, on
+    whichever container it lands, while the call is live and after it ended.
+
+    The claim is taken once, before any Realtime session opens, and never renewed or released:
+    a stream that ends does not give its call back. It lapses after ``ttl_s``
+    (:data:`CALL_STREAM_KEEP_S` by default), when no token for the call can be valid any more.
+    """
+
+    async def claim(
+        self, call_sid: str, stream: str, ttl_s: float = CALL_STREAM_KEEP_S
+    ) -> str | None:
+        """Take ``call_sid`` for ``stream`` (a description of the stream, kept for logs and
+        :meth:`holder`) if no stream took it before: None when the call is now this stream's,
+        else the description the first stream left. Atomic across containers: of streams
+        claiming one call at once, exactly one gets None."""
+        ...
+
+    async def holder(self, call_sid: str) -> str | None:
+        """The description left by the stream that took ``call_sid``, or None if none did (or
+        its claim lapsed)."""
         ...
 
 
@@ -297,6 +331,9 @@ class Coordination(Protocol):
 
     @property
     def nonces(self) -> Nonces: ...
+
+    @property
+    def streams(self) -> CallStreams: ...
 
     @property
     def leases(self) -> RoomLeases: ...

@@ -5,8 +5,10 @@ deployment. It has the same interfaces and passes the same contract tests as the
 Every method runs to completion without awaiting, so each is atomic on the event loop; it is not
 meant to be shared between threads.
 
-Memory is bounded: every entry has an expiry and is pruned lazily, the nonce set has a size cap
-(evicting the soonest-expiring nonce first, as :class:`callplane.security.ReplayGuard` does),
+Memory is bounded: every entry has an expiry and is pruned lazily, the nonce set and the call
+streams have a size cap (evicting the soonest-expiring entry first, as
+:class:`callplane.security.ReplayGuard` does: the claims of the oldest calls, whose tokens
+expired long before),
 the jobs index keeps :data:`~callplane.coordination.base.MAX_JOBS` entries and a call's status
 list :data:`~callplane.coordination.base.MAX_STATUSES`.
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from callplane.coordination._expiring import Expiring
 from callplane.coordination.base import (
+    CALL_STREAM_KEEP_S,
     MAX_JOBS,
     MAX_STATUSES,
     QUEUE_LEASE_S,
@@ -35,6 +38,7 @@ from callplane.coordination.base import (
 from callplane.coordination.errors import CapReached
 
 __all__ = [
+    "MemoryCallStreams",
     "MemoryCoordination",
     "MemoryLiveCalls",
     "MemoryNonces",
@@ -45,6 +49,7 @@ __all__ = [
 Clock = Callable[[], float]
 
 DEFAULT_MAX_NONCES = 65_536
+DEFAULT_MAX_CALL_STREAMS = 100_000
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -82,6 +87,41 @@ class MemoryNonces:
             self._seen.evict_soonest()
         self._seen.put(nonce, True, expires_at)
         return True
+
+
+class MemoryCallStreams:
+    """Which stream took each CallSid, expiring on ``clock``, at most ``max_entries`` calls."""
+
+    def __init__(
+        self, clock: Clock = time.monotonic, max_entries: int = DEFAULT_MAX_CALL_STREAMS
+    ) -> None:
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries={max_entries!r} is invalid: use a positive integer")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._calls: Expiring[str] = Expiring()
+
+    def __len__(self) -> int:
+        """How many calls are remembered (lapsed ones go at the next claim)."""
+        return len(self._calls)
+
+    async def claim(
+        self, call_sid: str, stream: str, ttl_s: float = CALL_STREAM_KEEP_S
+    ) -> str | None:
+        """See :meth:`callplane.coordination.base.CallStreams.claim`."""
+        ttl_s = require_positive("ttl_s", ttl_s)
+        now = self._clock()
+        first = self._calls.get(call_sid, now)
+        if first is not None:
+            return first
+        while len(self._calls) >= self.max_entries:
+            self._calls.evict_soonest()
+        self._calls.put(call_sid, stream, now + ttl_s)
+        return None
+
+    async def holder(self, call_sid: str) -> str | None:
+        """See :meth:`callplane.coordination.base.CallStreams.holder`."""
+        return self._calls.get(call_sid, self._clock())
 
 
 class MemoryRoomLeases:
@@ -342,6 +382,7 @@ class MemoryCoordination:
 
     def __init__(self, clock: Clock = time.monotonic, max_nonces: int = DEFAULT_MAX_NONCES) -> None:
         self.nonces = MemoryNonces(max_nonces)
+        self.streams = MemoryCallStreams(clock)
         self.leases = MemoryRoomLeases(clock)
         self.live = MemoryLiveCalls(clock)
         self.outbound = MemoryOutboundState(clock)

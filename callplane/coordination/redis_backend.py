@@ -9,6 +9,8 @@ sets are trimmed, so nothing grows with the service's age:
 key                           type    written by                         expiry
 ============================  ======  =================================  =========================
 ``{P}nonce:<nonce>``          string  ``Nonces.claim`` (SET NX PXAT)     the token's expiry
+``{P}stream:<CallSid>``       string  ``CallStreams.claim`` (set if      ``ttl_s``, two days by
+                                      absent): the first stream          default; never deleted
 ``{P}room:<room>``            string  ``RoomLeases.acquire``/``renew``:  ``ttl_s`` after the last
                                       the holder's job id                renewal; ``release``
                                                                          deletes it
@@ -35,10 +37,11 @@ key                           type    written by                         expiry
 ============================  ======  =================================  =========================
 
 Lease compare-and-set (renew and release only by the holder), counting and taking a place in the
-cap groups, and the jobs index are Lua scripts, so two containers never interleave inside them:
-two dispatches racing for the last place under a cap on two containers get it once. The scripts
-read Redis's own clock (``TIME``) for the cap groups' expiries, the clock that expires the
-``room:`` keys, so a lease counts in its groups exactly as long as it lives.
+cap groups, the call-stream claim and the jobs index are Lua scripts, so two containers never
+interleave inside them: two dispatches racing for the last place under a cap on two containers
+get it once. The scripts read Redis's own clock (``TIME``) for the cap groups' expiries, the
+clock that expires the ``room:`` keys, so a lease counts in its groups exactly as long as it
+lives.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from callplane.coordination.base import (
+    CALL_STREAM_KEEP_S,
     MAX_JOBS,
     Caps,
     check_caps,
@@ -59,6 +63,7 @@ from callplane.coordination.redis_link import DEFAULT_TIMEOUT_S, RedisLink, ms
 from callplane.coordination.redis_outbound import RedisOutboundState
 
 __all__ = [
+    "RedisCallStreams",
     "RedisCoordination",
     "RedisLiveCalls",
     "RedisNonces",
@@ -114,6 +119,16 @@ if count == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return count
+"""
+
+# KEYS: call stream key. ARGV: stream description, ttl (ms). Nil when the claim is ours.
+_CLAIM_CALL = """
+local first = redis.call('GET', KEYS[1])
+if first then
+  return first
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
 """
 
 # KEYS: room key, room-caps key. ARGV: job id, ttl (ms), room, cap key prefix
@@ -211,6 +226,31 @@ class RedisNonces:
         with self._link.guard():
             created = await self._link.client.set(key, 1, nx=True, pxat=ms(expires_at))
         return bool(created)
+
+
+class RedisCallStreams:
+    """:class:`~callplane.coordination.base.CallStreams` in Redis."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._claim = link.client.register_script(_CLAIM_CALL)
+
+    async def claim(
+        self, call_sid: str, stream: str, ttl_s: float = CALL_STREAM_KEEP_S
+    ) -> str | None:
+        """See :meth:`callplane.coordination.base.CallStreams.claim`."""
+        ttl_s = require_positive("ttl_s", ttl_s)
+        with self._link.guard():
+            first = await self._claim(
+                keys=[self._link.key("stream", call_sid)], args=[stream, ms(ttl_s)]
+            )
+        return None if first is None else str(first)
+
+    async def holder(self, call_sid: str) -> str | None:
+        """See :meth:`callplane.coordination.base.CallStreams.holder`."""
+        with self._link.guard():
+            first = await self._link.client.get(self._link.key("stream", call_sid))
+        return None if first is None else str(first)
 
 
 class RedisRoomLeases:
@@ -353,6 +393,7 @@ class RedisCoordination:
     ) -> None:
         self._link = RedisLink(url, prefix=prefix, timeout_s=timeout_s)
         self.nonces = RedisNonces(self._link)
+        self.streams = RedisCallStreams(self._link)
         self.leases = RedisRoomLeases(self._link)
         self.live = RedisLiveCalls(self._link)
         self.outbound = RedisOutboundState(self._link)

@@ -6,6 +6,11 @@ call ends. So a call whose container dies is not lost: the store of every contai
 a heartbeat on its live calls, and any store closes the calls whose heartbeat stopped
 (``status`` ``lost``, ``end_reason`` ``container_lost``) with everything written up to then.
 
+A record is never replaced. The store that wrote a call's row first owns it: another store's
+writes for the same CallSid (a second stream for the call, however it got through) leave the
+row and its events as they are, and an ended row is never reopened or rewritten, only appended
+to by its own store.
+
 The calls never wait for the database. The write methods snapshot what changed on the caller's
 thread and queue it; one writer thread per store commits the queue in order (see
 :mod:`callplane.records.writer`), and keeps it through an outage of the database. Reads are
@@ -107,7 +112,9 @@ class RecordStore:
     A call that a reaper closed as lost keeps that status against late progress writes of its
     owner, but not against the owner's :meth:`call_finished`: the real end is more accurate than
     the reaper's guess, so it overwrites ``container_lost`` with the true end, duration and
-    cost (and status ``ended``).
+    cost (and status ``ended``). Nothing else changes a closed row: an ended call keeps its end,
+    and a call whose row another owner wrote is left to that owner (this store then drops its
+    own writes for the call and logs it once).
     """
 
     def __init__(
@@ -129,6 +136,9 @@ class RecordStore:
         self._lock = threading.Lock()  # the per-call bookkeeping below
         self._live: dict[str, _Written] = {}
         self._finished: OrderedDict[str, _Written] = OrderedDict()
+        # Calls whose row another owner wrote: this store's writes for them are dropped. Read
+        # and written on the writer thread only; the newest FINISHED_REMEMBERED are kept.
+        self._foreign: OrderedDict[str, None] = OrderedDict()
         self._migrated = False
         try:
             upgrade(self._engine)
@@ -252,46 +262,87 @@ class RecordStore:
         if not self._migrated:
             upgrade(self._engine)
             self._migrated = True
-        events = [event for write in writes for event in write.events]
         last_of_call = {w.call_sid: i for i, w in enumerate(writes) if w.row is not None}
         with self._engine.connect() as connection:
             connection.execution_options(**{WRITE: True})
             with connection.begin():
+                unwritten: builtins.list[str] = []
+                for i, write in enumerate(writes):
+                    # A later write in this batch sets the same row again: only the end counts.
+                    if (
+                        write.row is None
+                        or write.call_sid in self._foreign
+                        or (write.kind != "finished" and last_of_call[write.call_sid] != i)
+                    ):
+                        continue
+                    if connection.execute(self._row_statement(connection, write, now)).first():
+                        continue
+                    unwritten.append(write.call_sid)
+                # A row left as it was is ours (ended: a late write appends only its events)
+                # or another owner's: then the call is not ours to write at all.
+                foreign = self._owners_other_than_us(connection, unwritten)
+                events = [
+                    event
+                    for write in writes
+                    if write.call_sid not in foreign and write.call_sid not in self._foreign
+                    for event in write.events
+                ]
                 if events:
                     connection.execute(
                         insert(connection, call_events).on_conflict_do_nothing(), events
                     )
-                for i, write in enumerate(writes):
-                    # A later write in this batch sets the same row again: only the end counts.
-                    if write.row is None or (
-                        write.kind != "finished" and last_of_call[write.call_sid] != i
-                    ):
-                        continue
-                    connection.execute(self._row_statement(connection, write, now))
+        for sid, owner in foreign.items():
+            self._foreign[sid] = None
+            while len(self._foreign) > FINISHED_REMEMBERED:
+                self._foreign.popitem(last=False)
+            log.warning(
+                "call records: call %s was first written by %s, not by this store (%s): its "
+                "record is left as it is and this store's writes for it are dropped",
+                sid,
+                owner,
+                self.owner,
+            )
+
+    def _owners_other_than_us(
+        self, connection: Connection, call_sids: builtins.list[str]
+    ) -> dict[str, str]:
+        """CallSid -> owner, for the calls among ``call_sids`` whose row another store owns."""
+        if not call_sids:
+            return {}
+        rows = connection.execute(
+            sa.select(calls.c.call_sid, calls.c.owner).where(
+                calls.c.call_sid.in_(call_sids), calls.c.owner != self.owner
+            )
+        )
+        return {sid: owner for sid, owner in rows}
 
     def _row_statement(self, connection: Connection, write: _Write, now: float) -> Any:
+        """The upsert of ``write``'s row; it returns the CallSid if it inserted or changed the
+        row, nothing if the row was left as it was (another owner's, or already closed)."""
         assert write.row is not None
         stmt = insert(connection, calls)
+        ours = calls.c.owner == self.owner
         if write.kind == "finished":
             values = {**write.row, "status": "ended", "owner": self.owner, "heartbeat_at": now}
             stmt = stmt.values(values)
-            # The real end wins, also over a reaper's "container_lost".
+            # The real end wins over a reaper's "container_lost"; an ended row keeps its end,
+            # and another owner's row is never ours to close.
             return stmt.on_conflict_do_update(
                 index_elements=[calls.c.call_sid],
                 set_={k: stmt.excluded[k] for k in values if k != "call_sid"},
-            )
+                where=sa.and_(ours, calls.c.status.in_(("live", "lost"))),
+            ).returning(calls.c.call_sid)
         live = {"ended_at": None, "duration_s": 0.0, "end_reason": "", "status": "live"}
         values = {**write.row, **live, "owner": self.owner, "heartbeat_at": now}
         stmt = stmt.values(values)
         refreshed = [*(k for k in write.row if k not in live and k != "call_sid"), "heartbeat_at"]
-        if write.kind == "started":
-            refreshed.append("owner")
-        # Never reopens a call: a finished or reaped row keeps its end.
+        # Never reopens a call (a finished or reaped row keeps its end), and never takes over
+        # a live call another store writes.
         return stmt.on_conflict_do_update(
             index_elements=[calls.c.call_sid],
             set_={k: stmt.excluded[k] for k in refreshed},
-            where=calls.c.status == "live",
-        )
+            where=sa.and_(ours, calls.c.status == "live"),
+        ).returning(calls.c.call_sid)
 
     def _upkeep(self) -> None:
         """Every ``heartbeat_s``: refresh this store's live calls (one statement), then close

@@ -22,6 +22,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
     try:
         now = time.time()
         await coordination.nonces.claim("n1", now + 60, now)
+        await coordination.streams.claim("CA0", "stream MZ0 on host:1")
         await coordination.leases.acquire("room1", "job1", 60)
         await coordination.leases.acquire("room2", "job4", 60, caps=[("stack", 5), ("key:k1", 2)])
         await coordination.leases.renew("room2", "job4", 60)
@@ -46,6 +47,7 @@ async def test_every_key_is_documented_prefixed_and_expires(tmp_path: Path) -> N
             PREFIX + name
             for name in [
                 "nonce:n1",
+                "stream:CA0",
                 "room:room1",
                 "room:room2",
                 "room-caps:room2",

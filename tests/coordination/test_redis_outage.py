@@ -28,6 +28,8 @@ def every_operation(c: Coordination) -> dict[str, Operation]:
     return {
         "ping": lambda: c.ping(),
         "nonces.claim": lambda: c.nonces.claim("n", now + 60, now),
+        "streams.claim": lambda: c.streams.claim("CA1", "stream MZ1"),
+        "streams.holder": lambda: c.streams.holder("CA1"),
         "leases.acquire": lambda: c.leases.acquire("room", "job", 30),
         "leases.renew": lambda: c.leases.renew("room", "job", 30),
         "leases.release": lambda: c.leases.release("room", "job"),

@@ -321,7 +321,8 @@ async def test_a_stream_token_used_on_one_replica_is_refused_on_the_other(
     validator = RequestValidator(cloud.creds.auth_token)
     headers = {"X-Twilio-Signature": validator.compute_signature(stream.url, {})}
     start = _start_frame(cloud, call_sid, stream.parameters)
-    first, second = replica_urls(cloud, "streams")
+    key = stream.url.rsplit("/", 1)[1]  # the call's stream URL is the front's, plus its key
+    first, second = (f"{url}/{key}" for url in replica_urls(cloud, "streams"))
     async with ws_connect(first, additional_headers=headers) as served:
         await served.send(start)
         greeting = json.loads(await asyncio.wait_for(served.recv(), 10))
@@ -453,7 +454,7 @@ async def test_without_redis_new_calls_are_refused_and_a_live_call_finishes(
     record = ended(cloud, first.call_sid)
     assert record is not None and record["end_reason"] == "agent_hung_up"
     logs = "".join(p.read_text() for p in (cloud.data_dir / "logs").glob("streams-*.log"))
-    assert "its token cannot be checked as unused: Redis at redis://127.0.0.1" in logs
+    assert "cannot be checked for an earlier media stream: Redis at redis://127.0.0.1" in logs
 
 
 async def dispatch(base_url: str, stack: LocalStack, room: str, reason: str) -> dict[str, Any]:

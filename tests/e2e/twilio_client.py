@@ -1,6 +1,7 @@
-"""A hand-driven Twilio for tests that must send what the simulator never would (garbage frames):
-it asks the edge for TwiML with a signed webhook, then opens the media stream the TwiML names,
-signed, with the edge's stream token, and speaks and listens on it frame by frame."""
+"""A hand-driven Twilio for tests that must send what the simulator never would (garbage frames,
+custom parameters the TwiML did not give): it asks the edge for TwiML with a signed webhook, then
+opens the media stream the TwiML names, signed, with the edge's stream token, and speaks and
+listens on it frame by frame."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import contextlib
 import json
 import secrets
+from collections.abc import Mapping
 from types import TracebackType
 
 import httpx
@@ -24,8 +26,18 @@ FRAME = 160  # 20 ms of µ-law
 
 
 class TwilioLikeStream:
-    def __init__(self, stack: LocalStack, profile: str = "support") -> None:
+    """``extra_parameters`` join the TwiML's custom parameters in the ``start`` message (a
+    client other than Twilio could send anything there)."""
+
+    def __init__(
+        self,
+        stack: LocalStack,
+        profile: str = "support",
+        *,
+        extra_parameters: Mapping[str, str] | None = None,
+    ) -> None:
         self.stack = stack
+        self.extra_parameters = dict(extra_parameters or {})
         self.to = stack.number_for(profile)
         self.call_sid = "CA" + secrets.token_hex(16)
         self.stream_sid = "MZ" + secrets.token_hex(16)
@@ -82,7 +94,7 @@ class TwilioLikeStream:
                         "accountSid": self.stack.creds.account_sid,
                         "callSid": self.call_sid,
                         "tracks": ["inbound"],
-                        "customParameters": self._parameters,
+                        "customParameters": {**self._parameters, **self.extra_parameters},
                         "mediaFormat": {
                             "encoding": "audio/x-mulaw",
                             "sampleRate": 8000,

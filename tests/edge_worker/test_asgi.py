@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped,unused-ignore]
 
-from callplane.security import ReplayGuard, StreamTokenError, verify_stream_token
+from callplane.security import ReplayGuard, StreamTokenError, stream_url, verify_stream_token
 from edge_worker.asgi import create_app, create_app_from_env
 from edge_worker.config import EdgeConfig, EdgeConfigError, NumberRoute
 from edge_worker.core import MAX_BODY_BYTES
@@ -85,12 +85,14 @@ async def test_voice_webhook_behind_a_proxy(edge: Edge) -> None:
     assert response.headers["content-type"] == "text/xml"
     stream = ET.fromstring(response.content).find("./Connect/Stream")
     assert stream is not None
-    assert stream.attrib["url"] == "wss://media.example.com/twilio/media"
     parameters = {p.attrib["name"]: p.attrib["value"] for p in stream}
-    assert parameters["profile"] == "support"
+    assert stream.attrib["url"] == stream_url(
+        "wss://media.example.com/twilio/media", parameters["token"]
+    )
     # What the media function does with it: verify, then single use.
     guard = ReplayGuard()
     claims = verify_stream_token(SECRET, parameters["token"], CALL, now=time.time())
+    assert (claims.profile, claims.from_, claims.to) == ("support", "+15557654321", "+15550001111")
     guard.check_and_remember(claims, now=time.time())
     with pytest.raises(StreamTokenError, match="replayed"):
         guard.check_and_remember(claims, now=time.time())

@@ -13,7 +13,7 @@ import pytest
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped,unused-ignore]
 from twilio.twiml.voice_response import Connect, VoiceResponse  # type: ignore[import-untyped,unused-ignore]
 
-from callplane.security import verify_stream_token
+from callplane.security import stream_key, stream_key_matches, verify_stream_token
 from edge_worker import worker
 from edge_worker.config import EdgeConfig, EdgeConfigError, NumberRoute
 from edge_worker.core import MAX_BODY_BYTES, EdgeRequest, EdgeResponse, Headers, handle
@@ -113,39 +113,76 @@ def test_known_number_gets_a_stream_matching_the_sdk(config: EdgeConfig) -> None
     assert response.headers["content-type"] == "text/xml"
     assert response.headers["cache-control"] == "no-store"
     url, parameters = stream_parameters(response.body)
-    assert url == "wss://media-us.example.com/twilio/media"
-    names = [name for name, _ in parameters]
-    assert names == ["token", "profile", "to", "from", "country"]
-    values = dict(parameters)
-    assert values["profile"] == "support"
-    caller = (values["to"], values["from"], values["country"])
-    assert caller == ("+15550001111", "+15557654321", "US")
+    # the token is the only parameter: everything else the media plane needs is signed into it
+    assert [name for name, _ in parameters] == ["token"]
+    token = dict(parameters)["token"]
+    assert url == "wss://media-us.example.com/twilio/media/" + stream_key(token)
     expected = sdk_stream(url, parameters)
     assert xml_tree(response.body) == xml_tree(expected)
     assert response.body.decode() == expected  # byte for byte, declaration included
-    claims = verify_stream_token(SECRET, values["token"], CALL, now=NOW + 59)
+    claims = verify_stream_token(SECRET, token, CALL, now=NOW + 59)
     assert (claims.profile, claims.region, claims.expires_at) == ("support", "us", NOW + 60)
+    assert (claims.from_, claims.to, claims.country) == ("+15557654321", "+15550001111", "US")
+    assert (claims.direction, claims.answered_by) == ("inbound", "")
+
+
+def test_every_answer_has_its_own_stream_url(config: EdgeConfig) -> None:
+    """The same signed webhook twice (a replay): two tokens, two URLs, neither key fitting the
+    other token, so an upgrade signed for one URL admits neither of the other's streams."""
+    request = signed_post("/twilio/voice", voice_form())
+    first, second = (stream_parameters(handle(config, request, now=NOW).body) for _ in range(2))
+    (first_url, [(_, first_token)]), (second_url, [(_, second_token)]) = first, second
+    assert first_url != second_url
+    first_key, second_key = first_url.rsplit("/", 1)[1], second_url.rsplit("/", 1)[1]
+    assert stream_key_matches(first_key, first_token)
+    assert not stream_key_matches(first_key, second_token)
+    assert not stream_key_matches(second_key, first_token)
+    # both are for the same call: the media plane admits one stream per CallSid, ever
+    assert verify_stream_token(SECRET, first_token, CALL, now=NOW).call_sid == CALL
+    assert verify_stream_token(SECRET, second_token, CALL, now=NOW).call_sid == CALL
+
+
+def test_an_outbound_call_signs_our_number_the_callee_and_the_machine_detection(
+    config: EdgeConfig,
+) -> None:
+    form = voice_form(
+        "+15559876543",
+        From="+442071234567",  # our number places the call: it picks the route
+        Direction="outbound-api",
+        ToCountry="PK",
+        AnsweredBy="machine_end_beep",
+    )
+    response = handle(config, signed_post("/twilio/voice", form), now=NOW)
+    url, parameters = stream_parameters(response.body)
+    assert url.startswith("wss://media-eu.example.com:8443/twilio/media/")
+    assert [name for name, _ in parameters] == ["token"]
+    claims = verify_stream_token(SECRET, dict(parameters)["token"], CALL, now=NOW)
+    assert (claims.profile, claims.region) == ("sales", "eu")
+    assert (claims.from_, claims.to, claims.country) == ("+442071234567", "+15559876543", "PK")
+    assert (claims.direction, claims.answered_by) == ("outbound", "machine_end_beep")
 
 
 def test_region_and_default_region_pick_the_media_url(config: EdgeConfig) -> None:
     eu = handle(config, signed_post("/twilio/voice", voice_form("+442071234567")), now=NOW)
     url, parameters = stream_parameters(eu.body)
-    assert url == "wss://media-eu.example.com:8443/twilio/media"
-    assert dict(parameters)["profile"] == "sales"
-    assert verify_stream_token(SECRET, dict(parameters)["token"], CALL, now=NOW).region == "eu"
+    assert url.startswith("wss://media-eu.example.com:8443/twilio/media/")
+    claims = verify_stream_token(SECRET, dict(parameters)["token"], CALL, now=NOW)
+    assert (claims.profile, claims.region) == ("sales", "eu")
     default = handle(config, signed_post("/twilio/voice", voice_form("+15550002222")), now=NOW)
     url, parameters = stream_parameters(default.body)
-    assert url == "wss://media-us.example.com/twilio/media"
-    assert dict(parameters)["profile"] == "default-region"
+    assert url.startswith("wss://media-us.example.com/twilio/media/")
+    claims = verify_stream_token(SECRET, dict(parameters)["token"], CALL, now=NOW)
+    assert (claims.profile, claims.region) == ("default-region", "us")
 
 
-def test_anonymous_caller_gets_no_from_parameter(config: EdgeConfig) -> None:
+def test_an_anonymous_caller_is_signed_as_empty(config: EdgeConfig) -> None:
     form = voice_form()
     del form["From"], form["FromCountry"]
     response = handle(config, signed_post("/twilio/voice", form), now=NOW)
     url, parameters = stream_parameters(response.body)
-    assert [name for name, _ in parameters] == ["token", "profile", "to"]
     assert response.body.decode() == sdk_stream(url, parameters)
+    claims = verify_stream_token(SECRET, dict(parameters)["token"], CALL, now=NOW)
+    assert (claims.from_, claims.to, claims.country) == ("", "+15550001111", "")
 
 
 @pytest.mark.parametrize("to", ["+15559999999", "", "sip:agent@example.com"])
@@ -162,12 +199,14 @@ def test_unknown_number_is_rejected(config: EdgeConfig, to: str) -> None:
     assert response.body.decode() == str(sdk)
 
 
-def test_twiml_escapes_hostile_values_like_the_sdk(config: EdgeConfig) -> None:
+def test_hostile_values_reach_the_token_intact_and_never_the_twiml(config: EdgeConfig) -> None:
     form = voice_form(From='"><Hangup/><x a="&amp;', FromCountry="<&>")
     response = handle(config, signed_post("/twilio/voice", form), now=NOW)
     url, parameters = stream_parameters(response.body)
-    assert dict(parameters)["from"] == '"><Hangup/><x a="&amp;'
     assert response.body.decode() == sdk_stream(url, parameters)
+    assert b"Hangup" not in response.body and b"&lt;" not in response.body
+    claims = verify_stream_token(SECRET, dict(parameters)["token"], CALL, now=NOW)
+    assert (claims.from_, claims.country) == ('"><Hangup/><x a="&amp;', "<&>")
 
 
 @pytest.mark.parametrize(

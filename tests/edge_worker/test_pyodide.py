@@ -35,7 +35,7 @@ import pytest
 from livekit import api
 from twilio.request_validator import RequestValidator
 
-from callplane.security import verify_stream_token
+from callplane.security import stream_key, verify_stream_token
 from infra.config import StackConfig, plan_numbers
 from infra.edge_bundle import PYODIDE_VERSION, Bundle, write_bundle
 from infra.program import media_urls
@@ -250,14 +250,13 @@ def test_a_signed_voice_webhook_gets_connect_stream_twiml(
     stream = twiml.find("./Connect/Stream")
     assert twiml.tag == "Response" and stream is not None
     urls, _, _ = media_urls(config)
-    assert stream.get("url") == urls[deployment.region] + "/twilio/media"
     parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
-    assert parameters["profile"] == deployment.profile and parameters["to"] == NUMBER
-    assert parameters["from"] == "+15557654321" and parameters["country"] == "US"
-    claims = verify_stream_token(
-        config.stream_secret, str(parameters["token"]), form["CallSid"], now=time.time()
-    )
+    assert list(parameters) == ["token"]
+    token = str(parameters["token"])
+    assert stream.get("url") == f"{urls[deployment.region]}/twilio/media/{stream_key(token)}"
+    claims = verify_stream_token(config.stream_secret, token, form["CallSid"], now=time.time())
     assert (claims.profile, claims.region) == (deployment.profile, deployment.region)
+    assert (claims.to, claims.from_, claims.country) == (NUMBER, "+15557654321", "US")
 
 
 def test_a_forged_voice_webhook_is_403(worker: Worker) -> None:

@@ -1,8 +1,8 @@
 """A phone call on a profile with a room joins that LiveKit room through the media app.
 
 The media app runs under uvicorn with a profile that names a room and a ``livekit`` section
-pointing at a real livekit-server; the test drives ``/twilio/media`` like Twilio does (signed
-upgrade, ``start`` with a stream token) and checks the room with livekit-api.
+pointing at a real livekit-server; the test drives ``/twilio/media/<key>`` like Twilio does
+(signed upgrade, ``start`` with a stream token) and checks the room with livekit-api.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from websockets.asyncio.client import connect
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
 from callplane.rooms.phone_audio import PHONE_FRAME, encode_payload
-from callplane.security import mint_stream_token
+from callplane.security import stream_url
 from callplane_standins.realtime_engine.server import EngineServer
 from functions.media import create_app
 from functions.media_streams import CLOSE_NO_LIVEKIT
 from tests.livekit_server import LiveKitServer, livekit_server_fixture
 from tests.servers import serve_asgi
-from tests.support.media import MEDIA_API_KEY, STREAM_SECRET, close_code, media_settings, signed
+from tests.support.media import MEDIA_API_KEY, close_code, media_settings, signed, token_for
 from tests.support.media import start_frame as twilio_start
 
 livekit = livekit_server_fixture()
@@ -48,11 +48,13 @@ def settings_for(
     )
 
 
-def start_frame(call_sid: str) -> str:
-    token = mint_stream_token(STREAM_SECRET, call_sid, "floor", "local", now=time.time())
-    return twilio_start(
-        call_sid, token, stream_sid="MZ_floor", parameters={"from": CALLER, "to": "+15550001111"}
-    )
+def floor_token(call_sid: str) -> str:
+    """The edge's token for a call from CALLER to the floor's number."""
+    return token_for(call_sid, "floor", from_=CALLER, to="+15550001111")
+
+
+def start_frame(call_sid: str, token: str) -> str:
+    return twilio_start(call_sid, token, stream_sid="MZ_floor")
 
 
 @pytest.fixture
@@ -70,10 +72,11 @@ async def test_a_call_on_a_room_profile_joins_the_room_as_the_caller(
     media: str, livekit: LiveKitServer, engine: EngineServer
 ) -> None:
     call_sid = "CA_floor_call"
-    url = media.replace("http://", "ws://") + "/twilio/media"
-    async with connect(url, additional_headers=signed()) as ws:
+    token = floor_token(call_sid)
+    url = stream_url(media.replace("http://", "ws://") + "/twilio/media", token)
+    async with connect(url, additional_headers=signed(token)) as ws:
         await ws.send(json.dumps({"event": "connected"}))
-        await ws.send(start_frame(call_sid))
+        await ws.send(start_frame(call_sid, token))
         silence = encode_payload(np.zeros(PHONE_FRAME, dtype=np.int16))
         deadline = time.monotonic() + 15
         phone = None
@@ -125,8 +128,9 @@ async def test_a_room_call_without_livekit_is_closed_with_a_clear_code(
     # Settings that bypassed validation (built in code): the handler still refuses the call.
     settings = settings_for(engine, tmp_path, livekit).model_copy(update={"livekit": None})
     async with serve_asgi(create_app(settings)) as base:
-        url = base.replace("http://", "ws://") + "/twilio/media"
-        async with connect(url, additional_headers=signed()) as ws:
-            await ws.send(start_frame("CA_no_livekit"))
+        token = floor_token("CA_no_livekit")
+        url = stream_url(base.replace("http://", "ws://") + "/twilio/media", token)
+        async with connect(url, additional_headers=signed(token)) as ws:
+            await ws.send(start_frame("CA_no_livekit", token))
             assert await close_code(ws) == CLOSE_NO_LIVEKIT
     assert engine.sessions_opened == 0

@@ -16,9 +16,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from callplane.profiles import AgentProfile
-from callplane.security import mint_stream_token
+from callplane.security import stream_url
 from callplane_standins.realtime_engine.server import EngineServer
-from tests.support.media import STREAM_SECRET, media_settings, signed, start_frame
+from tests.support.media import media_settings, signed, start_frame, token_for
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,17 +38,17 @@ def stream_server(engine: EngineServer, tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
-        assert f"media streams on ws://127.0.0.1:{port}/twilio/media" in err, err[-2000:]
+        assert f"media streams on ws://127.0.0.1:{port}/twilio/media/<key>" in err, err[-2000:]
 
 
 async def test_a_signed_stream_with_a_good_token_is_answered_by_the_agent(
     stream_server: str, engine: EngineServer
 ) -> None:
-    token = mint_stream_token(STREAM_SECRET, "CA_cli", "support", "local", now=time.time())
+    token = token_for("CA_cli")
     deadline = time.monotonic() + 30
     while True:  # the process is starting
         try:
-            ws = await connect(stream_server, additional_headers=signed())
+            ws = await connect(stream_url(stream_server, token), additional_headers=signed(token))
             break
         except OSError:
             if time.monotonic() > deadline:

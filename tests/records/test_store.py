@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from unittest.mock import ANY
 
+import pytest
 import sqlalchemy as sa
 
 from callplane.records import LOST_REASON, CallRecord, RecordStore
@@ -141,6 +142,81 @@ async def test_a_tool_call_is_appended_once_with_its_output(open_store: OpenStor
         {"name": "lookup", "call_id": "call_1", "arguments": "{}", "output": "found"}
     ]
     assert event_kinds(store, record.call_sid) == ["tool_call"]
+
+
+async def test_a_finished_record_is_never_replaced_by_a_second_stream_for_its_call(
+    open_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = open_store(owner="container-a")
+    record = a_call(country="US")
+    first.call_started(record)
+    record.say("agent", "Hello, this is Support.")
+    record.say("caller", "Thanks, bye.")
+    record.close("caller_hung_up")
+    first.call_finished(record)
+    assert await first.flush()
+    finished = first.get(record.call_sid)
+    assert finished is not None and finished["status"] == "ended"
+
+    # Another container writes a call with the same CallSid from start to end.
+    second = open_store(owner="container-b")
+    impostor = a_call(from_="+15559990000", country="PK", profile="sales")
+    second.call_started(impostor)
+    impostor.say("agent", "Hello, this is Sales.")
+    impostor.say("caller", "one")
+    impostor.say("caller", "two")
+    second.call_progress(impostor)
+    impostor.close("agent_hung_up")
+    second.call_finished(impostor)
+    assert await second.flush()
+    assert second.get(record.call_sid) == finished
+    assert event_kinds(second, record.call_sid) == ["transcript", "transcript"]
+    refusals = [r for r in caplog.records if "first written by container-a" in r.getMessage()]
+    assert len(refusals) == 1 and "container-b" in refusals[0].getMessage()
+
+    # The call's own store, writing it again, cannot reopen it or change its end either.
+    first.call_started(record)
+    late = a_call(country="US")
+    late.close("agent_hung_up")
+    first.call_finished(late)
+    assert await first.flush()
+    assert first.get(record.call_sid) == finished
+
+
+async def test_a_live_call_is_not_taken_over_by_another_store(open_store: OpenStore) -> None:
+    owner = open_store(owner="container-a")
+    record = a_call()
+    owner.call_started(record)
+    record.say("agent", "Hello")
+    owner.call_progress(record)
+    assert await owner.flush()
+
+    other = open_store(owner="container-b")
+    impostor = a_call(from_="+15559990000")
+    other.call_started(impostor)
+    impostor.say("caller", "not this call")
+    impostor.close("caller_hung_up")
+    other.call_finished(impostor)
+    assert await other.flush()
+    live = other.get(record.call_sid)
+    assert live is not None
+    assert (live["status"], live["served_by"], live["from"]) == (
+        "live",
+        "container-a",
+        a_call().from_,
+    )
+    assert [line["text"] for line in live["transcript"]] == ["Hello"]
+
+    # The owner goes on and closes its call as usual.
+    record.say("caller", "bye")
+    record.close("caller_hung_up")
+    owner.call_finished(record)
+    assert await owner.flush()
+    assert owner.get(record.call_sid) == {
+        **record.to_json(),
+        "status": "ended",
+        "served_by": "container-a",
+    }
 
 
 async def test_list_filters_newest_first_and_pages_with_a_cursor(open_store: OpenStore) -> None:

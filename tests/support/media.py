@@ -1,9 +1,11 @@
 """The media app as tests meet it: :class:`MediaSettings` for a test, and a media stream the
-way Twilio opens one (the signed WebSocket upgrade, the ``start`` frame, the close code)."""
+way Twilio opens one (the edge's token, the signed WebSocket upgrade to the token's stream URL,
+the ``start`` frame, the close code)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from callplane.livekit_settings import LiveKitSettings
 from callplane.media_settings import MediaSettings
 from callplane.profiles import AgentProfile
+from callplane.security import mint_stream_token, stream_url
 from callplane_standins.realtime_engine.server import EngineServer
 
 PUBLIC_MEDIA_URL = "wss://media.example.com/twilio/media"
@@ -51,11 +54,18 @@ def media_settings(
     return MediaSettings(**{**values, **fields})
 
 
-def signed() -> dict[str, str]:
-    """The ``X-Twilio-Signature`` header Twilio puts on the stream's upgrade to
-    ``PUBLIC_MEDIA_URL``."""
-    signature = RequestValidator(TWILIO_AUTH_TOKEN).compute_signature(PUBLIC_MEDIA_URL, {})
+def signed(token: str) -> dict[str, str]:
+    """The ``X-Twilio-Signature`` header Twilio puts on the upgrade of ``token``'s stream: over
+    its public URL, ``PUBLIC_MEDIA_URL`` plus the token's key, as the edge writes it."""
+    url = stream_url(PUBLIC_MEDIA_URL, token)
+    signature = RequestValidator(TWILIO_AUTH_TOKEN).compute_signature(url, {})
     return {"X-Twilio-Signature": signature}
+
+
+def token_for(call_sid: str, profile: str = "support", **claims: Any) -> str:
+    """A stream token for ``call_sid`` as the edge mints it now, region ``local``; ``claims``
+    are the call's signed facts (``from_``, ``to``, ``country``, ``direction``, ...)."""
+    return mint_stream_token(STREAM_SECRET, call_sid, profile, "local", now=time.time(), **claims)
 
 
 def start_frame(
